@@ -1,0 +1,25 @@
+"""Straddle's Azure Functions (Python v2 programming model): bindings only.
+
+Each function hands its bound input to ``shared.entry``; the logic lives in ``shared/``.
+"""
+import azure.functions as func
+
+from shared import entry
+
+app = func.FunctionApp()
+
+
+@app.route(route="dataverse/webhook", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    return entry.dataverse_webhook(req)
+
+
+@app.service_bus_queue_trigger(arg_name="messages", queue_name="%CHANGES_QUEUE%",
+                               connection="ServiceBusConnection", cardinality=func.Cardinality.MANY)
+def process_changes(messages: list[func.ServiceBusMessage]) -> None:
+    entry.process_changes(messages)
+
+
+@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
+def nightly_reconcile(timer: func.TimerRequest) -> None:
+    entry.nightly_reconcile(timer)

@@ -1,0 +1,1 @@
+"""Adapters: one outside system each, behind the ports in ``shared.ports``."""

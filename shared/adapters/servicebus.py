@@ -1,0 +1,83 @@
+"""Azure Service Bus adapter: sends change events with a deterministic MessageId.
+
+The Functions output binding cannot set MessageId, so the SDK is used directly. One client and
+one sender live for the life of the worker (creating them costs an AMQP handshake); a lock keeps
+the sender to one thread at a time, since the SDK's senders are not thread-safe.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+from azure.servicebus import ServiceBusClient, ServiceBusMessage
+
+from shared.domain.events import SCHEMA_VERSION, ChangeEvent
+from shared.ports import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def to_message(event: ChangeEvent, attempt: int = 1) -> ServiceBusMessage:
+    return ServiceBusMessage(
+        body=event.to_json(),
+        message_id=event.id,
+        content_type="application/json",
+        subject=event.kind,
+        correlation_id=event.origin.correlation_id,
+        application_properties={"kind": event.kind, "table": event.table, "schema": SCHEMA_VERSION, "attempt": attempt},
+    )
+
+
+class ServiceBusEventQueue:
+    """EventQueue over one Service Bus queue."""
+
+    def __init__(self, client_factory: Callable[[], ServiceBusClient], queue_name: str):
+        self._client_factory = client_factory
+        self._queue_name = queue_name
+        self._lock = threading.Lock()
+        self._client: ServiceBusClient | None = None
+        self._sender: Any = None
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, queue_name: str) -> "ServiceBusEventQueue":
+        return cls(lambda: ServiceBusClient.from_connection_string(connection_string, retry_total=2), queue_name)
+
+    @classmethod
+    def from_namespace(cls, namespace: str, credential: Any, queue_name: str) -> "ServiceBusEventQueue":
+        return cls(lambda: ServiceBusClient(namespace, credential, retry_total=2), queue_name)
+
+    def send(self, events: Sequence[ChangeEvent]) -> None:
+        self._send([to_message(e) for e in events], None)
+
+    def send_later(self, event: ChangeEvent, delay_seconds: int, attempt: int) -> None:
+        """Re-sends an event that failed, to be delivered after ``delay_seconds``."""
+        when = datetime.now(timezone.utc).timestamp() + delay_seconds
+        self._send([to_message(event, attempt)], datetime.fromtimestamp(when, tz=timezone.utc))
+
+    def _send(self, messages: list[ServiceBusMessage], at: datetime | None) -> None:
+        if not messages:
+            return
+        with self._lock:
+            try:
+                if self._sender is None:
+                    self._client = self._client_factory()
+                    self._sender = self._client.get_queue_sender(self._queue_name)
+                if at is None:
+                    self._sender.send_messages(messages)
+                else:
+                    self._sender.schedule_messages(messages, at)
+            except Exception as exc:  # any failure means "not enqueued": the caller answers 503
+                log.warning("servicebus.send_failed queue=%s error=%s", self._queue_name, type(exc).__name__)
+                self._reset()
+                raise QueueUnavailable(f"Service Bus did not take the message ({type(exc).__name__})") from exc
+
+    def _reset(self) -> None:
+        for closable in (self._sender, self._client):
+            try:
+                if closable is not None:
+                    closable.close()
+            except Exception:  # closing a broken link must not hide the original failure
+                pass
+        self._sender = self._client = None

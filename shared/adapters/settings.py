@@ -1,0 +1,186 @@
+"""The one typed view of the app settings. Nothing else in the app reads environment variables.
+
+Every setting the code reads is declared in ``SETTINGS`` below (the deployment tests compare
+this list with the Bicep templates and ``local.settings.sample.json``). Malformed values fail at
+load time; missing ones fail when a use case that needs them asks (``Settings.require``), so the
+webhook keeps working while, say, the ledger key is not yet configured.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+from urllib.parse import urlparse
+
+
+class SettingsError(ValueError):
+    """One or more app settings are missing or malformed; the message names each one."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the app setting (environment variable) name
+    attr: str  # the Settings attribute
+    parse: Callable[[str], Any]
+    default: Any = None
+    secret: bool = False
+    doc: str = ""
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _https_url(raw: str) -> str:
+    parsed = urlparse(raw.strip())
+    if parsed.scheme not in ("https", "http") or not parsed.netloc:
+        raise ValueError("must be an absolute URL such as https://contoso.crm.dynamics.com")
+    return raw.strip().rstrip("/")
+
+
+def _header_name(raw: str) -> str:
+    if not raw.strip() or any(c in raw for c in " :\r\n"):
+        raise ValueError("must be an HTTP header name")
+    return raw.strip().lower()
+
+
+def _secret_bytes(raw: str) -> bytes:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
+    return raw.encode()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CHANGES_QUEUE", "changes_queue", _text, "straddle-changes",
+            doc="Service Bus queue that carries change events (also bound as %CHANGES_QUEUE%)."),
+    Setting("ServiceBusConnection", "servicebus_connection_string", _text, secret=True,
+            doc="Service Bus connection string (local/dev). Prefer the identity-based form below."),
+    Setting("ServiceBusConnection__fullyQualifiedNamespace", "servicebus_namespace", _text,
+            doc="Service Bus namespace host, e.g. straddle.servicebus.windows.net (identity-based)."),
+    Setting("ServiceBusConnection__clientId", "servicebus_client_id", _text,
+            doc="Client id of the user-assigned managed identity used for Service Bus."),
+    Setting("RECONCILE_SCHEDULE", "reconcile_schedule", _text, "0 0 2 * * *",
+            doc="NCRONTAB schedule of nightly_reconcile (bound as %RECONCILE_SCHEDULE%)."),
+    Setting("WEBHOOK_SECRET_HEADER", "webhook_secret_header", _header_name,
+            doc="Optional header Dataverse sends (HttpHeader auth); with WEBHOOK_SECRET enables a check."),
+    Setting("WEBHOOK_SECRET", "webhook_secret", _text, secret=True,
+            doc="Expected value of WEBHOOK_SECRET_HEADER, compared in constant time."),
+    Setting("DATAVERSE_URL", "dataverse_url", _https_url,
+            doc="Environment URL, e.g. https://contoso.crm.dynamics.com."),
+    Setting("DATAVERSE_CLIENT_ID", "dataverse_client_id", _text,
+            doc="App registration client id (with a secret) or user-assigned managed identity client id."),
+    Setting("DATAVERSE_TENANT_ID", "dataverse_tenant_id", _text,
+            doc="Entra tenant id; needed with DATAVERSE_CLIENT_SECRET."),
+    Setting("DATAVERSE_CLIENT_SECRET", "dataverse_client_secret", _text, secret=True,
+            doc="App registration secret (a Key Vault reference in Azure)."),
+    Setting("DATAVERSE_ACCESS_TOKEN", "dataverse_access_token", _text, secret=True,
+            doc="Dev/test only: a static bearer token instead of Entra ID."),
+    Setting("DATAVERSE_TIMEOUT_SECONDS", "dataverse_timeout_seconds", _positive_float, 30.0,
+            doc="Timeout of one Dataverse request."),
+    Setting("DATAVERSE_RETRY_BUDGET_SECONDS", "dataverse_retry_budget_seconds", _positive_float, 120.0,
+            doc="Total time one Dataverse call may spend retrying 429/5xx/timeouts."),
+    Setting("DATAVERSE_PAGE_SIZE", "dataverse_page_size", _positive_int, 5000,
+            doc="Rows per page when reading (odata.maxpagesize, at most 5000)."),
+    Setting("AzureWebJobsStorage", "storage_connection_string", _text, secret=True,
+            doc="Storage connection string (local: UseDevelopmentStorage=true for Azurite)."),
+    Setting("AzureWebJobsStorage__tableServiceUri", "storage_table_uri", _https_url,
+            doc="Table endpoint for identity-based access, e.g. https://acct.table.core.windows.net."),
+    Setting("AzureWebJobsStorage__clientId", "storage_client_id", _text,
+            doc="Client id of the user-assigned managed identity used for storage."),
+    Setting("TABLE_PREFIX", "table_prefix", _text, "straddle",
+            doc="Prefix of every Table Storage table Straddle creates."),
+    Setting("LEDGER_KEY", "ledger_key", _secret_bytes, secret=True,
+            doc="HMAC key that turns an email into the ledger partition key (a Key Vault reference)."),
+    Setting("PROCESSED_RETENTION_DAYS", "processed_retention_days", _positive_int, 7,
+            doc="How long processed event ids are kept for idempotency."),
+    Setting("MAX_ATTEMPTS", "max_attempts", _positive_int, 5,
+            doc="Attempts per change event before it is parked on the dead-letter queue."),
+    Setting("RETRY_DELAY_SECONDS", "retry_delay_seconds", _positive_int, 30,
+            doc="First delay before a failed event is retried; doubles per attempt."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    changes_queue: str
+    servicebus_connection_string: str | None
+    servicebus_namespace: str | None
+    servicebus_client_id: str | None
+    reconcile_schedule: str
+    webhook_secret_header: str | None
+    webhook_secret: str | None
+    dataverse_url: str | None
+    dataverse_client_id: str | None
+    dataverse_tenant_id: str | None
+    dataverse_client_secret: str | None
+    dataverse_access_token: str | None
+    dataverse_timeout_seconds: float
+    dataverse_retry_budget_seconds: float
+    dataverse_page_size: int
+    storage_connection_string: str | None
+    storage_table_uri: str | None
+    storage_client_id: str | None
+    table_prefix: str
+    ledger_key: bytes | None
+    processed_retention_days: int
+    max_attempts: int
+    retry_delay_seconds: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for s in SETTINGS:
+            raw = env.get(s.name)
+            if raw is None or raw.strip() == "":
+                values[s.attr] = s.default
+                continue
+            try:
+                values[s.attr] = s.parse(raw)
+            except ValueError as exc:
+                detail = str(exc) if not s.secret else str(exc).split(":")[0]
+                problems.append(f"{s.name} is malformed: {detail}")
+        if values.get("dataverse_page_size") and values["dataverse_page_size"] > 5000:
+            problems.append("DATAVERSE_PAGE_SIZE is malformed: Dataverse pages hold at most 5000 rows")
+        if bool(values.get("webhook_secret_header")) != bool(values.get("webhook_secret")):
+            problems.append("WEBHOOK_SECRET_HEADER and WEBHOOK_SECRET must be set together")
+        if problems:
+            raise SettingsError("; ".join(problems))
+        return cls(**values)
+
+    def require(self, *attrs: str, purpose: str) -> None:
+        """Raises SettingsError naming every missing setting that ``purpose`` needs."""
+        by_attr = {s.attr: s.name for s in SETTINGS}
+        missing = [by_attr[a] for a in attrs if getattr(self, a) in (None, "")]
+        if missing:
+            raise SettingsError(f"missing app setting{'s' if len(missing) > 1 else ''} {', '.join(missing)} (needed for {purpose})")
+
+    def require_servicebus(self) -> None:
+        if not (self.servicebus_connection_string or self.servicebus_namespace):
+            raise SettingsError(
+                "missing app setting ServiceBusConnection or ServiceBusConnection__fullyQualifiedNamespace "
+                "(needed to send change events)")
+
+    def require_tables(self) -> None:
+        if not (self.storage_connection_string or self.storage_table_uri):
+            raise SettingsError(
+                "missing app setting AzureWebJobsStorage or AzureWebJobsStorage__tableServiceUri "
+                "(needed for Table Storage)")
+
+
+assert {f.name for f in fields(Settings)} == {s.attr for s in SETTINGS}, "SETTINGS and Settings disagree"

@@ -1,0 +1,74 @@
+"""Wiring: the one place adapters are built from settings.
+
+Objects here live as long as the worker process, so connections and tokens are reused across
+invocations. Tests build their own containers with ``Container(settings)``.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from shared.adapters.settings import Settings
+from shared.ingest.webhook import WebhookConfig
+from shared.ports import EventQueue
+from shared.telemetry import install_redaction
+
+
+class Container:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._queue: EventQueue | None = None
+
+    @property
+    def webhook_config(self) -> WebhookConfig:
+        return WebhookConfig(self.settings.webhook_secret_header, self.settings.webhook_secret)
+
+    def event_queue(self) -> EventQueue:
+        """The change queue; raises SettingsError when Service Bus is not configured."""
+        with self._lock:
+            if self._queue is None:
+                self._queue = build_servicebus_queue(self.settings)
+            return self._queue
+
+    def set_event_queue(self, queue: EventQueue) -> None:
+        """Lets a host (the local one in sandbox/host) supply its own queue."""
+        with self._lock:
+            self._queue = queue
+
+
+def azure_credential(client_id: str | None) -> Any:
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    return ManagedIdentityCredential(client_id=client_id) if client_id else DefaultAzureCredential()
+
+
+def build_servicebus_queue(settings: Settings) -> EventQueue:
+    from shared.adapters.servicebus import ServiceBusEventQueue
+
+    settings.require_servicebus()
+    if settings.servicebus_connection_string:
+        return ServiceBusEventQueue.from_connection_string(settings.servicebus_connection_string, settings.changes_queue)
+    return ServiceBusEventQueue.from_namespace(
+        settings.servicebus_namespace, azure_credential(settings.servicebus_client_id), settings.changes_queue)
+
+
+_container: Container | None = None
+_container_lock = threading.Lock()
+
+
+def container() -> Container:
+    """The process-wide container, built on first use from the app settings."""
+    global _container
+    with _container_lock:
+        if _container is None:
+            install_redaction()
+            _container = Container(Settings.from_env())
+        return _container
+
+
+def reset_container(replacement: Container | None = None) -> None:
+    """For hosts and tests: drop (or replace) the process-wide container."""
+    global _container
+    with _container_lock:
+        _container = replacement

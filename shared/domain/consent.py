@@ -1,0 +1,62 @@
+"""The consent vocabulary of both marketing worlds: Dataverse option-set codes and addresses.
+
+Codes are the documented values of ``msdynmkt_contactpointconsent4`` (see DOMAIN.md §2).
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ContactPointType(IntEnum):
+    EMAIL = 534120000
+    TEXT = 534120001
+    CUSTOM = 534120002
+    VOICE = 534120003
+
+
+class ConsentType(IntEnum):
+    PURPOSE = 534120000
+    TOPIC = 534120001
+
+
+class ConsentValue(IntEnum):
+    NOT_SET = 534120000
+    OPTED_IN = 534120001
+    OPTED_OUT = 534120002
+
+
+class ConsentSource(IntEnum):
+    INTERNAL = 534120000
+    PREFERENCE_PAGE = 534120001
+    TEXT_MESSAGE = 534120002
+    LOADED = 534120003
+    PREFERENCE_CENTER = 534120004
+    REALTIME_FORM = 534120005
+    SUBSCRIPTION_CENTER = 534120006
+    EMAIL_LIST_UNSUBSCRIBE = 534120007
+
+
+class PurposeType(IntEnum):
+    COMMERCIAL = 534120000
+    TRANSACTIONAL = 534120001
+    TRACKING = 534120002
+
+
+DEFAULT_COMMERCIAL_PURPOSE_ID = "10000000-0000-0000-0000-000000000003"
+
+#: Contact/lead columns that hold a contact point; which of them count is set in the mappings.
+EMAIL_COLUMNS = ("emailaddress1", "emailaddress2", "emailaddress3")
+#: Contact/lead flags that mean "no bulk email" (Load consent maps both to the commercial purpose).
+OPT_OUT_FLAGS = ("donotbulkemail", "donotemail")
+
+
+def normalise_email(value: str | None) -> str | None:
+    """The form in which Straddle compares contact points: trimmed and lower-cased.
+
+    Dataverse compares case-insensitively, but whether RTM's contact point matching does is
+    unconfirmed, so the sync never relies on it. Empty or blank values are no address at all.
+    """
+    if value is None:
+        return None
+    cleaned = value.strip().lower()
+    return cleaned or None

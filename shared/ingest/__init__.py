@@ -1,0 +1,1 @@
+"""Ingest: Dataverse webhook notifications in, validated change events out."""

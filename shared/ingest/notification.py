@@ -1,0 +1,355 @@
+"""Dataverse webhook notification (a serialized RemoteExecutionContext) -> ChangeEvent.
+
+Pure: no I/O. The shapes are those of DOMAIN.md §4: collections are arrays of
+``{"key": ..., "value": ...}``, typed values carry ``__type``, dates look like
+``/Date(1506384247000)/``. Every problem raises NotificationError naming the path and the
+problem, so the caller can answer 400 without guessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from shared.domain.consent import EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
+from shared.domain.events import (
+    Change,
+    ChangeEvent,
+    ConsentChanged,
+    ContactChanged,
+    MembershipChanged,
+    Origin,
+    RecordDeleted,
+    RereadRecord,
+    change_dict,
+)
+
+CONSENT_TABLE = "msdynmkt_contactpointconsent4"
+MEMBER_TABLES = ("contact", "lead")
+MEMBERSHIP_RELATIONSHIPS = {"listcontact_association": "contact", "listlead_association": "lead"}
+ADD_MESSAGES = ("AddMember", "AddListMembers")
+SIZE_EXCEEDED_HEADER = "x-ms-dynamics-msg-size-exceeded"
+CONTACT_COLUMNS = EMAIL_COLUMNS + OPT_OUT_FLAGS
+
+_GUID = re.compile(r"^\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?$")
+_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+
+
+class NotificationError(ValueError):
+    """The notification is malformed: ``path`` says where, ``problem`` says what."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Irrelevant:
+    """A well-formed notification that no rule watches; nothing is enqueued."""
+
+    reason: str
+
+
+def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = None) -> ChangeEvent | Irrelevant:
+    """Parses, validates and reduces one notification. ``headers`` keys must be lower-case."""
+    try:
+        ctx = json.loads(body)
+    except UnicodeDecodeError:
+        raise NotificationError("body", "is not UTF-8 text") from None
+    except ValueError as exc:
+        raise NotificationError("body", f"malformed JSON ({exc})") from None
+    if not isinstance(ctx, dict):
+        raise NotificationError("body", f"expected a JSON object, got {_type_name(ctx)}")
+    return reduce_context(ctx, (headers or {}).get(SIZE_EXCEEDED_HEADER, "").strip().lower() == "true")
+
+
+def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEvent | Irrelevant:
+    message = _required_str(ctx, "MessageName")
+    table = _required_str(ctx, "PrimaryEntityName").lower()
+    record_id = _guid(ctx.get("PrimaryEntityId"), "PrimaryEntityId", required=True)
+    origin = Origin(
+        time=_date(ctx.get("OperationCreatedOn"), "OperationCreatedOn"),
+        user_id=_guid(ctx.get("UserId"), "UserId"),
+        initiating_user_id=_guid(ctx.get("InitiatingUserId"), "InitiatingUserId"),
+        correlation_id=_optional_str(ctx, "CorrelationId"),
+        organization_id=_optional_str(ctx, "OrganizationId"),
+        depth=_optional_int(ctx, "Depth"),
+    )
+    # Identity parts that are not in the reduced event but tell two operations apart.
+    identity = (_optional_str(ctx, "OperationId"), _optional_str(ctx, "RequestId"), _optional_int(ctx, "Stage"))
+
+    change: Change | Irrelevant
+    if size_exceeded:
+        change = _reread(table, message)
+    else:
+        inputs = _collection(ctx.get("InputParameters"), "InputParameters")
+        if message in ("Associate", "Disassociate"):
+            change = _association(message, inputs)
+        elif table == "list" and message in ADD_MESSAGES + ("RemoveMember",):
+            change = _list_member_message(message, inputs)
+        elif table in MEMBER_TABLES and message in ("Create", "Update"):
+            change = _contact(message, inputs, _post_image(ctx))
+        elif table in MEMBER_TABLES and message == "Delete":
+            change = RecordDeleted()
+        elif table == CONSENT_TABLE and message in ("Create", "Update"):
+            change = _consent(inputs, _post_image(ctx))
+        else:
+            change = Irrelevant(f"no rule watches {message} on {table}")
+    if isinstance(change, Irrelevant):
+        return change
+    return ChangeEvent(
+        id=_event_id(origin, identity, table, record_id, message, change),
+        table=table,
+        record_id=record_id,
+        message=message,
+        origin=origin,
+        change=change,
+    )
+
+
+def _event_id(origin: Origin, identity: tuple, table: str, record_id: str, message: str, change: Change) -> str:
+    """A UUID-shaped digest of everything that makes this notification this one.
+
+    Dataverse's one retry (and any duplicate delivery) carries the same body, so it gets the same
+    id, and Service Bus duplicate detection on MessageId collapses it.
+    """
+    basis = json.dumps(
+        [origin.organization_id, origin.correlation_id, origin.time, origin.depth, origin.initiating_user_id,
+         *identity, table, record_id, message, change.kind, change_dict(change)],
+        separators=(",", ":"), sort_keys=True, default=str,
+    )
+    h = hashlib.sha256(basis.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+# --- the kinds -------------------------------------------------------------------------------
+
+def _reread(table: str, message: str) -> RereadRecord | Irrelevant:
+    watched = table in MEMBER_TABLES + (CONSENT_TABLE, "list") or message in ("Associate", "Disassociate")
+    if not watched:
+        return Irrelevant(f"no rule watches {message} on {table}")
+    return RereadRecord(reason="msg-size-exceeded")
+
+
+def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any]) -> ContactChanged | Irrelevant:
+    target = _entity(inputs.get("Target"), "InputParameters.Target", required=True)
+    state = {**post, **target}  # Target holds the newest values of what changed
+    changed = tuple(c for c in CONTACT_COLUMNS if c in target)
+    flags = {f: _bool(state.get(f), f) for f in OPT_OUT_FLAGS}
+    emails = {c: _optional_text(state.get(c), c) for c in EMAIL_COLUMNS if c in state}
+    if message == "Update":
+        if not changed:
+            return Irrelevant("Update changed no email column and no opt-out flag")
+        if not any(c in EMAIL_COLUMNS for c in changed) and not any(flags[f] for f in OPT_OUT_FLAGS if f in target):
+            return Irrelevant("Update only cleared opt-out flags; the sync never propagates an opt-in")
+    elif not any(emails.values()):
+        return Irrelevant("Create of a record without an email address")
+    return ContactChanged(changed=changed, donotbulkemail=flags["donotbulkemail"],
+                          donotemail=flags["donotemail"], emails=emails)
+
+
+def _consent(inputs: dict[str, Any], post: dict[str, Any]) -> ConsentChanged | Irrelevant:
+    target = _entity(inputs.get("Target"), "InputParameters.Target", required=True)
+    state = {**post, **target}
+    change = ConsentChanged(
+        contact_point_value=_optional_text(state.get("msdynmkt_contactpointvalue"), "msdynmkt_contactpointvalue"),
+        contact_point_type=_option(state.get("msdynmkt_contactpointtype"), "msdynmkt_contactpointtype"),
+        consent_type=_option(state.get("msdynmkt_contactpointconsenttype"), "msdynmkt_contactpointconsenttype"),
+        value=_option(state.get("msdynmkt_value"), "msdynmkt_value"),
+        purpose_id=_reference(state.get("msdynmkt_purposeid"), "msdynmkt_purposeid"),
+        topic_id=_reference(state.get("msdynmkt_topicid"), "msdynmkt_topicid"),
+        source=_option(state.get("msdynmkt_source"), "msdynmkt_source"),
+        reason=_optional_text(state.get("msdynmkt_reason"), "msdynmkt_reason"),
+    )
+    # Only opt-outs propagate; an unknown value or channel is kept and settled by re-reading the row.
+    if change.value is not None and change.value != ConsentValue.OPTED_OUT:
+        return Irrelevant("consent row is not Opted out; the sync never propagates an opt-in")
+    if change.contact_point_type is not None and change.contact_point_type != ContactPointType.EMAIL:
+        return Irrelevant("consent row is not for the email channel")
+    return change
+
+
+def _association(message: str, inputs: dict[str, Any]) -> MembershipChanged | Irrelevant:
+    relationship = inputs.get("Relationship")
+    if not isinstance(relationship, dict):
+        raise NotificationError("InputParameters.Relationship", f"expected a Relationship object, got {_type_name(relationship)}")
+    schema_name = relationship.get("SchemaName")
+    if not isinstance(schema_name, str):
+        raise NotificationError("InputParameters.Relationship.SchemaName", f"expected a string, got {_type_name(schema_name)}")
+    member_table = MEMBERSHIP_RELATIONSHIPS.get(schema_name.lower())
+    if member_table is None:
+        return Irrelevant(f"relationship {schema_name} is not a list membership")
+    target_table, target_id = _entity_reference(inputs.get("Target"), "InputParameters.Target")
+    related = inputs.get("RelatedEntities")
+    refs = _reference_collection(related, "InputParameters.RelatedEntities")
+    related_ids = tuple(i for _, i in refs)
+    # Either side may be the Target: a list gaining contacts, or a contact joining lists.
+    if target_table == "list":
+        list_ids, member_ids = (target_id,), related_ids
+    else:
+        list_ids, member_ids = related_ids, (target_id,)
+    if not list_ids or not member_ids:
+        raise NotificationError("InputParameters.RelatedEntities", "names no related record")
+    action = "added" if message == "Associate" else "removed"
+    return MembershipChanged(action=action, list_ids=list_ids, member_ids=member_ids, member_table=member_table)
+
+
+def _list_member_message(message: str, inputs: dict[str, Any]) -> MembershipChanged:
+    list_id = _guid(_unwrap_id(inputs.get("ListId")), "InputParameters.ListId", required=True)
+    if message == "AddListMembers":
+        raw = inputs.get("MemberIds")
+        if not isinstance(raw, list) or not raw:
+            raise NotificationError("InputParameters.MemberIds", f"expected a non-empty array of ids, got {_type_name(raw)}")
+        member_ids = tuple(_guid(_unwrap_id(v), f"InputParameters.MemberIds[{i}]", required=True) for i, v in enumerate(raw))
+    else:
+        member_ids = (_guid(_unwrap_id(inputs.get("EntityId")), "InputParameters.EntityId", required=True),)
+    action = "removed" if message == "RemoveMember" else "added"
+    return MembershipChanged(action=action, list_ids=(list_id,), member_ids=member_ids, member_table=None)
+
+
+# --- shapes ----------------------------------------------------------------------------------
+
+def _collection(value: Any, path: str) -> dict[str, Any]:
+    """A ``[{"key": k, "value": v}, ...]`` array as a dict."""
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise NotificationError(path, f"expected an array of key/value pairs, got {_type_name(value)}")
+    out: dict[str, Any] = {}
+    for i, pair in enumerate(value):
+        if not isinstance(pair, dict):
+            raise NotificationError(f"{path}[{i}]", f"expected a key/value object, got {_type_name(pair)}")
+        key = pair.get("key")
+        if not isinstance(key, str):
+            raise NotificationError(f"{path}[{i}].key", f"expected a string, got {_type_name(key)}")
+        out[key] = pair.get("value")
+    return out
+
+
+def _entity(value: Any, path: str, required: bool = False) -> dict[str, Any]:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise NotificationError(path, f"expected an Entity object, got {_type_name(value)}")
+    return _collection(value.get("Attributes"), f"{path}.Attributes")
+
+
+def _post_image(ctx: dict[str, Any]) -> dict[str, Any]:
+    """All post images merged: the step registers one, but its alias is the registrant's choice."""
+    images = _collection(ctx.get("PostEntityImages"), "PostEntityImages")
+    merged: dict[str, Any] = {}
+    for alias, image in images.items():
+        merged.update(_entity(image, f"PostEntityImages.{alias}"))
+    return merged
+
+
+def _entity_reference(value: Any, path: str) -> tuple[str, str]:
+    if not isinstance(value, dict):
+        raise NotificationError(path, f"expected an EntityReference object, got {_type_name(value)}")
+    name = value.get("LogicalName")
+    if not isinstance(name, str):
+        raise NotificationError(f"{path}.LogicalName", f"expected a string, got {_type_name(name)}")
+    return name.lower(), _guid(value.get("Id"), f"{path}.Id", required=True)
+
+
+def _reference_collection(value: Any, path: str) -> list[tuple[str, str]]:
+    # Serialized either as a bare array of references or as an object wrapping one.
+    if isinstance(value, dict):
+        for key in ("Entities", "value", "Items"):
+            if isinstance(value.get(key), list):
+                value = value[key]
+                break
+    if not isinstance(value, list):
+        raise NotificationError(path, f"expected an EntityReferenceCollection, got {_type_name(value)}")
+    return [_entity_reference(v, f"{path}[{i}]") for i, v in enumerate(value)]
+
+
+def _unwrap_id(value: Any) -> Any:
+    return value.get("Id") if isinstance(value, dict) else value
+
+
+def _required_str(ctx: dict[str, Any], name: str) -> str:
+    value = ctx.get(name)
+    if value is None:
+        raise NotificationError(name, "is missing")
+    if not isinstance(value, str) or not value:
+        raise NotificationError(name, f"expected a non-empty string, got {_type_name(value)}")
+    return value
+
+
+def _optional_str(ctx: dict[str, Any], name: str) -> str | None:
+    value = ctx.get(name)
+    if value is not None and not isinstance(value, str):
+        raise NotificationError(name, f"expected a string, got {_type_name(value)}")
+    return value
+
+
+def _optional_int(ctx: dict[str, Any], name: str) -> int | None:
+    value = ctx.get(name)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise NotificationError(name, f"expected an integer, got {_type_name(value)}")
+    return value
+
+
+def _guid(value: Any, path: str, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise NotificationError(path, "is missing")
+        return None
+    if not isinstance(value, str) or not _GUID.match(value):
+        raise NotificationError(path, f"expected a GUID string, got {_describe(value)}")
+    return value.strip("{}").lower()
+
+
+def _date(value: Any, path: str) -> str | None:
+    """``/Date(ms)/`` or ``/Date(ms+hhmm)/``; the milliseconds are UTC, the offset is only display."""
+    if value is None:
+        return None
+    m = _DATE.match(value) if isinstance(value, str) else None
+    if m is None:
+        raise NotificationError(path, f"expected a date like /Date(1506384247000)/, got {_describe(value)}")
+    try:
+        moment = datetime.fromtimestamp(int(m.group(1)) / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        raise NotificationError(path, "date is out of range") from None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _bool(value: Any, path: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise NotificationError(path, f"expected true or false, got {_describe(value)}")
+
+
+def _optional_text(value: Any, path: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise NotificationError(path, f"expected a string, got {_type_name(value)}")
+
+
+def _option(value: Any, path: str) -> int | None:
+    if isinstance(value, dict):
+        value = value.get("Value")
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise NotificationError(path, f"expected an OptionSetValue, got {_type_name(value)}")
+
+
+def _reference(value: Any, path: str) -> str | None:
+    return _guid(_unwrap_id(value), path)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
+            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _describe(value: Any) -> str:
+    # Names the type only: a value could be an email address, which must not reach a response or log.
+    return _type_name(value) if not isinstance(value, str) else f"a string of {len(value)} characters"
