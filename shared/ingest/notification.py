@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from shared.domain.consent import EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
@@ -117,11 +117,9 @@ def _event_id(origin: Origin, identity: tuple, table: str, record_id: str, messa
     Dataverse's one retry (and any duplicate delivery) carries the same body, so it gets the same
     id, and Service Bus duplicate detection on MessageId collapses it.
     """
-    basis = json.dumps(
-        [origin.organization_id, origin.correlation_id, origin.time, origin.depth, origin.initiating_user_id,
-         *identity, table, record_id, message, change.kind, change_dict(change)],
-        separators=(",", ":"), sort_keys=True, default=str,
-    )
+    basis = "|".join(map(str, (origin.organization_id, origin.correlation_id, origin.time, origin.depth,
+                               origin.initiating_user_id, *identity, table, record_id, message, change.kind,
+                               json.dumps(change_dict(change)))))
     h = hashlib.sha256(basis.encode()).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
@@ -217,9 +215,16 @@ def _collection(value: Any, path: str) -> dict[str, Any]:
     """A ``[{"key": k, "value": v}, ...]`` array as a dict."""
     if value is None:
         return {}
+    if type(value) is list:
+        try:  # fast path for well-formed input; the checked loop below names the first problem
+            out = {pair["key"]: pair["value"] for pair in value}
+            if all(type(k) is str for k in out):
+                return out
+        except (TypeError, KeyError):
+            pass
     if not isinstance(value, list):
         raise NotificationError(path, f"expected an array of key/value pairs, got {_type_name(value)}")
-    out: dict[str, Any] = {}
+    out = {}
     for i, pair in enumerate(value):
         if not isinstance(pair, dict):
             raise NotificationError(f"{path}[{i}]", f"expected a key/value object, got {_type_name(pair)}")
@@ -278,14 +283,14 @@ def _required_str(ctx: dict[str, Any], name: str) -> str:
         raise NotificationError(name, "is missing")
     if not isinstance(value, str) or not value:
         raise NotificationError(name, f"expected a non-empty string, got {_type_name(value)}")
-    return value
+    return _unicode(value, name)
 
 
 def _optional_str(ctx: dict[str, Any], name: str) -> str | None:
     value = ctx.get(name)
     if value is not None and not isinstance(value, str):
         raise NotificationError(name, f"expected a string, got {_type_name(value)}")
-    return value
+    return _unicode(value, name)
 
 
 def _optional_int(ctx: dict[str, Any], name: str) -> int | None:
@@ -312,11 +317,12 @@ def _date(value: Any, path: str) -> str | None:
     m = _DATE.match(value) if isinstance(value, str) else None
     if m is None:
         raise NotificationError(path, f"expected a date like /Date(1506384247000)/, got {_describe(value)}")
+    millis = int(m.group(1))
     try:
-        moment = datetime.fromtimestamp(int(m.group(1)) / 1000, tz=timezone.utc)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
     except (OverflowError, OSError, ValueError):
         raise NotificationError(path, "date is out of range") from None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f"{stamp}.{millis % 1000:03d}Z"
 
 
 def _bool(value: Any, path: str) -> bool | None:
@@ -327,7 +333,7 @@ def _bool(value: Any, path: str) -> bool | None:
 
 def _optional_text(value: Any, path: str) -> str | None:
     if value is None or isinstance(value, str):
-        return value
+        return _unicode(value, path)
     raise NotificationError(path, f"expected a string, got {_type_name(value)}")
 
 
@@ -343,6 +349,17 @@ def _option(value: Any, path: str) -> int | None:
 
 def _reference(value: Any, path: str) -> str | None:
     return _guid(_unwrap_id(value), path)
+
+
+def _unicode(value: str | None, path: str) -> str | None:
+    # JSON may escape a lone surrogate (\\ud800); such text cannot be encoded as UTF-8, so it must not
+    # reach a change event (the queue message could not be built: a 400, not a 503 on every retry).
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotificationError(path, "contains an unpaired surrogate (not valid Unicode text)") from None
+    return value
 
 
 def _type_name(value: Any) -> str:
