@@ -187,7 +187,9 @@ def event_from_json(raw: bytes | str) -> ChangeEvent:
             origin=Origin(**{k: origin[k] for k in Origin.__dataclass_fields__}),
             change=change,
         )
-    except (KeyError, TypeError) as exc:
+    except EventFormatError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: e.g. dict() of a string
         raise EventFormatError(f"{kind} event is missing or mistypes {exc}") from None
 
 

@@ -317,8 +317,8 @@ def _date(value: Any, path: str) -> str | None:
     m = _DATE.match(value) if isinstance(value, str) else None
     if m is None:
         raise NotificationError(path, f"expected a date like /Date(1506384247000)/, got {_describe(value)}")
-    millis = int(m.group(1))
     try:
+        millis = int(m.group(1))  # ValueError past 4300 digits
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
     except (OverflowError, OSError, ValueError):
         raise NotificationError(path, "date is out of range") from None
