@@ -19,6 +19,7 @@ class Container:
         self.settings = settings
         self._lock = threading.Lock()
         self._queue: EventQueue | None = None
+        self._dataverse: Any = None
 
     @property
     def webhook_config(self) -> WebhookConfig:
@@ -30,6 +31,13 @@ class Container:
             if self._queue is None:
                 self._queue = build_servicebus_queue(self.settings)
             return self._queue
+
+    def dataverse(self) -> Any:
+        """The Dataverse client (one pooled session per process); raises SettingsError without DATAVERSE_URL."""
+        with self._lock:
+            if self._dataverse is None:
+                self._dataverse = build_dataverse_client(self.settings)
+            return self._dataverse
 
     def set_event_queue(self, queue: EventQueue) -> None:
         """Lets a host (the local one in sandbox/host) supply its own queue."""
@@ -51,6 +59,12 @@ def build_servicebus_queue(settings: Settings) -> EventQueue:
         return ServiceBusEventQueue.from_connection_string(settings.servicebus_connection_string, settings.changes_queue)
     return ServiceBusEventQueue.from_namespace(
         settings.servicebus_namespace, azure_credential(settings.servicebus_client_id), settings.changes_queue)
+
+
+def build_dataverse_client(settings: Settings) -> Any:
+    from shared.adapters.dataverse import DataverseClient
+
+    return DataverseClient.from_settings(settings)
 
 
 _container: Container | None = None

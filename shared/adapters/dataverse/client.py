@@ -1,0 +1,361 @@
+"""The typed Dataverse operations the sync needs, returning the values of ``shared.domain.model``.
+
+Reads stream pages; bulk writes go through ``$batch`` (requests outside change sets, with
+``odata.continue-on-error``) so every item gets its own ``WriteResult``. CreateMultiple and
+UpdateMultiple are not used: they are all-or-nothing. Ids come back lower-case. Email addresses
+in filters are sent as given (the caller normalises; Dataverse compares case-insensitively).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
+
+from shared.adapters.dataverse.auth import TokenProvider, token_provider_from_settings
+from shared.adapters.dataverse.errors import (DataverseAmbiguous, DataverseBadRequest, DataverseNotFound,
+                                              parse_error_body)
+from shared.adapters.dataverse.odata import (BatchOp, PartResponse, chunk_values, guid, id_from_entity_url,
+                                             in_function, is_guid, literal)
+from shared.adapters.dataverse.transport import DataverseTransport
+from shared.adapters.dataverse.webhooks import WebhookRegistrations
+from shared.domain.consent import EMAIL_COLUMNS, ContactPointType
+from shared.domain.model import ConsentRow, Member, Purpose, SubscriptionList, Topic, WriteResult
+
+T = TypeVar("T")
+
+ENTITY_SETS = {"contact": "contacts", "lead": "leads"}
+LIST_RELATIONSHIPS = {"contact": "listcontact_association", "lead": "listlead_association"}
+LIST_MEMBER_TABLES = {2: "contact", 4: "lead"}  # list.createdfromcode
+CONSENT_SET = "msdynmkt_contactpointconsent4s"
+CONSENT_ID = "msdynmkt_contactpointconsent4id"
+CONSENT_SELECT = ",".join((
+    CONSENT_ID, "msdynmkt_contactpointvalue", "msdynmkt_contactpointtype", "msdynmkt_contactpointconsenttype",
+    "msdynmkt_value", "_msdynmkt_purposeid_value", "_msdynmkt_topicid_value", "msdynmkt_source",
+    "msdynmkt_reason", "modifiedon", "statecode"))
+LIST_SELECT = "listid,listname,createdfromcode,msdyncrm_issubscription,statecode"
+#: Dataverse's "Cannot insert duplicate key": adding a member who is already there.
+DUPLICATE_KEY = "0x80040237"
+_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+#: Domain keys of a consent write -> columns (option-set values pass through as ints).
+CONSENT_FIELDS = {
+    "contact_point_value": "msdynmkt_contactpointvalue",
+    "contact_point_type": "msdynmkt_contactpointtype",
+    "consent_type": "msdynmkt_contactpointconsenttype",
+    "value": "msdynmkt_value",
+    "source": "msdynmkt_source",
+    "reason": "msdynmkt_reason",
+    "logical_reason": "msdynmkt_logicalreason",
+}
+
+
+def _entity_set(table: str) -> str:
+    try:
+        return ENTITY_SETS[table]
+    except KeyError:
+        raise ValueError(f"member table must be 'contact' or 'lead', not {table!r}") from None
+
+
+def _columns(columns: Iterable[str]) -> tuple[str, ...]:
+    cols = tuple(columns)
+    if not cols or not all(_COLUMN.match(c) for c in cols):
+        raise ValueError("email columns must be logical column names")
+    return cols
+
+
+def _lower(value: Any) -> str | None:
+    return str(value).lower() if value else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def to_write_result(part: PartResponse | None, id: str | None = None, *, ok_statuses: Sequence[int] = (),
+                    ok_codes: Sequence[str] = ()) -> WriteResult:
+    if part is None:
+        return WriteResult(False, id, None, None, "no response for this request in the $batch")
+    code, message = parse_error_body(part.body)
+    if 200 <= part.status < 300 or part.status in ok_statuses or (code and code.lower() in ok_codes):
+        created = id_from_entity_url(part.headers.get("odata-entityid"))
+        return WriteResult(True, created or id, part.status)
+    return WriteResult(False, id, part.status, code, message or f"HTTP {part.status}")
+
+
+def member_from_row(table: str, row: Mapping[str, Any], email_columns: Sequence[str]) -> Member:
+    return Member(
+        table=table,  # type: ignore[arg-type]
+        id=str(row[f"{table}id"]).lower(),
+        emails={c: row.get(c) for c in email_columns},
+        donotbulkemail=bool(row.get("donotbulkemail")),
+        donotemail=bool(row.get("donotemail")),
+        active=row.get("statecode", 0) in (0, None),
+    )
+
+
+def consent_from_row(row: Mapping[str, Any]) -> ConsentRow:
+    return ConsentRow(
+        id=str(row[CONSENT_ID]).lower(),
+        contact_point_value=row.get("msdynmkt_contactpointvalue"),
+        contact_point_type=_int(row.get("msdynmkt_contactpointtype")),
+        consent_type=_int(row.get("msdynmkt_contactpointconsenttype")),
+        value=_int(row.get("msdynmkt_value")),
+        purpose_id=_lower(row.get("_msdynmkt_purposeid_value")),
+        topic_id=_lower(row.get("_msdynmkt_topicid_value")),
+        source=_int(row.get("msdynmkt_source")),
+        reason=row.get("msdynmkt_reason"),
+        modified_on=row.get("modifiedon"),
+        active=row.get("statecode", 0) in (0, None),
+    )
+
+
+def list_from_row(row: Mapping[str, Any]) -> SubscriptionList:
+    return SubscriptionList(
+        id=str(row["listid"]).lower(),
+        name=row.get("listname") or "",
+        member_table=LIST_MEMBER_TABLES.get(_int(row.get("createdfromcode")) or 0),  # type: ignore[arg-type]
+        is_subscription=bool(row.get("msdyncrm_issubscription")),
+        active=row.get("statecode", 0) in (0, None),
+    )
+
+
+def consent_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A consent write in domain keys -> the row's columns and lookup binds."""
+    body: dict[str, Any] = {}
+    for key, value in fields.items():
+        if key in CONSENT_FIELDS:
+            body[CONSENT_FIELDS[key]] = value
+        elif key == "purpose_id":
+            body["msdynmkt_purposeId@odata.bind"] = f"/msdynmkt_purposes({guid(value)})"
+        elif key == "topic_id":
+            if value:
+                body["msdynmkt_topicId@odata.bind"] = f"/msdynmkt_topics({guid(value)})"
+            else:
+                body["msdynmkt_topicId@odata.bind"] = None
+        elif key.startswith("msdynmkt_"):  # already a column
+            body[key] = value
+        else:
+            raise ValueError(f"unknown consent field {key!r}")
+    return body
+
+
+class DataverseClient(DataverseTransport, WebhookRegistrations):
+    """Dataverse Web API client for Straddle. Thread-safe; build one per process."""
+
+    def __init__(self, url: str, tokens: TokenProvider, **transport: Any):
+        super().__init__(url, tokens, **transport)
+        self._user_id: str | None = None
+        self._listmember_query: bool | None = None  # None: not yet probed
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> "DataverseClient":
+        settings.require("dataverse_url", purpose="Dataverse")
+        kw: dict[str, Any] = dict(timeout=settings.dataverse_timeout_seconds,
+                                  retry_budget=settings.dataverse_retry_budget_seconds,
+                                  page_size=min(settings.dataverse_page_size, 5000))
+        kw.update(overrides)
+        tokens = kw.pop("tokens", None) or token_provider_from_settings(settings)
+        return cls(settings.dataverse_url, tokens, **kw)
+
+    # --- identity ---------------------------------------------------------------------------
+
+    def who_am_i(self) -> str:
+        """The calling user's systemuserid (the sync's application user), cached."""
+        if self._user_id is None:
+            self._user_id = str(self.get_json("WhoAmI")["UserId"]).lower()
+        return self._user_id
+
+    # --- members (contacts / leads) ---------------------------------------------------------
+
+    def _member_select(self, table: str, cols: Sequence[str]) -> str:
+        return ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode"))
+
+    def members_by_emails(self, emails: Iterable[str], table: str = "contact",
+                          email_columns: Sequence[str] = EMAIL_COLUMNS) -> list[Member]:
+        """Active and inactive members holding any of the addresses in any of the columns."""
+        entity_set, cols = _entity_set(table), _columns(email_columns)
+        found: dict[str, Member] = {}
+        for chunk in chunk_values(emails, copies=len(cols)):
+            flt = " or ".join(in_function(c, chunk) for c in cols)
+            for row in self.query_rows(entity_set, {"$select": self._member_select(table, cols), "$filter": flt}):
+                m = member_from_row(table, row, cols)
+                found.setdefault(m.id, m)
+        return list(found.values())
+
+    def members_by_ids(self, ids: Iterable[str], table: str = "contact",
+                       email_columns: Sequence[str] = EMAIL_COLUMNS) -> list[Member]:
+        entity_set, cols = _entity_set(table), _columns(email_columns)
+        found: dict[str, Member] = {}
+        for chunk in chunk_values(guid(i) for i in ids):
+            params = {"$select": self._member_select(table, cols), "$filter": in_function(f"{table}id", chunk)}
+            for row in self.query_rows(entity_set, params):
+                m = member_from_row(table, row, cols)
+                found.setdefault(m.id, m)
+        return list(found.values())
+
+    def list_members(self, list_id: str, table: str = "contact",
+                     email_columns: Sequence[str] = EMAIL_COLUMNS) -> Iterator[Member]:
+        """Every member of a list, page by page."""
+        _entity_set(table)
+        cols = _columns(email_columns)
+        path = f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}"
+        try:
+            for row in self.query_rows(path, {"$select": self._member_select(table, cols)}):
+                yield member_from_row(table, row, cols)
+        except DataverseNotFound as exc:
+            raise DataverseNotFound(f"list {guid(list_id)} not found", status=exc.status, code=exc.code,
+                                    kind=exc.kind) from None
+
+    def lists_of_members(self, member_ids: Iterable[str], table: str = "contact") -> dict[str, set[str]]:
+        """member id -> ids of the lists it belongs to (every id asked for is a key).
+
+        One query on the ``listmember`` intersect table per chunk of ids; if the service refuses
+        that query, one navigation query per member instead.
+        """
+        entity_set = _entity_set(table)
+        ids = list(dict.fromkeys(guid(i) for i in member_ids))
+        out: dict[str, set[str]] = {i: set() for i in ids}
+        if self._listmember_query is not False and ids:
+            try:
+                for chunk in chunk_values(ids):
+                    params = {"$select": "_listid_value,_entityid_value", "$filter": in_function("entityid", chunk)}
+                    for row in self.query_rows("listmembers", params):
+                        member = _lower(row.get("_entityid_value") or row.get("entityid"))
+                        list_id = _lower(row.get("_listid_value") or row.get("listid"))
+                        if member in out and list_id:
+                            out[member].add(list_id)
+                self._listmember_query = True
+                return out
+            except (DataverseBadRequest, DataverseNotFound):
+                if self._listmember_query:  # it worked before: this failure is real
+                    raise
+                self._listmember_query = False
+                out = {i: set() for i in ids}
+        for member in ids:
+            try:
+                for row in self.query_rows(f"{entity_set}({member})/{LIST_RELATIONSHIPS[table]}", {"$select": "listid"}):
+                    out[member].add(str(row["listid"]).lower())
+            except DataverseNotFound:
+                pass  # a deleted member belongs to no list
+        return out
+
+    def add_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
+        """(list id, member table, member id) -> joined; already a member counts as ok."""
+        ops = []
+        for list_id, table, member_id in items:
+            ref = {"@odata.id": f"{self.api_url}/{_entity_set(table)}({guid(member_id)})"}
+            ops.append(BatchOp("POST", f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}/$ref", ref))
+        parts = self.batch(ops)
+        return [to_write_result(p, guid(m), ok_codes=(DUPLICATE_KEY,)) for p, (_, _, m) in zip(parts, items)]
+
+    def remove_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
+        """(list id, member table, member id) -> left; 404 (not a member) counts as ok."""
+        for _, t, _ in items:
+            _entity_set(t)
+        ops = [BatchOp("DELETE", f"lists({guid(l)})/{LIST_RELATIONSHIPS[t]}({guid(m)})/$ref") for l, t, m in items]
+        parts = self.batch(ops)
+        return [to_write_result(p, guid(m), ok_statuses=(404,)) for p, (_, _, m) in zip(parts, items)]
+
+    def set_member_flags(self, updates: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[WriteResult]:
+        """(table, id, {"donotbulkemail": True}) -> PATCH with If-Match: * (never creates a row)."""
+        ops = [BatchOp("PATCH", f"{_entity_set(t)}({guid(i)})", dict(f), {"If-Match": "*"}) for t, i, f in updates]
+        return [to_write_result(p, guid(i)) for p, (_, i, _) in zip(self.batch(ops), updates)]
+
+    # --- consent ----------------------------------------------------------------------------
+
+    def consent_rows(self, emails: Iterable[str], *, purpose_ids: Iterable[str] | None = None,
+                     topic_ids: Iterable[str] | None = None, consent_type: int | None = None,
+                     channel: int = ContactPointType.EMAIL) -> list[ConsentRow]:
+        """Every consent row (duplicates and inactive ones too) for these contact points."""
+        extra = [f"msdynmkt_contactpointtype eq {int(channel)}"]
+        if consent_type is not None:
+            extra.append(f"msdynmkt_contactpointconsenttype eq {int(consent_type)}")
+        for column, ids in (("_msdynmkt_purposeid_value", purpose_ids), ("_msdynmkt_topicid_value", topic_ids)):
+            if ids is not None:
+                wanted = sorted({guid(i) for i in ids})
+                if not wanted:
+                    return []
+                extra.append("(" + " or ".join(f"{column} eq {i}" for i in wanted) + ")")
+        rows: list[ConsentRow] = []
+        seen: set[str] = set()
+        for chunk in chunk_values(emails, max_chars=6000):
+            flt = " and ".join([in_function("msdynmkt_contactpointvalue", chunk), *extra])
+            for row in self.query_rows(CONSENT_SET, {"$select": CONSENT_SELECT, "$filter": flt}):
+                c = consent_from_row(row)
+                if c.id not in seen:
+                    seen.add(c.id)
+                    rows.append(c)
+        return rows
+
+    def create_consent_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[WriteResult]:
+        """Each dict: contact_point_value, consent_type, value, purpose_id, topic_id|None, source, reason."""
+        ops = []
+        for r in rows:
+            fields = {"contact_point_type": ContactPointType.EMAIL.value, **r}
+            if not fields.get("topic_id"):
+                fields.pop("topic_id", None)  # no bind at all on create
+            ops.append(BatchOp("POST", CONSENT_SET, consent_columns(fields)))
+        return [to_write_result(p) for p in self.batch(ops)]
+
+    def update_consent_rows(self, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> list[WriteResult]:
+        """(row id, fields in the same keys as create) -> PATCH with If-Match: *."""
+        ops = [BatchOp("PATCH", f"{CONSENT_SET}({guid(i)})", consent_columns(f), {"If-Match": "*"}) for i, f in updates]
+        return [to_write_result(p, guid(i)) for p, (i, _) in zip(self.batch(ops), updates)]
+
+    # --- reference data ---------------------------------------------------------------------
+
+    def purposes(self) -> list[Purpose]:
+        params = {"$select": "msdynmkt_purposeid,msdynmkt_name,msdynmkt_type"}
+        return [_purpose(r) for r in self.query_rows("msdynmkt_purposes", params)]
+
+    def topics(self) -> list[Topic]:
+        params = {"$select": "msdynmkt_topicid,msdynmkt_name,_msdynmkt_purposeid_value"}
+        return [_topic(r) for r in self.query_rows("msdynmkt_topics", params)]
+
+    def marketing_lists(self, subscription_only: bool = False) -> list[SubscriptionList]:
+        params = {"$select": LIST_SELECT, "$filter": "msdyncrm_issubscription eq true" if subscription_only else None}
+        return [list_from_row(r) for r in self.query_rows("lists", params)]
+
+    def resolve_list(self, name_or_id: str) -> SubscriptionList:
+        return self._resolve("list", "lists", "listname", LIST_SELECT, name_or_id, list_from_row)
+
+    def resolve_purpose(self, name_or_id: str) -> Purpose:
+        return self._resolve("purpose", "msdynmkt_purposes", "msdynmkt_name",
+                             "msdynmkt_purposeid,msdynmkt_name,msdynmkt_type", name_or_id, _purpose)
+
+    def resolve_topic(self, name_or_id: str) -> Topic:
+        return self._resolve("topic", "msdynmkt_topics", "msdynmkt_name",
+                             "msdynmkt_topicid,msdynmkt_name,_msdynmkt_purposeid_value", name_or_id, _topic)
+
+    def _resolve(self, what: str, entity_set: str, name_column: str, select: str, name_or_id: str,
+                 convert: Callable[[Mapping[str, Any]], T]) -> T:
+        if is_guid(name_or_id):
+            try:
+                return convert(self.get_json(f"{entity_set}({guid(name_or_id)})", {"$select": select}))
+            except DataverseNotFound as exc:
+                raise DataverseNotFound(f"{what} {guid(name_or_id)} not found", status=404, code=exc.code,
+                                        kind=exc.kind) from None
+        params = {"$select": select, "$filter": f"{name_column} eq {literal(name_or_id.strip())}"}
+        rows = self.get_json(entity_set, params).get("value") or []
+        if not rows:
+            raise DataverseNotFound(f"{what} {name_or_id!r} not found", status=404)
+        if len(rows) > 1:
+            raise DataverseAmbiguous(f"{what} name {name_or_id!r} matches {len(rows)} rows; use its id")
+        return convert(rows[0])
+
+    # --- generic ----------------------------------------------------------------------------
+
+    def iter_rows(self, entity_set: str, select: str | Sequence[str], filter: str | None = None,
+                  page_size: int | None = None) -> Iterator[dict]:
+        """Streams raw rows page by page (for the nightly reconciliation); ``filter`` is OData text."""
+        cols = select.split(",") if isinstance(select, str) else list(select)
+        return self.query_rows(entity_set, {"$select": ",".join(c.strip() for c in cols) or None, "$filter": filter},
+                               page_size)
+
+
+def _purpose(r: Mapping[str, Any]) -> Purpose:
+    return Purpose(str(r["msdynmkt_purposeid"]).lower(), r.get("msdynmkt_name") or "", _int(r.get("msdynmkt_type")))
+
+
+def _topic(r: Mapping[str, Any]) -> Topic:
+    return Topic(str(r["msdynmkt_topicid"]).lower(), r.get("msdynmkt_name") or "",
+                 _lower(r.get("_msdynmkt_purposeid_value")))
