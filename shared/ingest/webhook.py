@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from shared.ingest.notification import Irrelevant, NotificationError, parse_notification
 from shared.ports import EventQueue, QueueUnavailable
+from shared.telemetry import redact
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,15 @@ def accept_notification(body: bytes, headers: Mapping[str, str], config: Webhook
         return error(413, "too_large", f"notification is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
         result = parse_notification(body, headers)
-    except NotificationError as exc:
-        log.warning("webhook.rejected reason=invalid path=%s problem=%s", exc.path, exc.problem)
-        return error(400, "invalid_notification", str(exc))
+    except NotificationError as exc:  # redact: a path or name taken from the body could be an address
+        log.warning("webhook.rejected reason=invalid path=%s problem=%s", redact(exc.path), redact(exc.problem))
+        return error(400, "invalid_notification", redact(str(exc)))
     except RecursionError:  # absurdly deep JSON: json.loads gives up
         return error(400, "invalid_notification", "body: JSON nested too deeply")
     if isinstance(result, Irrelevant):
-        log.info("webhook.ignored reason=%s", result.reason)
-        return WebhookResponse(200, {"status": "ignored", "reason": result.reason})
+        reason = redact(result.reason)
+        log.info("webhook.ignored reason=%s", reason)
+        return WebhookResponse(200, {"status": "ignored", "reason": reason})
     if queue is None:
         return error(503, "queue_unavailable", "the change queue is not configured", **{"Retry-After": "60"})
     try:
