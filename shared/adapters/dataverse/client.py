@@ -277,7 +277,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
                 extra.append("(" + " or ".join(f"{column} eq {i}" for i in wanted) + ")")
         rows: list[ConsentRow] = []
         seen: set[str] = set()
-        for chunk in chunk_values(emails, max_chars=6000):
+        for chunk in chunk_values(emails):
             flt = " and ".join([in_function("msdynmkt_contactpointvalue", chunk), *extra])
             for row in self.query_rows(CONSENT_SET, {"$select": CONSENT_SELECT, "$filter": flt}):
                 c = consent_from_row(row)

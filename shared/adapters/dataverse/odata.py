@@ -17,6 +17,8 @@ _QUERY_SAFE = "'(),=$/:"
 
 #: Query strings stay below this many characters (Dataverse allows more; proxies may not).
 MAX_QUERY_CHARS = 8000
+#: Share of that budget for the values of ``In`` lists; the rest is for $select and other clauses.
+MAX_IN_CHARS = 6000
 #: At most this many values in one ``In`` function, whatever their length.
 MAX_IN_VALUES = 200
 
@@ -70,7 +72,7 @@ def in_function(prop: str, values: Sequence[Any]) -> str:
 
 
 def chunk_values(values: Iterable[Any], *, max_values: int = MAX_IN_VALUES,
-                 max_chars: int = MAX_QUERY_CHARS, copies: int = 1) -> Iterator[list[str]]:
+                 max_chars: int = MAX_IN_CHARS, copies: int = 1) -> Iterator[list[str]]:
     """Splits values (de-duplicated, order kept) so each chunk's encoded ``In`` list fits.
 
     ``copies`` is how many times the list appears in one URL (an ``or`` of one ``In`` per email
