@@ -1,0 +1,37 @@
+"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300]"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .limits import parse_limit
+from .server import SandboxServer
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m sandbox.dataverse", description="Local Dataverse Web API sandbox")
+    ap.add_argument("--port", type=int, default=8081)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--seed", help="seed JSON file (see sandbox/dataverse/README.md)")
+    ap.add_argument("--latency-ms", type=float, default=0)
+    ap.add_argument("--limit", help="service protection limit REQUESTS/SECONDS, e.g. 6000/300")
+    ap.add_argument("--webhook-shuffle", action="store_true", help="deliver webhooks out of order")
+    ap.add_argument("--webhook-duplicate-share", type=float, default=0.0)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    srv = SandboxServer(port=args.port, host=args.host, seed=args.seed, latency_ms=args.latency_ms,
+                        limit=parse_limit(args.limit), webhook_shuffle=args.webhook_shuffle,
+                        webhook_duplicate_share=args.webhook_duplicate_share, verbose=not args.quiet)
+    srv.start()
+    logging.getLogger("sandbox.dataverse").info("Dataverse sandbox at %s", srv.api_url)
+    try:
+        srv._thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.stop()
+
+
+if __name__ == "__main__":
+    main()

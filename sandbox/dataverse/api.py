@@ -1,0 +1,342 @@
+"""The Web API surface under /api/data/v9.2/: routing of one (already authenticated) request.
+
+``Api.handle`` is transport-free so that $batch parts go through exactly the same code as
+top-level requests.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, quote
+
+from . import odata
+from .errors import BAD_QUERY, DataverseError, bad_query
+from .schema import BUSINESS_UNIT_ID, BY_SET, ORGANIZATION_ID, RELATIONSHIPS, TABLES
+from .store import MAX_PAGE, Store, parse_guid
+
+_SEGMENT = re.compile(r"^([A-Za-z_$][\w.$]*)(?:\(([^)]*)\))?$")
+_JSON = "application/json; odata.metadata=minimal"
+MAX_BATCH = 1000
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict = field(default_factory=dict)
+    body: bytes = b""
+
+
+def json_response(status: int, obj, headers: dict | None = None) -> Response:
+    h = {"Content-Type": _JSON, "OData-Version": "4.0"}
+    h.update(headers or {})
+    return Response(status, h, json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def error_response(err: DataverseError) -> Response:
+    return json_response(err.status, err.body(), err.headers)
+
+
+def no_content(headers: dict | None = None) -> Response:
+    h = {"OData-Version": "4.0"}
+    h.update(headers or {})
+    return Response(204, h, b"")
+
+
+def prefer(headers: dict) -> dict[str, str]:
+    out = {}
+    for part in headers.get("prefer", "").split(","):
+        k, _, v = part.strip().partition("=")
+        if k:
+            out[k.strip().lower()] = v.strip().strip('"')
+    return out
+
+
+def _json_body(body: bytes) -> dict:
+    if not body.strip():
+        return {}
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise DataverseError(400, BAD_QUERY, "The request body is not valid JSON.") from None
+    if not isinstance(obj, dict):
+        raise DataverseError(400, BAD_QUERY, "The request body must be a JSON object.")
+    return obj
+
+
+def _segment(text: str):
+    m = _SEGMENT.match(text)
+    if not m:
+        raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{text}'.")
+    return m.group(1), m.group(2)
+
+
+def kind_of(method: str, path: str) -> str:
+    """A coarse request kind for the statistics: 'contacts', 'lists/listcontact_association', '$batch'."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return "(root)"
+    names = [re.sub(r"\(.*\)$", "", p) for p in parts]
+    names = [n.replace("Microsoft.Dynamics.CRM.", "") for n in names if n != "$ref"]
+    return "/".join(names)
+
+
+class Api:
+    def __init__(self, store: Store):
+        self.store = store
+        self.api_url = ""  # set by the server once bound
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def render(self, t, row: dict, select: list[str] | None) -> dict:
+        out = {"@odata.etag": f'W/"{row.get("versionnumber", 0)}"'}
+        get = row.get
+        for c in (select or t.columns):
+            out[c] = get(c)
+        return out
+
+    def context(self, entity_set: str, select: list[str] | None, single: bool = False) -> str:
+        cols = f"({','.join(select)})" if select else ""
+        return f"{self.api_url}/$metadata#{entity_set}{cols}{'/$entity' if single else ''}"
+
+    def entity_id(self, t, rid: str) -> str:
+        return f"{self.api_url}/{t.entity_set}({rid})"
+
+    # --- entry -------------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: str, headers: dict, body: bytes, user_id: str) -> Response:
+        try:
+            return self._route(method, path, query, headers, body, user_id)
+        except DataverseError as e:
+            return error_response(e)
+
+    def _route(self, method, path, query, headers, body, user_id) -> Response:
+        parts = [p for p in path.split("/") if p]
+        params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
+        if not parts:
+            return json_response(200, {"@odata.context": f"{self.api_url}/$metadata",
+                                       "value": [{"name": t.entity_set, "kind": "EntitySet", "url": t.entity_set}
+                                                 for t in TABLES.values()]})
+        head = parts[0]
+        if head in ("WhoAmI", "WhoAmI()"):
+            if method != "GET":
+                raise DataverseError(405, BAD_QUERY, "WhoAmI is a function: use GET.")
+            return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                                       "BusinessUnitId": BUSINESS_UNIT_ID, "UserId": user_id,
+                                       "OrganizationId": ORGANIZATION_ID})
+        if head == "$batch":
+            raise bad_query("$batch is not allowed inside a batch.")
+        name, key = _segment(head)
+        t = BY_SET.get(name)
+        if t is None:
+            raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{name}'.")
+        rid = parse_guid(key, t.key) if key is not None else None
+        rest = parts[1:]
+        if rid is None:
+            if not rest:
+                if method == "GET":
+                    return self._collection(t, params, headers)
+                if method == "POST":
+                    return self._create(t, _json_body(body), headers, params, user_id)
+                raise DataverseError(405, BAD_QUERY, f"{method} is not supported on a collection.")
+            if len(rest) == 1 and method == "POST" and rest[0].startswith("Microsoft.Dynamics.CRM."):
+                action = rest[0][len("Microsoft.Dynamics.CRM."):]
+                if action == "CreateMultiple":
+                    return self._create_multiple(t, _json_body(body), user_id)
+                if action == "UpdateMultiple":
+                    return self._update_multiple(t, _json_body(body), user_id)
+            raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{rest[0]}'.")
+        if not rest:
+            if method == "GET":
+                select = odata.parse_select(t, params.get("$select"))
+                row = self.store.get(t.name, rid)
+                out = {"@odata.context": self.context(t.entity_set, select, single=True)}
+                out.update(self.render(t, row, select))
+                return json_response(200, out)
+            if method == "PATCH":
+                return self._patch(t, rid, _json_body(body), headers, params, user_id)
+            if method == "DELETE":
+                self.store.delete(t.name, rid, user_id)
+                return no_content()
+            raise DataverseError(405, BAD_QUERY, f"{method} is not supported on a single row.")
+        seg, key2 = _segment(rest[0])
+        if seg.startswith("Microsoft.Dynamics.CRM."):
+            if method != "POST" or len(rest) != 1:
+                raise DataverseError(405, BAD_QUERY, "Bound actions need POST.")
+            return self._bound_action(t, rid, seg[len("Microsoft.Dynamics.CRM."):], _json_body(body), user_id)
+        if seg in RELATIONSHIPS:
+            rel, other = self.store.relationship_for(t.name, seg)
+            ref = rest[1:] == ["$ref"]
+            if key2 is not None:
+                if method == "DELETE" and ref:
+                    self.store.disassociate(t.name, rid, seg, parse_guid(key2), user_id)
+                    return no_content()
+                raise DataverseError(405, BAD_QUERY, "Use DELETE .../<nav>(<id>)/$ref to remove an association.")
+            if ref and method == "POST":
+                target = _json_body(body).get("@odata.id")
+                if not isinstance(target, str):
+                    raise bad_query("The body must be {\"@odata.id\": \".../<set>(<id>)\"}.")
+                other_table, other_id = self.store.parse_reference(target)
+                self.store.associate(t.name, rid, seg, other_id, user_id, other_table=other_table)
+                return no_content()
+            if ref and method == "DELETE":
+                target = params.get("$id")
+                if not target:
+                    raise bad_query("DELETE .../$ref needs the related row: .../<nav>(<id>)/$ref or ?$id=.")
+                self.store.disassociate(t.name, rid, seg, self.store.parse_reference(target)[1], user_id)
+                return no_content()
+            if not rest[1:] and method == "GET":
+                self.store.get(t.name, rid)
+                direction = "members" if t.name == "list" else "lists"
+                return self._collection(TABLES[other], params, headers, scope=(rel, direction, rid))
+            raise DataverseError(405, BAD_QUERY, f"{method} is not supported on '{seg}'.")
+        if seg in t.columns and not rest[1:] and method == "GET":
+            row = self.store.get(t.name, rid)
+            return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#{t.entity_set}({rid})/{seg}",
+                                       "value": row.get(seg)})
+        raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{rest[0]}'.")
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def _collection(self, t, params: dict, headers: dict, scope=None) -> Response:
+        for p in params:
+            if p.startswith("$") and p not in ("$select", "$filter", "$orderby", "$top", "$skiptoken", "$count"):
+                if p == "$skip":
+                    raise bad_query("The query parameter $skip is not supported; follow @odata.nextLink.")
+                raise bad_query(f"The query parameter {p} is not supported.")
+        select = odata.parse_select(t, params.get("$select"))
+        prefs = prefer(headers)
+        page = MAX_PAGE
+        applied = {}
+        if "odata.maxpagesize" in prefs:
+            try:
+                page = int(prefs["odata.maxpagesize"])
+            except ValueError:
+                raise bad_query("odata.maxpagesize must be a number.") from None
+            page = max(1, min(page, MAX_PAGE))
+            applied["Preference-Applied"] = f"odata.maxpagesize={page}"
+        top = None
+        if "$top" in params:
+            try:
+                top = int(params["$top"])
+            except ValueError:
+                raise bad_query("$top must be a non-negative integer.") from None
+            if top < 0:
+                raise bad_query("$top must be a non-negative integer.")
+        count = params.get("$count", "").lower() == "true"
+        rows, token, total = self.store.query(
+            t.name, filter_text=params.get("$filter"), orderby_text=params.get("$orderby"), top=top,
+            page_size=page, skiptoken=params.get("$skiptoken"), scope=scope, count=count)
+        render = self.render
+        out = {"@odata.context": self.context(t.entity_set, select)}
+        if total is not None:
+            out["@odata.count"] = total
+        out["value"] = [render(t, r, select) for r in rows]
+        if token is not None:
+            out["@odata.nextLink"] = self._next_link(t, scope, params, token)
+        return json_response(200, out, applied)
+
+    def _next_link(self, t, scope, params: dict, token: str) -> str:
+        if scope is not None:
+            rel, direction, sid = scope
+            list_side, member_side = RELATIONSHIPS[rel]
+            owner = TABLES[list_side if direction == "members" else member_side]
+            base = f"{self.api_url}/{owner.entity_set}({sid})/{rel}"
+        else:
+            base = f"{self.api_url}/{t.entity_set}"
+        q = [f"{quote(k, safe='$')}={quote(v, safe='')}" for k, v in params.items() if k != "$skiptoken"]
+        q.append(f"$skiptoken={quote(token, safe='')}")
+        return base + "?" + "&".join(q)
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def _created(self, t, rid: str, headers: dict, params: dict) -> Response:
+        loc = {"OData-EntityId": self.entity_id(t, rid), "Location": self.entity_id(t, rid)}
+        if prefer(headers).get("return") == "representation":
+            select = odata.parse_select(t, params.get("$select"))
+            out = {"@odata.context": self.context(t.entity_set, select, single=True)}
+            out.update(self.render(t, self.store.get(t.name, rid), select))
+            return json_response(201, out, loc)
+        return no_content(loc)
+
+    def _create(self, t, body: dict, headers: dict, params: dict, user_id: str) -> Response:
+        rid = self.store.create(t.name, body, user_id)
+        return self._created(t, rid, headers, params)
+
+    def _patch(self, t, rid: str, body: dict, headers: dict, params: dict, user_id: str) -> Response:
+        if_match = headers.get("if-match")
+        if_none = headers.get("if-none-match")
+        with self.store.lock:
+            exists = rid in self.store.data[t.name].rows
+            if if_match is not None and not exists:
+                raise DataverseError(404, "0x80040217", f"{t.name} With Id = {rid} Does Not Exist")
+            if if_match not in (None, "*") and exists:
+                etag = f'W/"{self.store.get(t.name, rid).get("versionnumber")}"'
+                if if_match != etag:
+                    raise DataverseError(412, "0x80060882", "The version of the existing record doesn't match the RowVersion property provided.")
+            if if_none == "*" and exists:
+                raise DataverseError(412, "0x80040237", "A record with matching key values already exists.")
+            if exists:
+                self.store.update(t.name, rid, body, user_id)
+            else:
+                self.store.create(t.name, body, user_id, row_id=rid)
+        if prefer(headers).get("return") == "representation":
+            select = odata.parse_select(t, params.get("$select"))
+            out = {"@odata.context": self.context(t.entity_set, select, single=True)}
+            out.update(self.render(t, self.store.get(t.name, rid), select))
+            return json_response(200 if exists else 201, out, {"OData-EntityId": self.entity_id(t, rid)})
+        return no_content({"OData-EntityId": self.entity_id(t, rid)})
+
+    def _targets(self, t, body: dict) -> list[dict]:
+        targets = body.get("Targets")
+        if not isinstance(targets, list) or not targets:
+            raise DataverseError(400, "0x80040203", "Targets must be a non-empty array of entities.")
+        if len(targets) > MAX_BATCH:
+            raise DataverseError(400, "0x80040203", f"The number of Targets ({len(targets)}) exceeds the maximum of {MAX_BATCH}.")
+        for tg in targets:
+            if not isinstance(tg, dict):
+                raise DataverseError(400, "0x80040203", "Each target must be an entity object.")
+            otype = tg.get("@odata.type")
+            if otype is not None and otype.rsplit(".", 1)[-1] != t.name:
+                raise DataverseError(400, "0x80040203", f"All Targets must be of type Microsoft.Dynamics.CRM.{t.name}.")
+        return targets
+
+    def _create_multiple(self, t, body: dict, user_id: str) -> Response:
+        targets = self._targets(t, body)
+        ids = []
+        with self.store.transaction():
+            for tg in targets:
+                ids.append(self.store.create(t.name, tg, user_id))
+        return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.CreateMultipleResponse",
+                                   "Ids": ids})
+
+    def _update_multiple(self, t, body: dict, user_id: str) -> Response:
+        targets = self._targets(t, body)
+        with self.store.transaction():
+            for tg in targets:
+                rid = tg.get(t.key)
+                if not rid:
+                    raise DataverseError(400, "0x80040203", f"Each target of UpdateMultiple needs its '{t.key}'.")
+                self.store.update(t.name, parse_guid(rid, t.key), {k: v for k, v in tg.items() if k != t.key}, user_id)
+        return no_content()
+
+    def _bound_action(self, t, rid: str, action: str, body: dict, user_id: str) -> Response:
+        if t.name != "list" or action not in ("AddMemberList", "RemoveMemberList", "AddListMembersList"):
+            raise DataverseError(404, BAD_QUERY, f"The action 'Microsoft.Dynamics.CRM.{action}' is not bound to {t.name}.")
+        if action == "AddListMembersList":
+            ids = body.get("MemberIds")
+            if not isinstance(ids, list) or not ids:
+                raise DataverseError(400, "0x80040203", "MemberIds must be a non-empty array of Guids.")
+            self.store.add_list_members(rid, [parse_guid(i, "MemberIds") for i in ids], user_id)
+            return no_content()
+        entity = body.get("EntityId")
+        if entity is None:
+            raise DataverseError(400, "0x80040203", "EntityId is required.")
+        entity = parse_guid(entity, "EntityId")
+        if action == "AddMemberList":
+            self.store.add_member(rid, entity, user_id)
+            return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.AddMemberListResponse",
+                                       "Id": entity})
+        self.store.remove_member(rid, entity, user_id)
+        return no_content()
+

@@ -1,0 +1,131 @@
+"""Service protection (sliding window per caller), fault injection and request statistics."""
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections import Counter, deque
+
+
+class Throttle:
+    """At most ``n`` requests per caller in any ``seconds``-long window; None disables it."""
+
+    def __init__(self, limit: tuple[int, float] | None = None):
+        self._lock = threading.Lock()
+        self._hits: dict[str, deque] = {}
+        self.limit = limit
+
+    def set(self, limit: tuple[int, float] | None):
+        with self._lock:
+            self.limit = limit
+            self._hits.clear()
+
+    def check(self, caller: str) -> float | None:
+        """Records a request; returns the Retry-After seconds when it is over the limit."""
+        limit = self.limit
+        if limit is None:
+            return None
+        n, window = limit
+        now = time.monotonic()
+        with self._lock:
+            q = self._hits.setdefault(caller, deque())
+            while q and q[0] <= now - window:
+                q.popleft()
+            if len(q) >= n:
+                return max(1, math.ceil(q[0] + window - now))
+            q.append(now)
+            return None
+
+
+def parse_limit(text: str | None) -> tuple[int, float] | None:
+    if not text:
+        return None
+    n, _, secs = text.partition("/")
+    return int(n), float(secs or 300)
+
+
+class Faults:
+    """Random 429/500/503 answers and delays, reproducible with a seed."""
+
+    def __init__(self, latency_ms: float = 0):
+        self._lock = threading.Lock()
+        self.configure({"latency_ms": latency_ms})
+
+    def configure(self, cfg: dict):
+        with self._lock:
+            self.latency_ms = float(cfg.get("latency_ms", 0) or 0)
+            self.error_share = {int(k): float(v) for k, v in (cfg.get("error_share") or {}).items()}
+            self.retry_after = int(cfg.get("retry_after_seconds", 1))
+            self.delay_share = float(cfg.get("delay_share", 0) or 0)
+            self.delay_ms = float(cfg.get("delay_ms", 0) or 0)
+            self.rng = random.Random(cfg.get("seed"))
+            self.config = {"latency_ms": self.latency_ms, "error_share": {str(k): v for k, v in self.error_share.items()},
+                           "retry_after_seconds": self.retry_after, "delay_share": self.delay_share,
+                           "delay_ms": self.delay_ms, "seed": cfg.get("seed")}
+
+    def draw(self) -> tuple[float, int | None]:
+        """(seconds to wait, status to answer instead or None)."""
+        with self._lock:
+            delay = self.latency_ms / 1000
+            if self.delay_share and self.rng.random() < self.delay_share:
+                delay += self.delay_ms / 1000
+            status = None
+            if self.error_share:
+                r, acc = self.rng.random(), 0.0
+                for code, share in sorted(self.error_share.items()):
+                    acc += share
+                    if r < acc:
+                        status = code
+                        break
+            return delay, status
+
+
+class Stats:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self):
+        with self._lock:
+            self.total = 0
+            self.by_method: Counter = Counter()
+            self.by_kind: Counter = Counter()
+            self.by_status: Counter = Counter()
+            self.batch_requests = 0
+            self.batch_by_kind: Counter = Counter()
+            self.throttled = 0
+            self.faults: Counter = Counter()
+            self.unauthorized = 0
+
+    def request(self, method: str, kind: str):
+        with self._lock:
+            self.total += 1
+            self.by_method[method] += 1
+            self.by_kind[f"{method} {kind}"] += 1
+
+    def inner(self, method: str, kind: str):
+        with self._lock:
+            self.batch_requests += 1
+            self.batch_by_kind[f"{method} {kind}"] += 1
+
+    def status(self, status: int):
+        with self._lock:
+            self.by_status[str(status)] += 1
+
+    def bump(self, what: str, key: str | None = None):
+        with self._lock:
+            if what == "throttled":
+                self.throttled += 1
+            elif what == "fault":
+                self.faults[key] += 1
+            elif what == "unauthorized":
+                self.unauthorized += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"total": self.total, "by_method": dict(self.by_method), "by_kind": dict(self.by_kind),
+                    "by_status": dict(self.by_status), "batch_requests": self.batch_requests,
+                    "batch_by_kind": dict(self.batch_by_kind), "throttled": self.throttled,
+                    "faults_injected": sum(self.faults.values()), "faults_by_status": dict(self.faults),
+                    "unauthorized": self.unauthorized}

@@ -1,0 +1,116 @@
+"""Bulk loading of a seed document (the format is in README.md), bypassing HTTP and webhooks."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .errors import DataverseError
+from .schema import BY_SET, MEMBER_TABLE_BY_CODE, TABLES
+
+ALIASES = {"purposes": "msdynmkt_purpose", "topics": "msdynmkt_topic", "consents": "msdynmkt_contactpointconsent4",
+           "compliance_profiles": "msdynmkt_compliancesettings4", "users": "systemuser"}
+# Parents first so lookups can be checked against loaded rows.
+_ORDER = ["systemuser", "msdynmkt_compliancesettings4", "msdynmkt_purpose", "msdynmkt_topic", "contact", "lead",
+          "list", "msdynmkt_contactpointconsent4", "serviceendpoint", "sdkmessageprocessingstep",
+          "sdkmessageprocessingstepimage"]
+
+
+def read_seed(source: Any) -> dict:
+    if source is None:
+        return {}
+    if isinstance(source, dict):
+        return source
+    return json.loads(Path(source).read_text(encoding="utf-8"))
+
+
+def _table_for(key: str) -> str | None:
+    if key in TABLES:
+        return key
+    if key in BY_SET:
+        return BY_SET[key].name
+    return ALIASES.get(key)
+
+
+def load_seed(store, seed: dict) -> dict[str, int]:
+    from .store import now_iso
+    if not isinstance(seed, dict):
+        raise DataverseError(400, "0x80040203", "The seed must be a JSON object.")
+    by_table: dict[str, list] = {}
+    for key, rows in seed.items():
+        if key in ("list_members", "memberships"):
+            continue
+        name = _table_for(key)
+        if name is None:
+            raise DataverseError(400, "0x80040203", f"Unknown seed key '{key}'.")
+        if not isinstance(rows, list):
+            raise DataverseError(400, "0x80040203", f"Seed key '{key}' must hold an array of rows.")
+        by_table.setdefault(name, []).extend(rows)
+    counts: dict[str, int] = {}
+    with store.lock:
+        ts = now_iso()
+        for name in sorted(by_table, key=lambda n: _ORDER.index(n) if n in _ORDER else 99):
+            t = TABLES[name]
+            td = store.data[name]
+            cols = t.columns
+            allowed = set(cols) | set(t.by_attr) | {lk.nav + "@odata.bind" for lk in t.all_lookups}
+            rows_ = td.rows
+            n = 0
+            for raw in by_table[name]:
+                if not isinstance(raw, dict):
+                    raise DataverseError(400, "0x80040203", f"Seed rows of '{name}' must be objects.")
+                extra = raw.keys() - allowed
+                if extra:
+                    raise DataverseError(400, "0x80048d19", f"Unknown column(s) {sorted(extra)} for table '{name}'.")
+                row = {}
+                for k, v in raw.items():
+                    if v is None:
+                        continue
+                    if k.endswith("@odata.bind"):
+                        lk = t.by_nav[k[:-11].lower()]
+                        row[lk.column] = store.parse_reference(v)[1]
+                    elif k in t.by_attr:
+                        row[t.by_attr[k].column] = str(v).lower()
+                    elif cols[k] == "G":
+                        row[k] = str(v).lower()
+                    elif cols[k] == "D" and not (len(v) == 20 and v.endswith("Z")):
+                        from .odata import normalise_datetime
+                        row[k] = normalise_datetime(v)
+                    else:
+                        row[k] = v
+                rid = row.get(t.key) or str(uuid.uuid4())
+                row[t.key] = rid
+                row.setdefault("statecode", 0)
+                row.setdefault("createdon", ts)
+                row.setdefault("modifiedon", row["createdon"])
+                store._version += 1
+                row["versionnumber"] = store._version
+                old = rows_.get(rid)
+                if old is not None:
+                    store._index_remove(td, old)
+                rows_[rid] = row
+                store._index_add(td, row)
+                n += 1
+            td.order = sorted(rows_)  # one sort instead of n inserts
+            counts[name] = n
+        members = seed.get("list_members") or seed.get("memberships") or {}
+        pairs = []
+        if isinstance(members, dict):
+            for lid, mids in members.items():
+                pairs.extend((lid, m) for m in mids)
+        else:
+            pairs.extend((p["list"], p["member"]) for p in members)
+        linked = 0
+        for lid, mid in pairs:
+            lid, mid = str(lid).lower(), str(mid).lower()
+            lst = store.data["list"].rows.get(lid)
+            if lst is None:
+                raise DataverseError(400, "0x80040217", f"Seed membership names unknown list {lid}.")
+            member = MEMBER_TABLE_BY_CODE.get(lst.get("createdfromcode"), "contact")
+            if mid not in store.data[member].rows:
+                raise DataverseError(400, "0x80040217", f"Seed membership names unknown {member} {mid}.")
+            linked += store._link(f"list{member}_association", lid, mid)
+        counts["list_members"] = linked
+        store._cursors.clear()
+    return counts

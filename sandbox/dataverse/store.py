@@ -1,0 +1,570 @@
+"""The in-memory Dataverse: rows per table, secondary indexes, list memberships, paging cursors.
+
+One re-entrant lock guards everything; rows are plain dicts holding only non-null columns.
+Writes made inside ``transaction()`` are undone on failure and their webhook events are only
+released on commit (change sets, CreateMultiple/UpdateMultiple are all-or-nothing).
+"""
+from __future__ import annotations
+
+import base64
+import bisect
+import contextlib
+import json
+import os
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+from . import odata
+from .errors import DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
+from .schema import (B, BUSINESS_UNIT_ID, D, F, G, I, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
+                     metadata_rows)
+
+MAX_PAGE = 5000
+_CURSORS = 64
+_GUID_LEN = 36
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_guid(value: Any, what: str = "id") -> str:
+    try:
+        return str(uuid.UUID(str(value).strip("{}")))
+    except (ValueError, AttributeError):
+        raise DataverseError(400, BAD_QUERY, f"'{value}' is not a valid Guid for {what}.") from None
+
+
+@dataclass
+class Event:
+    """A committed change that may fire webhook steps."""
+
+    message: str
+    table: str
+    id: str
+    user_id: str
+    target: dict | None = None  # Create/Update: the columns written
+    post: dict | None = None  # row after the operation
+    pre: dict | None = None  # row before the operation
+    extra: dict = field(default_factory=dict)  # message-specific inputs (ListId, RelatedEntities, ...)
+    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class _TableData:
+    __slots__ = ("t", "rows", "order", "index")
+
+    def __init__(self, t: Table):
+        self.t = t
+        self.rows: dict[str, dict] = {}
+        self.order: list[str] = []  # sorted ids: default order and the streaming paging cursor
+        self.index: dict[str, dict[Any, set[str]]] = {c: {} for c in t.indexed}
+
+
+class Store:
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.data = {name: _TableData(t) for name, t in TABLES.items()}
+        # rel -> list id -> member ids, and rel -> member id -> list ids
+        self.members: dict[str, dict[str, set[str]]] = {r: {} for r in RELATIONSHIPS}
+        self.member_of: dict[str, dict[str, set[str]]] = {r: {} for r in RELATIONSHIPS}
+        self._version = 1000
+        self._cursors: OrderedDict[str, list[str]] = OrderedDict()
+        self._undo: list[Callable[[], None]] | None = None
+        self._pending: list[Event] | None = None
+        self.listeners: list[Callable[[Event], None]] = []
+        self.hooks_active: Callable[[], bool] = lambda: bool(self.data["sdkmessageprocessingstep"].rows)
+        self._load_metadata()
+
+    # --- primitives (undo-logged) ------------------------------------------------------------
+
+    def _next_version(self) -> int:
+        self._version += 1
+        return self._version
+
+    def _index_add(self, td: _TableData, row: dict):
+        for col, idx in td.index.items():
+            v = row.get(col)
+            if v is not None:
+                idx.setdefault(odata.fold(v) if td.t.columns[col] == S else v, set()).add(row[td.t.key])
+
+    def _index_remove(self, td: _TableData, row: dict):
+        for col, idx in td.index.items():
+            v = row.get(col)
+            if v is not None:
+                k = odata.fold(v) if td.t.columns[col] == S else v
+                s = idx.get(k)
+                if s is not None:
+                    s.discard(row[td.t.key])
+                    if not s:
+                        del idx[k]
+
+    def _insert(self, td: _TableData, row: dict):
+        rid = row[td.t.key]
+        td.rows[rid] = row
+        bisect.insort(td.order, rid)
+        self._index_add(td, row)
+        if self._undo is not None:
+            self._undo.append(lambda: self._remove(td, rid))
+
+    def _remove(self, td: _TableData, rid: str) -> dict:
+        row = td.rows.pop(rid)
+        i = bisect.bisect_left(td.order, rid)
+        if i < len(td.order) and td.order[i] == rid:
+            del td.order[i]
+        self._index_remove(td, row)
+        if self._undo is not None:
+            self._undo.append(lambda: self._insert(td, row))
+        return row
+
+    def _replace(self, td: _TableData, rid: str, new: dict):
+        old = td.rows[rid]
+        self._index_remove(td, old)
+        td.rows[rid] = new
+        self._index_add(td, new)
+        if self._undo is not None:
+            self._undo.append(lambda: self._replace(td, rid, old))
+
+    def _link(self, rel: str, list_id: str, member_id: str) -> bool:
+        s = self.members[rel].setdefault(list_id, set())
+        if member_id in s:
+            return False
+        s.add(member_id)
+        self.member_of[rel].setdefault(member_id, set()).add(list_id)
+        if self._undo is not None:
+            self._undo.append(lambda: self._unlink(rel, list_id, member_id))
+        return True
+
+    def _unlink(self, rel: str, list_id: str, member_id: str) -> bool:
+        s = self.members[rel].get(list_id)
+        if not s or member_id not in s:
+            return False
+        s.discard(member_id)
+        self.member_of[rel][member_id].discard(list_id)
+        if self._undo is not None:
+            self._undo.append(lambda: self._link(rel, list_id, member_id))
+        return True
+
+    def _emit(self, event: Event):
+        if self._pending is not None:
+            self._pending.append(event)
+        else:
+            for fn in self.listeners:
+                fn(event)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """All-or-nothing: on an exception every write is undone and no event is released."""
+        with self.lock:
+            if self._undo is not None:  # nested: the outer one decides
+                yield
+                return
+            self._undo, self._pending = [], []
+            try:
+                yield
+            except BaseException:
+                undo, self._undo = self._undo, None
+                for fn in reversed(undo):
+                    fn()
+                self._pending = None
+                raise
+            pending, self._undo, self._pending = self._pending, None, None
+            for ev in pending:
+                self._emit(ev)
+
+    # --- metadata / users --------------------------------------------------------------------
+
+    def table(self, name: str) -> Table:
+        return TABLES[name]
+
+    def _load_metadata(self):
+        for name, rows in metadata_rows().items():
+            td = self.data[name]
+            for r in rows:
+                if r[td.t.key] not in td.rows:
+                    self._insert(td, {**r, "statecode": 0, "createdon": now_iso(), "modifiedon": now_iso(),
+                                      "versionnumber": self._next_version()})
+
+    def ensure_user(self, user_id: str, name: str | None = None) -> None:
+        td = self.data["systemuser"]
+        if user_id in td.rows:
+            return
+        with self.lock:
+            if user_id not in td.rows:
+                ts = now_iso()
+                self._insert(td, {"systemuserid": user_id, "fullname": name or f"Sandbox user {user_id[:8]}",
+                                  "isdisabled": False, "statecode": 0, "createdon": ts, "modifiedon": ts,
+                                  "versionnumber": self._next_version()})
+
+    def reset(self):
+        """Drops all data but the metadata rows (sdkmessage, sdkmessagefilter, systemuser)."""
+        with self.lock:
+            for name, t in TABLES.items():
+                if not t.metadata:
+                    self.data[name] = _TableData(t)
+            self.members = {r: {} for r in RELATIONSHIPS}
+            self.member_of = {r: {} for r in RELATIONSHIPS}
+            self._cursors.clear()
+
+    # --- value handling ----------------------------------------------------------------------
+
+    def _check_value(self, t: Table, col: str, value: Any) -> Any:
+        if value is None:
+            return None
+        kind = t.columns[col]
+        ok = {S: isinstance(value, str), B: isinstance(value, bool),
+              I: isinstance(value, int) and not isinstance(value, bool),
+              O: isinstance(value, int) and not isinstance(value, bool),
+              F: isinstance(value, (int, float)) and not isinstance(value, bool),
+              G: isinstance(value, str), D: isinstance(value, str)}[kind]
+        if not ok:
+            raise DataverseError(400, BAD_COLUMN, f"Cannot convert the literal for property '{col}' to the expected type.")
+        if kind == G:
+            return parse_guid(value, col)
+        if kind == D:
+            return odata.normalise_datetime(value)
+        return value
+
+    def _resolve_bind(self, t: Table, key: str, value: Any, base_url: str | None) -> tuple[str, str | None]:
+        nav = key[: -len("@odata.bind")]
+        lk = t.by_nav.get(nav.lower())
+        if lk is None:
+            raise DataverseError(400, BAD_COLUMN, f"An undeclared property '{nav}' which only has property annotations in the payload but no property value was found in the payload.")
+        if value is None:
+            return lk.column, None
+        ref_table, ref_id = self.parse_reference(str(value))
+        if ref_table != lk.target:
+            raise DataverseError(400, BAD_COLUMN, f"'{nav}' must reference a {lk.target}, not a {ref_table}.")
+        if ref_id not in self.data[ref_table].rows:
+            raise not_found(ref_table, ref_id)
+        return lk.column, ref_id
+
+    def parse_reference(self, ref: str) -> tuple[str, str]:
+        """``/contacts(<id>)`` or ``https://.../api/data/v9.2/contacts(<id>)`` -> (table, id)."""
+        tail = ref.rstrip("/").rsplit("/", 1)[-1]
+        if "(" not in tail or not tail.endswith(")"):
+            raise DataverseError(400, BAD_QUERY, f"'{ref}' is not a valid entity reference.")
+        entity_set, key = tail[:-1].split("(", 1)
+        from .schema import BY_SET
+        t = BY_SET.get(entity_set)
+        if t is None:
+            raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{entity_set}'.")
+        return t.name, parse_guid(key, entity_set)
+
+    def _attrs(self, t: Table, body: dict, *, allow_system: bool) -> dict:
+        """Request JSON -> stored columns (lookups as _x_value). Ignores other OData annotations."""
+        out = {}
+        for key, value in body.items():
+            if key.endswith("@odata.bind"):
+                col, ref = self._resolve_bind(t, key, value, None)
+                out[col] = ref
+            elif "@" in key:
+                continue
+            elif key in t.columns:
+                if key.startswith("_") and not allow_system:
+                    raise DataverseError(400, BAD_COLUMN, f"'{key}' is read-only; write it with '{t.by_column[key].nav}@odata.bind'.")
+                if not allow_system and key in ("createdon", "modifiedon", "versionnumber"):
+                    continue  # Dataverse ignores writes to system columns
+                out[key] = self._check_value(t, key, value)
+            elif allow_system and key in t.by_attr:
+                col = t.by_attr[key].column
+                out[col] = self._check_value(t, col, value)
+            else:
+                raise bad_column(t.name, key)
+        return out
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def create(self, table: str, body: dict, user_id: str, row_id: str | None = None) -> str:
+        t = TABLES[table]
+        with self.lock:
+            attrs = self._attrs(t, body, allow_system=False)
+            rid = row_id or attrs.get(t.key) or str(uuid.uuid4())
+            td = self.data[table]
+            if rid in td.rows:
+                raise DataverseError(412 if row_id else 400, DUPLICATE, "A record with matching key values already exists.")
+            ts = now_iso()
+            row = {k: v for k, v in attrs.items() if v is not None}
+            row[t.key] = rid
+            row.setdefault("statecode", 0)
+            row.update(createdon=ts, modifiedon=ts, _createdby_value=user_id, _modifiedby_value=user_id,
+                       versionnumber=self._next_version())
+            row.setdefault("_ownerid_value", user_id)
+            self._insert(td, row)
+            if self.hooks_active():
+                target = {**attrs, **{k: row[k] for k in row}}
+                self._emit(Event("Create", table, rid, user_id, target=target, post=dict(row)))
+            return rid
+
+    def update(self, table: str, rid: str, body: dict, user_id: str) -> None:
+        t = TABLES[table]
+        with self.lock:
+            td = self.data[table]
+            old = td.rows.get(rid)
+            if old is None:
+                raise not_found(table, rid)
+            attrs = self._attrs(t, body, allow_system=False)
+            attrs.pop(t.key, None)
+            new = dict(old)
+            for k, v in attrs.items():
+                if v is None:
+                    new.pop(k, None)
+                else:
+                    new[k] = v
+            new.update(modifiedon=now_iso(), _modifiedby_value=user_id, versionnumber=self._next_version())
+            self._replace(td, rid, new)
+            if self.hooks_active():
+                # Like Dataverse, Target holds the submitted columns (+ id, modifiedon, modifiedby).
+                target = {**attrs, t.key: rid, "modifiedon": new["modifiedon"], "_modifiedby_value": user_id}
+                self._emit(Event("Update", table, rid, user_id, target=target, post=dict(new), pre=old))
+
+    def upsert(self, table: str, rid: str, body: dict, user_id: str) -> bool:
+        """PATCH without If-Match: update if present else create with that id. True if created."""
+        with self.lock:
+            if rid in self.data[table].rows:
+                self.update(table, rid, body, user_id)
+                return False
+            self.create(table, body, user_id, row_id=rid)
+            return True
+
+    def delete(self, table: str, rid: str, user_id: str) -> None:
+        with self.lock:
+            td = self.data[table]
+            if rid not in td.rows:
+                raise not_found(table, rid)
+            row = self._remove(td, rid)
+            for rel, (list_side, member_side) in RELATIONSHIPS.items():
+                if table == list_side:
+                    for m in list(self.members[rel].get(rid, ())):
+                        self._unlink(rel, rid, m)
+                elif table == member_side:
+                    for lid in list(self.member_of[rel].get(rid, ())):
+                        self._unlink(rel, lid, rid)
+            if self.hooks_active():
+                self._emit(Event("Delete", table, rid, user_id, pre=row))
+
+    def get(self, table: str, rid: str) -> dict:
+        row = self.data[table].rows.get(rid)
+        if row is None:
+            raise not_found(table, rid)
+        return row
+
+    # --- memberships -------------------------------------------------------------------------
+
+    def relationship_for(self, table: str, nav: str) -> tuple[str, str]:
+        """(relationship, other table) for a navigation property of ``table``, else 400."""
+        sides = RELATIONSHIPS.get(nav)
+        if sides is None or table not in sides:
+            raise DataverseError(400, BAD_QUERY, f"Could not find a property named '{nav}' on type 'Microsoft.Dynamics.CRM.{table}'.")
+        return nav, sides[1] if table == sides[0] else sides[0]
+
+    def associate(self, table: str, rid: str, nav: str, other_id: str, user_id: str, *,
+                  message: str = "Associate", other_table: str | None = None) -> bool:
+        rel, other = self.relationship_for(table, nav)
+        if other_table is not None and other_table != other:
+            raise DataverseError(400, BAD_QUERY, f"'{nav}' relates {table} to {other}, not to {other_table}.")
+        with self.lock:
+            self.get(table, rid)
+            self.get(other, other_id)
+            list_id, member_id = (rid, other_id) if table == "list" else (other_id, rid)
+            added = self._link(rel, list_id, member_id)
+            if added and self.hooks_active():
+                self._emit(Event(message, table, rid, user_id, extra={
+                    "relationship": rel, "related": [(other, other_id)], "list_id": list_id, "member_id": member_id}))
+            return added
+
+    def disassociate(self, table: str, rid: str, nav: str, other_id: str, user_id: str, *,
+                     message: str = "Disassociate") -> None:
+        rel, other = self.relationship_for(table, nav)
+        with self.lock:
+            self.get(table, rid)
+            list_id, member_id = (rid, other_id) if table == "list" else (other_id, rid)
+            if not self._unlink(rel, list_id, member_id):
+                raise DataverseError(404, "0x80040217", f"The {other} With Id = {other_id} is not associated with {table} With Id = {rid}.")
+            if self.hooks_active():
+                self._emit(Event(message, table, rid, user_id, extra={
+                    "relationship": rel, "related": [(other, other_id)], "list_id": list_id, "member_id": member_id}))
+
+    def list_member_rel(self, list_id: str) -> tuple[str, str]:
+        lst = self.get("list", list_id)
+        member = MEMBER_TABLE_BY_CODE.get(lst.get("createdfromcode"))
+        if member is None:
+            raise DataverseError(400, "0x80040203", "The list's Member Type (createdfromcode) must be 2 (contact) or 4 (lead).")
+        return f"list{member}_association", member
+
+    def add_member(self, list_id: str, entity_id: str, user_id: str) -> None:
+        """AddMember: adding an existing member is a silent success (no duplicate)."""
+        with self.lock:
+            rel, member = self.list_member_rel(list_id)
+            self.get(member, entity_id)
+            self._link(rel, list_id, entity_id)
+            if self.hooks_active():
+                self._emit(Event("AddMember", "list", list_id, user_id,
+                                 extra={"ListId": list_id, "EntityId": entity_id}))
+
+    def add_list_members(self, list_id: str, member_ids: list[str], user_id: str) -> None:
+        with self.transaction():
+            rel, member = self.list_member_rel(list_id)
+            for m in member_ids:
+                self.get(member, m)
+                self._link(rel, list_id, m)
+            if self.hooks_active():
+                self._emit(Event("AddListMembers", "list", list_id, user_id,
+                                 extra={"ListId": list_id, "MemberIds": list(member_ids)}))
+
+    def remove_member(self, list_id: str, entity_id: str, user_id: str) -> None:
+        with self.lock:
+            rel, member = self.list_member_rel(list_id)
+            if not self._unlink(rel, list_id, entity_id):
+                raise DataverseError(404, "0x80040217", f"{member} With Id = {entity_id} is not a member of list With Id = {list_id}.")
+            if self.hooks_active():
+                self._emit(Event("RemoveMember", "list", list_id, user_id,
+                                 extra={"ListId": list_id, "EntityId": entity_id}))
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def _candidates(self, td: _TableData, terms) -> set[str] | None:
+        if terms is None:
+            return None
+        tag = terms[0]
+        if tag == "leaf":
+            _, col, values = terms
+            if col == td.t.key:
+                return {v for v in values if v in td.rows}
+            idx = td.index[col]
+            out: set[str] = set()
+            for v in values:
+                s = idx.get(v)
+                if s:
+                    out |= s
+            return out
+        sets = [self._candidates(td, k) for k in terms[1]]
+        if tag == "and":
+            sets.sort(key=len)
+            return sets[0]  # the predicate still checks the rest
+        out = set()
+        for s in sets:
+            out |= s
+        return out
+
+    def query(self, table: str, *, filter_text: str | None = None, orderby_text: str | None = None,
+              top: int | None = None, page_size: int = MAX_PAGE, skiptoken: str | None = None,
+              scope: tuple[str, str, str] | None = None, count: bool = False) -> tuple[list[dict], str | None, int | None]:
+        """Rows of one page, the next page's skiptoken (or None) and, with ``count``, the total.
+
+        ``scope`` = (relationship, "members"|"lists", id): only rows associated with that id.
+        Without $orderby or an index the page is streamed from the sorted id order after the
+        last id seen (no quadratic rescans); otherwise the matching ids are materialised once
+        and the token is a cursor into that list.
+        """
+        t = TABLES[table]
+        td = self.data[table]
+        page_size = max(1, min(page_size, MAX_PAGE))
+        with self.lock:
+            node = odata.parse_filter(filter_text) if filter_text else None
+            pred = odata.compile_filter(t, node) if node is not None else None
+            orderby = odata.parse_orderby(t, orderby_text)
+            if skiptoken:
+                state = _decode_token(skiptoken)
+                if "c" in state:
+                    ids = self._cursors.get(state["c"])
+                    if ids is None:
+                        raise bad_query("The paging cookie has expired; start the query again.")
+                    self._cursors.move_to_end(state["c"])
+                    return self._cursor_page(td, ids, state["c"], state["p"], page_size), \
+                        self._cursor_next(ids, state["c"], state["p"], page_size), None
+                return self._stream_page(td, pred, page_size, state["k"])
+            limit = min(top, MAX_PAGE) if top is not None else None
+            candidates = None
+            if scope is not None:
+                rel, direction, sid = scope
+                src = self.members[rel] if direction == "members" else self.member_of[rel]
+                candidates = set(src.get(sid, ()))
+            if node is not None:
+                terms = odata.index_terms(t, node, set(td.index) | {t.key})
+                narrowed = self._candidates(td, terms)
+                if narrowed is not None:
+                    candidates = narrowed if candidates is None else candidates & narrowed
+            if candidates is None and not orderby:
+                if limit is not None:
+                    rows, _, _ = self._stream_page(td, pred, limit, None)
+                    return rows, None, (self._count(td, pred) if count else None)
+                rows, token, _ = self._stream_page(td, pred, page_size, None)
+                return rows, token, (self._count(td, pred) if count else None)
+            ids = [i for i in candidates if i in td.rows] if candidates is not None else list(td.order)
+            if pred is not None:
+                rows_ = td.rows
+                ids = [i for i in ids if pred(rows_[i])]
+            ids = odata.sort_ids(t, td.rows, ids, orderby) if orderby else sorted(ids)
+            total = len(ids) if count else None
+            if limit is not None:
+                return [td.rows[i] for i in ids[:limit]], None, total
+            if len(ids) <= page_size:
+                return [td.rows[i] for i in ids], None, total
+            key = secrets.token_hex(8)
+            self._cursors[key] = ids
+            while len(self._cursors) > _CURSORS:
+                self._cursors.popitem(last=False)
+            return self._cursor_page(td, ids, key, 0, page_size), self._cursor_next(ids, key, 0, page_size), total
+
+    def _count(self, td: _TableData, pred) -> int:
+        if pred is None:
+            return len(td.rows)
+        return sum(1 for r in td.rows.values() if pred(r))
+
+    def _stream_page(self, td: _TableData, pred, size: int, after: str | None):
+        order, rows = td.order, td.rows
+        i = bisect.bisect_right(order, after) if after else 0
+        out = []
+        n = len(order)
+        if pred is None:
+            # A slice, not a loop: 1M-row paging stays linear and cheap.
+            chunk = order[i:i + size + 1]
+            out = [rows[k] for k in chunk[:size]]
+            more = len(chunk) > size
+        else:
+            more = False
+            while i < n:
+                r = rows[order[i]]
+                i += 1
+                if pred(r):
+                    if len(out) == size:
+                        more = True
+                        break
+                    out.append(r)
+        token = _encode_token({"k": out[-1][td.t.key]}) if more and out else None
+        return out, token, None
+
+    def _cursor_page(self, td: _TableData, ids: list[str], key: str, pos: int, size: int) -> list[dict]:
+        rows = td.rows
+        return [rows[i] for i in ids[pos:pos + size] if i in rows]  # rows deleted meanwhile drop out
+
+    def _cursor_next(self, ids: list[str], key: str, pos: int, size: int) -> str | None:
+        return _encode_token({"c": key, "p": pos + size}) if pos + size < len(ids) else None
+
+    # --- bulk loading ------------------------------------------------------------------------
+
+    def load(self, seed: dict) -> dict[str, int]:
+        """Loads a seed (see README.md) without HTTP and without firing webhooks; returns counts."""
+        from .seed import load_seed
+        return load_seed(self, seed)
+
+
+def _encode_token(state: dict) -> str:
+    raw = json.dumps(state, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> dict:
+    try:
+        pad = "=" * (-len(token) % 4)
+        state = json.loads(base64.urlsafe_b64decode(token + pad))
+        if not isinstance(state, dict) or not ("k" in state or "c" in state):
+            raise ValueError
+        return state
+    except (ValueError, TypeError):
+        raise bad_query("The $skiptoken is not valid; follow @odata.nextLink unchanged.") from None
