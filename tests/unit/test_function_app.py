@@ -1,0 +1,107 @@
+"""The function app as the Functions host indexes it, and the queue and timer edges."""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+
+import azure.functions as func
+from azure.functions.servicebus import ServiceBusMessage
+from azure.functions.timer import TimerRequest
+
+import function_app
+from shared import entry
+from shared.domain.events import ChangeEvent, Origin, RereadRecord
+from tests import notifications as n
+
+
+# The host indexes the app once; get_functions() may be called only once per FunctionApp.
+FUNCTIONS = {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+def bindings():
+    return {name: json.loads(f.get_function_json()) for name, f in FUNCTIONS.items()}
+
+
+def test_exactly_three_functions_are_indexed():
+    assert sorted(bindings()) == ["dataverse_webhook", "nightly_reconcile", "process_changes"]
+
+
+def test_webhook_binding():
+    b = bindings()["dataverse_webhook"]["bindings"]
+    trigger, = [x for x in b if x["type"] == "httpTrigger"]
+    out, = [x for x in b if x["type"] == "http"]
+    assert trigger["direction"] == "IN" and trigger["methods"] == ["POST"]
+    assert trigger["authLevel"] == "FUNCTION" and trigger["route"] == "dataverse/webhook"
+    assert out["direction"] == "OUT" and out["name"] == "$return"
+    assert len(b) == 2
+
+
+def test_queue_binding():
+    b, = bindings()["process_changes"]["bindings"]
+    assert b["type"] == "serviceBusTrigger" and b["direction"] == "IN"
+    assert b["connection"] == "ServiceBusConnection" and b["queueName"] == "%CHANGES_QUEUE%"
+    assert b["cardinality"] == "MANY" and b["name"] == "messages"
+
+
+def test_timer_binding():
+    b, = bindings()["nightly_reconcile"]["bindings"]
+    assert b["type"] == "timerTrigger" and b["schedule"] == "%RECONCILE_SCHEDULE%"
+    assert b["runOnStartup"] is False and b["name"] == "timer"
+
+
+def test_script_file_is_function_app():
+    assert {v["scriptFile"] for v in bindings().values()} == {"function_app.py"}
+
+
+def test_the_decorated_webhook_answers(app_container, fake_queue):
+    app_container({}, fake_queue)
+    req = func.HttpRequest("POST", "/api/dataverse/webhook", body=n.load_bytes("list_remove_member"))
+    resp = FUNCTIONS["dataverse_webhook"].get_user_function()(req)
+    assert resp.status_code == 202 and len(fake_queue.events) == 1
+
+
+def sb_message(body: bytes, message_id: str = "m1", delivery_count: int = 1) -> ServiceBusMessage:
+    return ServiceBusMessage(body=body, message_id=message_id, application_properties={}, user_properties={},
+                             delivery_count=delivery_count, content_type="application/json",
+                             enqueued_time_utc=datetime.now(timezone.utc))
+
+
+EVENT = ChangeEvent("0b0b0b0b-1111-2222-3333-444455556666", "contact", n.CONTACT_ID, "Update",
+                    Origin(None, None, None, None, None, None), RereadRecord("msg-size-exceeded"))
+
+
+def test_process_changes_decodes_good_messages(caplog):
+    caplog.set_level(logging.INFO)
+    function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, 2)])
+    line, = [r.getMessage() for r in caplog.records if "process.received" in r.getMessage()]
+    assert f"event_id={EVENT.id}" in line and "kind=reread_record" in line and "delivery_count=2" in line
+
+
+def test_process_changes_survives_undecodable_messages(caplog):
+    caplog.set_level(logging.INFO)
+    bad = [b"", b"\xff\xfe", b"[]", b'{"v": 99}', b'{"v":1,"kind":"contact_changed","change":{"emails":"ab"}}',
+           json.dumps({**EVENT.to_dict(), "change": {"emails": "jane@contoso.example"}, "kind": "contact_changed"}).encode()]
+    batch = [sb_message(b, f"bad{i}") for i, b in enumerate(bad)] + [sb_message(EVENT.to_json().encode(), EVENT.id)]
+    entry.process_changes(batch)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("process.undecodable" in m for m in messages) == len(bad)
+    assert sum("process.received" in m for m in messages) == 1
+
+
+def test_process_changes_accepts_every_produced_event(fake_queue):
+    from shared.ingest.webhook import WebhookConfig, accept_notification
+
+    for name, (_, headers, status, _) in n.FIXTURES.items():
+        if status == 202:
+            accept_notification(n.load_bytes(name), headers, WebhookConfig(), fake_queue)
+    function_app.process_changes([sb_message(b, f"m{i}") for i, b in enumerate(fake_queue.bodies)])
+    assert len(fake_queue.bodies) == sum(1 for v in n.FIXTURES.values() if v[2] == 202)
+
+
+def test_nightly_reconcile_runs(caplog):
+    caplog.set_level(logging.INFO)
+    function_app.nightly_reconcile(TimerRequest(past_due=False))
+    function_app.nightly_reconcile(TimerRequest(past_due=True))
+    lines = [r.getMessage() for r in caplog.records if "reconcile.triggered" in r.getMessage()]
+    assert lines == ["reconcile.triggered past_due=False", "reconcile.triggered past_due=True"]
