@@ -208,13 +208,16 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
     def lists_of_members(self, member_ids: Iterable[str], table: str = "contact") -> dict[str, set[str]]:
         """member id -> ids of the lists it belongs to (every id asked for is a key).
 
-        One query on the ``listmember`` intersect table per chunk of ids; if the service refuses
-        that query, one navigation query per member instead.
+        Fewest requests first: one query per chunk of ids on the ``listmember`` intersect table.
+        Where the service does not expose that table, either one filtered query per list of the
+        member's kind (when lists are fewer than members) or one navigation query per member.
         """
         entity_set = _entity_set(table)
         ids = list(dict.fromkeys(guid(i) for i in member_ids))
         out: dict[str, set[str]] = {i: set() for i in ids}
-        if self._listmember_query is not False and ids:
+        if not ids:
+            return out
+        if self._listmember_query is not False:
             try:
                 for chunk in chunk_values(ids):
                     params = {"$select": "_listid_value,_entityid_value", "$filter": in_function("entityid", chunk)}
@@ -230,9 +233,22 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
                     raise
                 self._listmember_query = False
                 out = {i: set() for i in ids}
+        relationship = LIST_RELATIONSHIPS[table]
+        chunks = list(chunk_values(ids))
+        if len(ids) > 2:
+            code = next(c for c, t in LIST_MEMBER_TABLES.items() if t == table)
+            list_ids = [str(r["listid"]).lower() for r in
+                        self.query_rows("lists", {"$select": "listid", "$filter": f"createdfromcode eq {code}"})]
+            if len(list_ids) * len(chunks) < len(ids):
+                for list_id in list_ids:
+                    for chunk in chunks:
+                        params = {"$select": f"{table}id", "$filter": in_function(f"{table}id", chunk)}
+                        for row in self.query_rows(f"lists({list_id})/{relationship}", params):
+                            out[str(row[f"{table}id"]).lower()].add(list_id)
+                return out
         for member in ids:
             try:
-                for row in self.query_rows(f"{entity_set}({member})/{LIST_RELATIONSHIPS[table]}", {"$select": "listid"}):
+                for row in self.query_rows(f"{entity_set}({member})/{relationship}", {"$select": "listid"}):
                     out[member].add(str(row["listid"]).lower())
             except DataverseNotFound:
                 pass  # a deleted member belongs to no list
