@@ -4,7 +4,11 @@ from __future__ import annotations
 import copy
 import json
 
+import functools
+from pathlib import Path
+
 import azure.functions as func
+import jsonschema
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from shared import bootstrap, entry
@@ -22,6 +26,15 @@ json_values = st.recursive(json_scalars, lambda children: st.lists(children, max
 
 # Valid bodies of every kind (and their headers) to mutate.
 VALID = [(n.load(name), headers) for name, (_, headers, _, _) in sorted(n.FIXTURES.items())] + [(n.sample(), {})]
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "change-event.schema.json"
+
+
+@functools.cache
+def schema_validator() -> jsonschema.Draft202012Validator:
+    assert SCHEMA_PATH.exists(), f"{SCHEMA_PATH} is missing: every produced event must be checked against it"
+    return jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
 def call(body: bytes, headers: dict[str, str] | None = None):
@@ -45,6 +58,7 @@ def check(resp: func.HttpResponse, queue: FakeQueue) -> None:
         assert len(queue.events) == 1
         assert event_from_json(queue.bodies[0]) == queue.events[0]
         assert payload["event_id"] == queue.events[0].id
+        schema_validator().validate(json.loads(queue.bodies[0]))
     else:
         assert queue.events == [], "nothing is enqueued unless the answer is 202"
     if resp.status_code == 400:
