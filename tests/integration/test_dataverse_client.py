@@ -379,3 +379,24 @@ def test_unknown_message_is_named(client):
         client.register_webhook("https://x.example/api/h", name="straddle-bad", auth="WebhookKey", auth_value="k",
                                 steps=[StepSpec("NoSuchMessage", "contact")])
     client.remove_webhook("straddle-bad")
+
+
+def test_threads_share_one_client(client, server):
+    import threading
+    before = sandbox_stats(server)["total"]
+    client.reset_counts()
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(10):
+                assert client.resolve_list("Offers").id == OFFERS
+        except BaseException as e:  # surfaced below
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert client.total_requests == 40 == sandbox_stats(server)["total"] - before

@@ -21,7 +21,6 @@ from requests.structures import CaseInsensitiveDict
 from shared.adapters.dataverse import (CredentialToken, DataverseAmbiguous, DataverseAuthError, DataverseClient,
                                        DataverseNotFound, DataverseThrottled, DataverseUnavailable, StaticToken)
 from shared.adapters.dataverse.auth import credential_for, token_provider_from_settings
-from shared.adapters.dataverse.odata import parse_batch
 from shared.adapters.settings import Settings
 from shared.bootstrap import Container, build_dataverse_client
 
@@ -453,3 +452,30 @@ def test_reset_counts():
     client.who_am_i()
     client.reset_counts()
     assert client.total_requests == 0 and not client.request_counts
+
+
+def test_lists_of_members_per_list_when_lists_are_few():
+    members = [f"{i:08d}-0000-0000-0000-000000000000" for i in range(6)]
+
+    def handler(req):
+        if "/listmembers" in req.url:
+            return 404, {}, err("0x80060888", "Resource not found for the segment 'listmembers'.")
+        if "/lists?" in req.url:
+            assert "createdfromcode eq 2" in unquote(req.url)
+            return 200, {}, {"value": [{"listid": L1}]}
+        assert f"/lists({L1})/listcontact_association?" in req.url and "In(PropertyName='contactid'" in req.url
+        return 200, {}, {"value": [{"contactid": members[0]}, {"contactid": members[3].upper()}]}
+    client, adapter, _ = make(handler)
+    got = client.lists_of_members(members)
+    assert got == {m: ({L1} if m in (members[0], members[3]) else set()) for m in members}
+    assert len(adapter.requests) == 3  # probe, lists, one filtered query: not one per member
+
+
+def test_concurrent_calls_share_the_session_and_count_exactly():
+    client, adapter, _ = make(lambda req: (200, {}, {"value": []}))
+    threads = [threading.Thread(target=lambda: [client.purposes() for _ in range(25)]) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert client.total_requests == 200 == len(adapter.requests)

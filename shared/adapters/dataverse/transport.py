@@ -27,8 +27,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from shared.adapters.dataverse.auth import TokenProvider
-from shared.adapters.dataverse.errors import (DataverseAuthError, DataverseError, DataverseThrottled,
-                                              DataverseUnavailable, error_for)
+from shared.adapters.dataverse.errors import DataverseError, DataverseUnavailable, error_for
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, build_batch, parse_batch, path_kind, query_string
 from shared.telemetry import emit
 
