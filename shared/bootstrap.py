@@ -20,6 +20,7 @@ class Container:
         self._lock = threading.Lock()
         self._queue: EventQueue | None = None
         self._dataverse: Any = None
+        self._tables: Any = None
 
     @property
     def webhook_config(self) -> WebhookConfig:
@@ -38,6 +39,14 @@ class Container:
             if self._dataverse is None:
                 self._dataverse = build_dataverse_client(self.settings)
             return self._dataverse
+
+    def tables(self) -> Any:
+        """The Table Storage facade (shared.adapters.tables.TableStore); raises SettingsError when
+        storage is not configured (and its ``.ledger`` when LEDGER_KEY is missing)."""
+        with self._lock:
+            if self._tables is None:
+                self._tables = build_table_store(self.settings)
+            return self._tables
 
     def set_event_queue(self, queue: EventQueue) -> None:
         """Lets a host (the local one in sandbox/host) supply its own queue."""
@@ -65,6 +74,17 @@ def build_dataverse_client(settings: Settings) -> Any:
     from shared.adapters.dataverse import DataverseClient
 
     return DataverseClient.from_settings(settings)
+
+
+def build_table_store(settings: Settings) -> Any:
+    from shared.adapters.tables import TableStore
+
+    settings.require_tables()
+    if settings.storage_connection_string:
+        return TableStore.from_connection_string(
+            settings.storage_connection_string, prefix=settings.table_prefix, ledger_key=settings.ledger_key)
+    return TableStore.from_endpoint(settings.storage_table_uri, azure_credential(settings.storage_client_id),
+                                    prefix=settings.table_prefix, ledger_key=settings.ledger_key)
 
 
 _container: Container | None = None
