@@ -93,7 +93,10 @@ def _settings(xml: str | None) -> dict[str, str]:
 
 def input_parameters(ev: Event) -> list[dict]:
     if ev.message in ("Create", "Update"):
-        return [{"key": "Target", "value": entity(ev.table, ev.id, ev.target or {})}]
+        target = entity(ev.table, ev.id, ev.target or {})
+        if ev.message == "Update":  # as in the documented sample
+            target["Attributes"].append({"key": "modifiedonbehalfby", "value": None})
+        return [{"key": "Target", "value": target}]
     if ev.message == "Delete":
         return [{"key": "Target", "value": entity_reference(ev.table, ev.id)}]
     if ev.message in ("Associate", "Disassociate"):
