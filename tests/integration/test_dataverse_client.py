@@ -352,6 +352,13 @@ def test_webhook_registration_is_idempotent(client):
 
     endpoint = client.get_json(f"serviceendpoints({first.endpoint_id})")
     assert (endpoint["contract"], endpoint["authtype"], endpoint["messageformat"], endpoint["url"]) == (8, 5, 2, url)
+    images = {i["entityalias"] + ":" + i["_sdkmessageprocessingstepid_value"]: i for i in
+              client.iter_rows("sdkmessageprocessingstepimages",
+                               ["entityalias", "imagetype", "messagepropertyname", "_sdkmessageprocessingstepid_value"])}
+    update_image = images[f"PostImage:{first.step_ids[0]}"]
+    create_image = images[f"PostImage:{first.step_ids[1]}"]
+    assert (update_image["imagetype"], update_image["messagepropertyname"]) == (1, "Target")
+    assert (create_image["imagetype"], create_image["messagepropertyname"]) == (1, "Id")
     step = client.get_json(f"sdkmessageprocessingsteps({first.step_ids[0]})")
     assert (step["stage"], step["mode"], step["rank"], step["supporteddeployment"]) == (40, 1, 1, 0)
     assert step["filteringattributes"] == "donotbulkemail,donotemail,emailaddress1"
@@ -400,3 +407,45 @@ def test_threads_share_one_client(client, server):
         t.join()
     assert not errors
     assert client.total_requests == 40 == sandbox_stats(server)["total"] - before
+
+
+def test_registered_webhook_is_delivered(client, server):
+    """End to end: the rows the client registers make the sandbox call the URL with the post-image."""
+    import http.server
+    import json as jsonlib
+    import threading
+
+    received: list[tuple[dict, dict]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, jsonlib.loads(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/api/dataverse_webhook"
+    try:
+        client.register_webhook(url, name="straddle-e2e", auth="HttpHeader", auth_value={"x-key": "k1"},
+                                steps=[StepSpec("Update", "contact", ("donotbulkemail",),
+                                                ("emailaddress1", "donotbulkemail"))])
+        assert all(r.ok for r in client.set_member_flags([("contact", gid("c30"), {"donotbulkemail": True}),
+                                                          ("contact", gid("c31"), {"firstname": "x"})]))
+        assert server.wait_for_webhooks(10)
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(received) == 1  # the firstname change is filtered out
+        headers, body = received[0]
+        assert headers.get("x-key") == "k1"
+        assert body["MessageName"] == "Update" and body["PrimaryEntityId"] == gid("c30")
+        assert body["PostEntityImages"][0]["key"] == "PostImage"
+    finally:
+        client.remove_webhook("straddle-e2e")
+        httpd.shutdown()

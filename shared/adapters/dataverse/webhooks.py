@@ -23,8 +23,11 @@ MESSAGE_FORMAT_JSON = 2
 STAGE_POST_OPERATION = 40
 MODE_ASYNC = 1
 IMAGE_PRE, IMAGE_POST = 0, 1
-#: Which messages can carry an image, and the message property it is taken from.
-IMAGE_PROPERTY = {"Create": "Target", "Update": "Target", "Delete": "Id"}
+#: Which messages can carry an image, and the message property it is taken from. This follows
+#: Microsoft's "entity images" table (and the Plug-in Registration Tool): Create's image hangs on
+#: the response's ``Id``; Update and Delete on ``Target``. DOMAIN.md §4 says Target/Id the other way
+#: round for Create/Delete; Dataverse rejects an image whose property the message does not have.
+IMAGE_PROPERTY = {"Create": "Id", "Update": "Target", "Delete": "Target"}
 
 
 @dataclass(frozen=True)
