@@ -4,9 +4,14 @@ Adapters in ``shared.adapters`` implement them against Azure and Dataverse; unit
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Collection, Iterable, Mapping, Protocol, Sequence
 
 from shared.domain.events import ChangeEvent
+from shared.domain.ledger import LedgerEntry
+from shared.domain.mappings import Mappings
+from shared.domain.model import ConsentRow, Member, WriteResult
+from shared.domain.planner import Action, MemberKey
 
 
 class QueueUnavailable(RuntimeError):
@@ -19,3 +24,60 @@ class EventQueue(Protocol):
     def send(self, events: Sequence[ChangeEvent]) -> None:
         """Enqueues the events with MessageId = event id; raises QueueUnavailable on failure."""
         ...
+
+
+# --- the sync engine's ports ---------------------------------------------------------------------
+
+
+@dataclass
+class SyncRead:
+    """One round of reads: members (with their memberships of the mapped and opt-out lists)
+    found by id or by email, and every email-channel consent row of the emails asked for."""
+
+    members: list[tuple[Member, frozenset[str]]] = field(default_factory=list)
+    consent_rows: list[ConsentRow] = field(default_factory=list)
+    missing_members: set[MemberKey] = field(default_factory=set)
+
+
+class SyncGateway(Protocol):
+    """What the sync engine needs from Dataverse, in as few requests as the adapter can manage."""
+
+    def sync_user_id(self) -> str:
+        """The sync's own application user (WhoAmI), cached by the adapter."""
+        ...
+
+    def read(self, member_ids: Mapping[str, Collection[str]], emails: Collection[str], mappings: Mappings) -> SyncRead:
+        ...
+
+    def consent_rows_by_ids(self, row_ids: Collection[str]) -> list[ConsentRow]:
+        ...
+
+    def write(self, actions: Sequence[Action], marker: str) -> list[WriteResult]:
+        """Applies the actions (one result each, in order); ``marker`` goes in msdynmkt_reason."""
+        ...
+
+
+class TransientError(RuntimeError):
+    """An outside system failed in a way that may pass: the event is retried later."""
+
+
+class ProcessedEventsPort(Protocol):
+    def seen(self, event_ids: Iterable[str]) -> set[str]: ...
+
+    def mark(self, event_ids: Iterable[str], outcome: str = "processed") -> None: ...
+
+
+class LedgerPort(Protocol):
+    def record(self, entries: Sequence[LedgerEntry]) -> None: ...
+
+
+class MappingsSource(Protocol):
+    def current(self) -> Mappings | None: ...
+
+
+class RetryQueue(Protocol):
+    """Where failing events go: back on the queue later, or parked with a reason."""
+
+    def send_later(self, event: ChangeEvent, delay_seconds: int, attempt: int) -> None: ...
+
+    def park(self, body: bytes, reason: str, attempt: int, message_id: str | None = None) -> None: ...

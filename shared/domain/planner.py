@@ -60,6 +60,7 @@ class State:
     lists_of: dict[MemberKey, frozenset[str]] = field(default_factory=dict)  # relevant lists only
     consent: dict[str, list[ConsentRow]] = field(default_factory=dict)  # normalised email -> rows
     loaded_emails: set[str] = field(default_factory=set)
+    missing_members: set[MemberKey] = field(default_factory=set)  # looked for, not found (deleted)
     cause_of: dict[object, str] = field(default_factory=dict)  # email or member key -> event that led here
 
     def add_member(self, m: Member, lists: Iterable[str], cause: str | None = None) -> None:
@@ -192,7 +193,8 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
     def need_member(k: MemberKey, cause: str | None) -> bool:
         if k in state.members:
             return True
-        frontier_members.setdefault(k, cause)
+        if k not in state.missing_members:
+            frontier_members.setdefault(k, cause)
         return False
 
     # Triggers: what the events ask about.

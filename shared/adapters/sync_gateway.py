@@ -1,0 +1,177 @@
+"""The sync engine's view of Dataverse (the SyncGateway port) over the Web API client.
+
+Request economy is the point: one read round is one ``$batch`` of GETs (members by id, members
+by email for contacts and leads, consent rows by email; list memberships ride along through
+``$expand``), and all the writes of a batch of events are one ``$batch`` (or a few, at 1,000
+operations each). Dataverse documents ``$batch`` for exactly this: fewer round trips, and GET
+queries whose URLs would be too long on their own.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Collection, Mapping, Sequence
+
+from shared.adapters.dataverse.client import (
+    CONSENT_SELECT,
+    CONSENT_SET,
+    DUPLICATE_KEY,
+    LIST_RELATIONSHIPS,
+    DataverseClient,
+    _entity_set,
+    consent_columns,
+    consent_from_row,
+    member_from_row,
+    to_write_result,
+)
+from shared.adapters.dataverse.errors import DataverseError, DataverseThrottled, DataverseUnavailable
+from shared.adapters.dataverse.odata import BatchOp, PartResponse, chunk_values, guid, in_function, query_string
+from shared.domain.consent import ConsentSource, ConsentValue, ContactPointType
+from shared.domain.mappings import Mappings
+from shared.domain.model import ConsentRow, Member, WriteResult
+from shared.domain.planner import Action, AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
+from shared.ports import SyncRead, TransientError
+
+log = logging.getLogger(__name__)
+
+MEMBER_TABLES = ("contact", "lead")
+
+
+class DataverseSyncGateway:
+    def __init__(self, client: DataverseClient):
+        self.client = client
+
+    def sync_user_id(self) -> str:
+        with _transient():
+            return self.client.who_am_i()
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def read(self, member_ids: Mapping[str, Collection[str]], emails: Collection[str], mappings: Mappings) -> SyncRead:
+        cols = mappings.email_columns
+        ops: list[tuple[str, BatchOp]] = []  # (what, op)
+        for table, ids in member_ids.items():
+            for chunk in chunk_values(sorted(guid(i) for i in ids)):
+                ops.append((table, self._member_query(table, cols, in_function(f"{table}id", chunk))))
+        wanted = sorted(emails)
+        if wanted:
+            for table in MEMBER_TABLES:
+                for chunk in chunk_values(wanted, copies=len(cols)):
+                    flt = " or ".join(in_function(c, chunk) for c in cols)
+                    ops.append((table, self._member_query(table, cols, flt)))
+            for chunk in chunk_values(wanted):
+                flt = f"{in_function('msdynmkt_contactpointvalue', chunk)} and msdynmkt_contactpointtype eq {ContactPointType.EMAIL.value}"
+                ops.append(("consent", BatchOp("GET", f"{CONSENT_SET}?" + query_string(
+                    {"$select": CONSENT_SELECT, "$filter": flt}))))
+        out = SyncRead()
+        if not ops:
+            return out
+        relevant = mappings.relevant_lists
+        seen_members: set[tuple[str, str]] = set()
+        seen_rows: set[str] = set()
+        with _transient():
+            parts = self.client.batch([op for _, op in ops])
+            for (what, op), part in zip(ops, parts):
+                for row in self._rows(op, part):
+                    if what == "consent":
+                        c = consent_from_row(row)
+                        if c.id not in seen_rows:
+                            seen_rows.add(c.id)
+                            out.consent_rows.append(c)
+                        continue
+                    m = member_from_row(what, row, cols)
+                    if (m.table, m.id) in seen_members:
+                        continue
+                    seen_members.add((m.table, m.id))
+                    lists = {str(r.get("listid", "")).lower() for r in row.get(LIST_RELATIONSHIPS[what]) or ()}
+                    out.members.append((m, frozenset(lists & relevant)))
+        for table, ids in member_ids.items():
+            for i in ids:
+                if (table, guid(i)) not in seen_members:
+                    out.missing_members.add((table, guid(i)))
+        return out
+
+    def _member_query(self, table: str, cols: Sequence[str], flt: str) -> BatchOp:
+        select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode"))
+        expand = f"{LIST_RELATIONSHIPS[table]}($select=listid)"
+        return BatchOp("GET", f"{_entity_set(table)}?" + query_string({"$select": select, "$filter": flt, "$expand": expand}))
+
+    def _rows(self, op: BatchOp, part: PartResponse | None) -> list[dict[str, Any]]:
+        if part is None or part.status != 200:
+            status = part.status if part else None
+            if status in (429, 503, None) or (status or 0) >= 500:
+                raise TransientError(f"Dataverse read failed inside $batch ({status})")
+            raise DataverseError(f"Dataverse rejected a sync read ({status})", status=status, kind=op.kind)
+        body = json.loads(part.body or b"{}")
+        rows = list(body.get("value") or [])
+        link = body.get("@odata.nextLink")
+        if link:  # more than a page for one chunk: rare, read the rest directly
+            rows.extend(self.client.query_rows(link))
+        return rows
+
+    def consent_rows_by_ids(self, row_ids: Collection[str]) -> list[ConsentRow]:
+        out: list[ConsentRow] = []
+        with _transient():
+            for chunk in chunk_values(sorted(guid(i) for i in row_ids)):
+                params = {"$select": CONSENT_SELECT, "$filter": in_function("msdynmkt_contactpointconsent4id", chunk)}
+                out.extend(consent_from_row(r) for r in self.client.query_rows(CONSENT_SET, params))
+        return out
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def write(self, actions: Sequence[Action], marker: str) -> list[WriteResult]:
+        ops = [self._op(a, marker) for a in actions]
+        with _transient():
+            parts = self.client.batch([op for op, _ in ops])
+        results = []
+        for (op, accept), part, action in zip(ops, parts, actions):
+            target = _target_id(action)
+            results.append(to_write_result(part, target, **accept))
+        return results
+
+    def _op(self, a: Action, marker: str) -> tuple[BatchOp, dict[str, Any]]:
+        reason = f"{marker} {a.rule}" + (f" (event {a.cause[:8]})" if a.cause else "")
+        if isinstance(a, OptOutConsent):
+            fields: dict[str, Any] = {"value": ConsentValue.OPTED_OUT.value, "source": ConsentSource.INTERNAL.value,
+                                      "reason": reason[:500]}
+            if a.row_id is None:
+                fields.update(contact_point_value=a.email, contact_point_type=ContactPointType.EMAIL.value,
+                              consent_type=a.consent_type, purpose_id=a.purpose_id)
+                if a.topic_id:
+                    fields["topic_id"] = a.topic_id
+                return BatchOp("POST", CONSENT_SET, consent_columns(fields)), {}
+            return BatchOp("PATCH", f"{CONSENT_SET}({guid(a.row_id)})", consent_columns(fields), {"If-Match": "*"}), {}
+        if isinstance(a, SetDoNotBulkEmail):
+            table, member_id = a.member
+            return BatchOp("PATCH", f"{_entity_set(table)}({guid(member_id)})", {"donotbulkemail": True},
+                           {"If-Match": "*"}), {}
+        if isinstance(a, RemoveFromList):
+            table, member_id = a.member
+            path = f"lists({guid(a.list_id)})/{LIST_RELATIONSHIPS[table]}({guid(member_id)})/$ref"
+            return BatchOp("DELETE", path), {"ok_statuses": (404,)}  # already gone: the goal holds
+        if isinstance(a, AddToOptOutList):
+            table, member_id = a.member
+            ref = {"@odata.id": f"{self.client.api_url}/{_entity_set(table)}({guid(member_id)})"}
+            return (BatchOp("POST", f"lists({guid(a.list_id)})/{LIST_RELATIONSHIPS[table]}/$ref", ref),
+                    {"ok_codes": (DUPLICATE_KEY,)})
+        raise TypeError(f"unknown action {type(a).__name__}")
+
+
+def _target_id(a: Action) -> str | None:
+    if isinstance(a, OptOutConsent):
+        return a.row_id
+    return a.member[1]
+
+
+class _transient:
+    """Maps the client's exhausted-retry errors onto the engine's TransientError."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and isinstance(exc, (DataverseThrottled, DataverseUnavailable)):
+            raise TransientError(str(exc)) from exc
+        if exc is not None and isinstance(exc, (ConnectionError, TimeoutError)):
+            raise TransientError(str(exc)) from exc
+        return False

@@ -1,0 +1,88 @@
+"""From a change event to what the planner must look at. Pure.
+
+An event's values may be stale by the time it is processed (delivery is out of order), so it
+only says *where* to look; the planner decides from the rows as they are now. The one exception
+is R1: "this member left that list" is a fact about the past that current rows cannot show.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.domain.consent import ConsentValue, ContactPointType, normalise_email
+from shared.domain.events import (
+    ChangeEvent,
+    ConsentChanged,
+    ContactChanged,
+    MembershipChanged,
+    RecordDeleted,
+    RereadRecord,
+)
+from shared.domain.mappings import Mappings
+from shared.domain.planner import Trigger
+
+CONSENT_TABLE = "msdynmkt_contactpointconsent4"
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsConsentRow:
+    """The event names a consent row but not its email: read the row, then inspect its email."""
+
+    row_id: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoEffect:
+    """Nothing for the sync to do; ``reason`` goes to the log."""
+
+    reason: str
+
+
+def is_echo(event: ChangeEvent, sync_user_id: str | None) -> bool:
+    """The sync's own write coming back: its effects were planned when it was written."""
+    return bool(sync_user_id) and sync_user_id in (event.origin.initiating_user_id, event.origin.user_id)
+
+
+def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | NeedsConsentRow | NoEffect:
+    c = event.change
+    cause = event.id
+    if isinstance(c, ContactChanged):
+        if event.table not in ("contact", "lead"):
+            return NoEffect(f"{event.table} is not a contact or lead")
+        key = (event.table, event.record_id)
+        hints = [Trigger("inspect_email", cause, email=e)
+                 for e in {normalise_email(v) for k, v in c.emails.items() if k in mappings.email_columns} if e]
+        added = event.message == "Create" or any(col.startswith("emailaddress") for col in c.changed)
+        return [Trigger("inspect_member", cause, member=key, reacts_to_addition=added), *hints]
+    if isinstance(c, MembershipChanged):
+        out: list[Trigger] = []
+        for list_id in c.list_ids:
+            table = mappings.member_table_of_list.get(list_id)
+            if table is None or (c.member_table and c.member_table != table):
+                continue  # not a list any rule reads
+            for member_id in c.member_ids:
+                key = (table, member_id)
+                if c.action == "removed":
+                    if list_id in mappings.topics_of_list:
+                        out.append(Trigger("left_list", cause, member=key, list_id=list_id))
+                else:
+                    out.append(Trigger("inspect_member", cause, member=key, reacts_to_addition=True))
+        return out or NoEffect("no mapped or opt-out list in the membership change")
+    if isinstance(c, ConsentChanged):
+        if c.value is not None and c.value != ConsentValue.OPTED_OUT:
+            return NoEffect("consent row is not Opted out")
+        if c.contact_point_type is not None and c.contact_point_type != ContactPointType.EMAIL:
+            return NoEffect("consent row is not for email")
+        email = normalise_email(c.contact_point_value)
+        if email is None:
+            return NeedsConsentRow(event.record_id, cause)
+        return [Trigger("inspect_email", cause, email=email)]
+    if isinstance(c, RereadRecord):
+        if event.table in ("contact", "lead"):
+            return [Trigger("inspect_member", cause, member=(event.table, event.record_id), reacts_to_addition=True)]
+        if event.table == CONSENT_TABLE:
+            return NeedsConsentRow(event.record_id, cause)
+        return NoEffect(f"a stripped {event.message} on {event.table} is left to the nightly reconciliation")
+    if isinstance(c, RecordDeleted):
+        return NoEffect("a deleted record holds no consent")
+    return NoEffect(f"unhandled change kind {event.kind}")

@@ -1,0 +1,289 @@
+"""The sync engine: a batch of change events in, the state R1–R6 demand written, evidence kept.
+
+For a batch: drop events already processed and the sync's own echoes (no Dataverse request),
+turn the rest into triggers, then read in rounds (each round reads what the planner's frontier
+asks for, for the whole batch at once) until the plan is complete, write only the differences in
+bulk, file every change in the ledger, and mark the events processed. Every event ends processed,
+scheduled for a retry, or parked with its reason: nothing is dropped on the floor.
+
+Crash-safety: the processed mark is written last. An event retried after a crash mid-way is
+planned again from the rows as they now are, so the writes that already happened are no-ops.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+from shared.domain.consent import ConsentType, ConsentValue
+from shared.domain.events import ChangeEvent, EventFormatError, event_from_json
+from shared.domain.ledger import LedgerEntry
+from shared.domain.mappings import Mappings
+from shared.domain.model import WriteResult
+from shared.domain.planner import (
+    Action,
+    AddToOptOutList,
+    OptOutConsent,
+    Plan,
+    RemoveFromList,
+    SetDoNotBulkEmail,
+    State,
+    Trigger,
+    plan,
+)
+from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for
+from shared.ports import LedgerPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
+from shared.telemetry import emit
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 8  # reads per batch before the rest is left to the nightly reconciliation
+MARKER = "Straddle sync"  # msdynmkt_reason prefix: how a person reading RTM recognises our rows
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One queue message as the trigger delivered it."""
+
+    body: bytes
+    message_id: str | None = None
+    attempt: int = 1  # our own count, carried in the application property "attempt"
+
+
+@dataclass
+class EventOutcome:
+    event_id: str | None
+    message_id: str | None
+    disposition: str  # processed | duplicate | echo | no_effect | retry | parked
+    detail: str = ""
+
+
+@dataclass
+class BatchReport:
+    outcomes: list[EventOutcome] = field(default_factory=list)
+    actions_applied: int = 0
+    actions_failed: int = 0
+    rounds: int = 0
+    incomplete: bool = False
+
+    def count(self, disposition: str) -> int:
+        return sum(1 for o in self.outcomes if o.disposition == disposition)
+
+
+@dataclass
+class EngineConfig:
+    max_attempts: int = 5
+    retry_delay_seconds: int = 30
+
+
+class SyncEngine:
+    def __init__(self, gateway: SyncGateway, mappings: Callable[[], Mappings | None], processed: ProcessedEventsPort,
+                 ledger: LedgerPort, retries: RetryQueue, config: EngineConfig | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.gateway = gateway
+        self._mappings = mappings
+        self.processed = processed
+        self.ledger = ledger
+        self.retries = retries
+        self.config = config or EngineConfig()
+        self._clock = clock
+
+    # --- the batch ------------------------------------------------------------------------------
+
+    def process(self, messages: Sequence[Incoming]) -> BatchReport:
+        report = BatchReport()
+        events: list[tuple[Incoming, ChangeEvent]] = []
+        for msg in messages:
+            try:
+                events.append((msg, event_from_json(msg.body)))
+            except EventFormatError as exc:
+                # Retrying cannot fix a malformed message: park it at once, with the reason.
+                self.retries.park(msg.body, f"undecodable change event: {exc}", msg.attempt, msg.message_id)
+                report.outcomes.append(EventOutcome(None, msg.message_id, "parked", str(exc)))
+        if not events:
+            return report
+        try:
+            self._process_events(events, report)
+        except TransientError as exc:
+            # Dataverse or storage is unavailable: every event not yet settled is retried later.
+            settled = {o.event_id for o in report.outcomes}
+            for msg, event in events:
+                if event.id not in settled:
+                    report.outcomes.append(self._retry(msg, event, str(exc)))
+        return report
+
+    def _process_events(self, events: list[tuple[Incoming, ChangeEvent]], report: BatchReport) -> None:
+        mappings = self._mappings()
+        if mappings is None:
+            raise TransientError("no mappings imported yet (run: python -m shared mappings import FILE)")
+        unique: dict[str, tuple[Incoming, ChangeEvent]] = {}
+        for msg, event in events:
+            if event.id in unique:
+                report.outcomes.append(EventOutcome(event.id, msg.message_id, "duplicate", "twice in one batch"))
+            else:
+                unique[event.id] = (msg, event)
+        already = self.processed.seen(unique)
+        sync_user = self.gateway.sync_user_id()
+        todo: dict[str, tuple[Incoming, ChangeEvent]] = {}
+        settled: list[str] = []
+        triggers: list[Trigger] = []
+        consent_rows_to_read: list[NeedsConsentRow] = []
+        for event_id, (msg, event) in unique.items():
+            if event_id in already:
+                report.outcomes.append(EventOutcome(event_id, msg.message_id, "duplicate", "already processed"))
+                continue
+            if is_echo(event, sync_user):
+                report.outcomes.append(EventOutcome(event_id, msg.message_id, "echo", "the sync's own write"))
+                settled.append(event_id)
+                continue
+            found = triggers_for(event, mappings)
+            if isinstance(found, NoEffect):
+                report.outcomes.append(EventOutcome(event_id, msg.message_id, "no_effect", found.reason))
+                settled.append(event_id)
+                continue
+            todo[event_id] = (msg, event)
+            if isinstance(found, NeedsConsentRow):
+                consent_rows_to_read.append(found)
+            else:
+                triggers.extend(found)
+
+        if todo:
+            triggers.extend(self._consent_row_triggers(consent_rows_to_read))
+            state, final = self._plan_in_rounds(triggers, mappings, report)
+            results = self.gateway.write(final.actions, MARKER) if final.actions else []
+            failed_causes = self._file(final.actions, results, {e.id: e for _, e in todo.values()}, report)
+            for event_id, (msg, event) in todo.items():
+                if event_id in failed_causes:
+                    report.outcomes.append(self._retry(msg, event, failed_causes[event_id]))
+                else:
+                    settled.append(event_id)
+                    report.outcomes.append(EventOutcome(event_id, msg.message_id, "processed",
+                                                        "incomplete closure" if report.incomplete else ""))
+        if settled:
+            self.processed.mark(settled)
+
+    def _consent_row_triggers(self, needs: list[NeedsConsentRow]) -> list[Trigger]:
+        if not needs:
+            return []
+        rows = {r.id: r for r in self.gateway.consent_rows_by_ids([n.row_id for n in needs])}
+        out = []
+        for n in needs:
+            row = rows.get(n.row_id)
+            # Only a row that is Opted out now propagates; a deleted or opted-in row has nothing to say.
+            if row and row.opted_out and row.contact_point_value:
+                out.append(Trigger("inspect_email", n.cause, email=row.contact_point_value.strip().lower()))
+        return out
+
+    def _plan_in_rounds(self, triggers: list[Trigger], mappings: Mappings, report: BatchReport) -> tuple[State, Plan]:
+        state = State()
+        current = plan(state, mappings, triggers)
+        while not current.complete:
+            if report.rounds >= MAX_ROUNDS:
+                report.incomplete = True  # what was found is still written; the nightly run finishes it
+                emit(log, "sync.closure_incomplete", logging.WARNING, rounds=report.rounds,
+                     emails=len(current.frontier_emails), members=len(current.frontier_members))
+                break
+            report.rounds += 1
+            wanted_members: dict[str, set[str]] = {}
+            for (table, member_id) in current.frontier_members:
+                wanted_members.setdefault(table, set()).add(member_id)
+            emails = set(current.frontier_emails)
+            read = self.gateway.read(wanted_members, emails, mappings)
+            for m, lists in read.members:
+                key = (m.table, m.id)
+                state.add_member(m, lists, current.frontier_members.get(key))
+            for key in current.frontier_members:
+                if key not in state.members:
+                    state.missing_members.add(key)
+            by_email: dict[str, list] = {e: [] for e in emails}
+            for row in read.consent_rows:
+                e = (row.contact_point_value or "").strip().lower()
+                if e in by_email:
+                    by_email[e].append(row)
+            for e, rows in by_email.items():
+                state.add_email(e, rows, current.frontier_emails.get(e))
+            current = plan(state, mappings, triggers)
+        return state, current
+
+    # --- evidence -------------------------------------------------------------------------------
+
+    def _file(self, actions: Sequence[Action], results: Sequence[WriteResult], events: dict[str, ChangeEvent],
+              report: BatchReport) -> dict[str, str]:
+        """Ledger entries for every action; returns cause event id -> failure for events to retry."""
+        failed: dict[str, str] = {}
+        entries: list[LedgerEntry] = []
+        now = self._clock()
+        for action, result in zip(actions, results):
+            event = events.get(action.cause or "")
+            origin_time = event.origin.time if event else None
+            if result.ok:
+                report.actions_applied += 1
+                delay_ms = _delay_ms(origin_time, now)
+                emit(log, "sync.applied", rule=action.rule, action=type(action).__name__,
+                     event_id=action.cause, propagation_ms=delay_ms)
+            else:
+                report.actions_failed += 1
+                detail = f"{result.status} {result.error_code or ''} {result.error_message or ''}".strip()
+                emit(log, "sync.write_failed", logging.WARNING, rule=action.rule, action=type(action).__name__,
+                     event_id=action.cause, status=result.status, code=result.error_code)
+                if action.cause:
+                    failed.setdefault(action.cause, detail)
+            entries.extend(ledger_entries(action, result, "dataverse", origin_time))
+        self.ledger.record(entries)
+        return failed
+
+    def _retry(self, msg: Incoming, event: ChangeEvent, reason: str) -> EventOutcome:
+        if msg.attempt >= self.config.max_attempts:
+            self.retries.park(msg.body, f"gave up after {msg.attempt} attempts: {reason}", msg.attempt, msg.message_id)
+            emit(log, "sync.parked", logging.ERROR, event_id=event.id, attempts=msg.attempt)
+            return EventOutcome(event.id, msg.message_id, "parked", reason)
+        delay = self.config.retry_delay_seconds * 2 ** (msg.attempt - 1)
+        self.retries.send_later(event, delay, msg.attempt + 1)
+        emit(log, "sync.retry_scheduled", logging.WARNING, event_id=event.id, attempt=msg.attempt + 1, delay_s=delay)
+        return EventOutcome(event.id, msg.message_id, "retry", reason)
+
+
+def _delay_ms(origin_time: str | None, now: float) -> int | None:
+    if not origin_time:
+        return None
+    try:
+        origin = datetime.fromisoformat(origin_time.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int((now - origin.timestamp()) * 1000)
+
+
+def describe(action: Action) -> tuple[str, str, str, str | None, str, str]:
+    """(target system, table, action text, target id, before, after) for the ledger."""
+    if isinstance(action, OptOutConsent):
+        what = (f"opt out of topic {action.topic_id}" if action.consent_type == ConsentType.TOPIC
+                else f"opt out of purpose {action.purpose_id}")
+        before = "no row" if action.row_id is None else _value_name(action.before)
+        return "rtm", "msdynmkt_contactpointconsent4", what, action.row_id, before, "Opted out"
+    if isinstance(action, SetDoNotBulkEmail):
+        return "obm", action.member[0], "set donotbulkemail", action.member[1], "false", "true"
+    if isinstance(action, RemoveFromList):
+        return "obm", action.member[0], f"remove from list {action.list_id}", action.member[1], "member", "not a member"
+    if isinstance(action, AddToOptOutList):
+        return "obm", action.member[0], f"add to opt-out list {action.list_id}", action.member[1], "not a member", "member"
+    raise TypeError(action)
+
+
+def _value_name(value: int | None) -> str:
+    try:
+        return ConsentValue(value).name.replace("_", " ").capitalize() if value is not None else "unknown"
+    except ValueError:
+        return str(value)
+
+
+def ledger_entries(action: Action, result: WriteResult, origin_system: str, origin_time: str | None) -> list[LedgerEntry]:
+    system, table, what, target_id, before, after = describe(action)
+    emails = (action.email,) if isinstance(action, OptOutConsent) else action.emails
+    outcome = "applied" if result.ok else "failed"
+    detail = None if result.ok else f"{result.status} {result.error_code or ''}".strip()
+    return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
+                        origin_time=origin_time, target_system=system, target_table=table,
+                        target_id=target_id or result.id, action=what, before=before, after=after,
+                        outcome=outcome, detail=detail) for e in emails]
