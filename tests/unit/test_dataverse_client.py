@@ -53,6 +53,7 @@ class FakeAdapter(BaseAdapter):
             resp.headers.setdefault("Content-Type", "application/json")
         resp._content = body.encode() if isinstance(body, str) else (body or b"")
         resp.request, resp.url = request, request.url
+        resp.elapsed = __import__("datetime").timedelta(0)
         return resp
 
     def close(self):
@@ -479,3 +480,10 @@ def test_concurrent_calls_share_the_session_and_count_exactly():
     for t in threads:
         t.join()
     assert client.total_requests == 200 == len(adapter.requests)
+
+
+def test_retry_after_forms():
+    from shared.adapters.dataverse.transport import retry_after_seconds
+    assert retry_after_seconds("12") == 12.0 and retry_after_seconds(None) is None
+    assert retry_after_seconds("junk") is None
+    assert 29 <= retry_after_seconds("Thu, 01 Jan 2026 00:00:30 GMT", now=lambda: 1767225600.0) <= 30

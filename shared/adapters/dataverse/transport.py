@@ -176,6 +176,8 @@ class DataverseTransport:
                 attempt += 1
                 continue
             status = resp.status_code
+            emit(log, "dataverse.request", logging.DEBUG, kind=kind, status=status,
+                 ms=round(resp.elapsed.total_seconds() * 1000))
             if status < 400 or status in ok_statuses:
                 return resp
             if status == 401 and not refreshed and getattr(self._tokens, "refreshable", False):
