@@ -6,12 +6,16 @@ invocations. Tests build their own containers with ``Container(settings)``.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from shared.adapters.settings import Settings
 from shared.ingest.webhook import WebhookConfig
 from shared.ports import EventQueue
 from shared.telemetry import install_redaction
+
+
+MAPPINGS_TTL_SECONDS = 60
 
 
 class Container:
@@ -21,6 +25,8 @@ class Container:
         self._queue: EventQueue | None = None
         self._dataverse: Any = None
         self._tables: Any = None
+        self._engine: Any = None
+        self._mappings: tuple[float, Any] | None = None
 
     @property
     def webhook_config(self) -> WebhookConfig:
@@ -48,10 +54,45 @@ class Container:
                 self._tables = build_table_store(self.settings)
             return self._tables
 
+    def mappings(self) -> Any:
+        """The imported mappings (None before the first import), re-read at most once a minute
+        so an import reaches running workers without a restart."""
+        from shared.domain.mappings import Mappings
+
+        now = time.monotonic()
+        cached = self._mappings
+        if cached is None or now - cached[0] > MAPPINGS_TTL_SECONDS:
+            doc = self.tables().mappings.load()
+            cached = (now, Mappings.from_dict(doc) if doc else None)
+            self._mappings = cached
+        return cached[1]
+
+    def sync_engine(self) -> Any:
+        """The sync engine over Dataverse, Table Storage and the queue."""
+        from shared.adapters.sync_gateway import DataverseSyncGateway
+        from shared.sync.engine import EngineConfig, SyncEngine
+
+        if self._engine is not None:
+            return self._engine
+        tables, queue, dataverse = self.tables(), self.event_queue(), self.dataverse()
+        tables.ledger  # fails now, naming LEDGER_KEY, rather than after the first write
+        with self._lock:
+            if self._engine is None:
+                self._engine = SyncEngine(
+                    DataverseSyncGateway(dataverse), self.mappings, tables.processed, tables.ledger, queue,
+                    EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds))
+            return self._engine
+
+    def set_sync_engine(self, engine: Any) -> None:
+        """Lets a host or a test supply its own engine."""
+        with self._lock:
+            self._engine = engine
+
     def set_event_queue(self, queue: EventQueue) -> None:
         """Lets a host (the local one in sandbox/host) supply its own queue."""
         with self._lock:
             self._queue = queue
+            self._engine = None  # the engine retries through the queue: rebuild it around the new one
 
 
 def azure_credential(client_id: str | None) -> Any:
@@ -65,9 +106,11 @@ def build_servicebus_queue(settings: Settings) -> EventQueue:
 
     settings.require_servicebus()
     if settings.servicebus_connection_string:
-        return ServiceBusEventQueue.from_connection_string(settings.servicebus_connection_string, settings.changes_queue)
+        return ServiceBusEventQueue.from_connection_string(settings.servicebus_connection_string, settings.changes_queue,
+                                                           settings.parked_queue)
     return ServiceBusEventQueue.from_namespace(
-        settings.servicebus_namespace, azure_credential(settings.servicebus_client_id), settings.changes_queue)
+        settings.servicebus_namespace, azure_credential(settings.servicebus_client_id), settings.changes_queue,
+        settings.parked_queue)
 
 
 def build_dataverse_client(settings: Settings) -> Any:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Sequence
 
 import azure.functions as func
 
 from shared import bootstrap
 from shared.adapters.settings import SettingsError
-from shared.domain.events import EventFormatError, event_from_json
 from shared.ingest.webhook import WebhookResponse, accept_notification, error
+from shared.sync.engine import Incoming
 from shared.telemetry import emit
 
 log = logging.getLogger("straddle")
@@ -48,15 +49,31 @@ def _http(resp: WebhookResponse) -> func.HttpResponse:
 
 
 def process_changes(messages: Sequence[func.ServiceBusMessage]) -> None:
-    """Decodes the batch; the sync engine (issue #4) applies the rules to the decoded events."""
-    for message in messages:
-        try:
-            event = event_from_json(message.get_body())
-        except EventFormatError as exc:
-            emit(log, "process.undecodable", logging.ERROR, message_id=message.message_id, problem=str(exc))
-            continue
-        emit(log, "process.received", event_id=event.id, kind=event.kind, table=event.table,
-             delivery_count=message.delivery_count)
+    """Hands the batch to the sync engine. Raising abandons the whole batch (Service Bus then
+    redelivers it), so this raises only when nothing could be settled: misconfiguration, or the
+    queue itself refusing a retry. Everything else ends processed, retried or parked."""
+    incoming = [Incoming(body=m.get_body(), message_id=m.message_id, attempt=_attempt(m)) for m in messages]
+    try:
+        engine = bootstrap.container().sync_engine()
+    except SettingsError as exc:
+        emit(log, "process.misconfigured", logging.ERROR, problem=str(exc), messages=len(incoming))
+        raise
+    started = time.monotonic()
+    report = engine.process(incoming)
+    emit(log, "process.batch", messages=len(incoming), processed=report.count("processed"),
+         duplicates=report.count("duplicate"), echoes=report.count("echo"), no_effect=report.count("no_effect"),
+         retried=report.count("retry"), parked=report.count("parked"), applied=report.actions_applied,
+         failed=report.actions_failed, rounds=report.rounds, incomplete=report.incomplete,
+         duration_ms=int((time.monotonic() - started) * 1000))
+
+
+def _attempt(message: func.ServiceBusMessage) -> int:
+    """Our own attempt count (application property), not the broker's delivery count."""
+    props = message.application_properties or {}
+    try:
+        return max(1, int(props.get("attempt", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 def nightly_reconcile(timer: func.TimerRequest) -> None:

@@ -67,6 +67,8 @@ def _secret_bytes(raw: str) -> bytes:
 SETTINGS: tuple[Setting, ...] = (
     Setting("CHANGES_QUEUE", "changes_queue", _text, "straddle-changes",
             doc="Service Bus queue that carries change events (also bound as %CHANGES_QUEUE%)."),
+    Setting("PARKED_QUEUE", "parked_queue", _text,
+            doc="Queue whose dead-letter sub-queue holds events that kept failing (default <CHANGES_QUEUE>-parked)."),
     Setting("ServiceBusConnection", "servicebus_connection_string", _text, secret=True,
             doc="Service Bus connection string (local/dev). Prefer the identity-based form below."),
     Setting("ServiceBusConnection__fullyQualifiedNamespace", "servicebus_namespace", _text,
@@ -117,6 +119,7 @@ SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class Settings:
     changes_queue: str
+    parked_queue: str | None
     servicebus_connection_string: str | None
     servicebus_namespace: str | None
     servicebus_client_id: str | None
@@ -161,6 +164,7 @@ class Settings:
             problems.append("WEBHOOK_SECRET_HEADER and WEBHOOK_SECRET must be set together")
         if problems:
             raise SettingsError("; ".join(problems))
+        values["parked_queue"] = values["parked_queue"] or f"{values['changes_queue']}-parked"
         return cls(**values)
 
     def require(self, *attrs: str, purpose: str) -> None:

@@ -6,11 +6,13 @@ import logging
 from datetime import datetime, timezone
 
 import azure.functions as func
+import pytest
 from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 
 import function_app
 from shared import entry
+from shared.adapters.settings import SettingsError
 from shared.domain.events import ChangeEvent, Origin, RereadRecord
 from tests import notifications as n
 
@@ -71,25 +73,40 @@ EVENT = ChangeEvent("0b0b0b0b-1111-2222-3333-444455556666", "contact", n.CONTACT
                     Origin(None, None, None, None, None, None), RereadRecord("msg-size-exceeded"))
 
 
-def test_process_changes_decodes_good_messages(caplog):
+class RecordingEngine:
+    def __init__(self):
+        self.batches = []
+
+    def process(self, incoming):
+        from shared.sync.engine import BatchReport
+
+        self.batches.append(list(incoming))
+        return BatchReport()
+
+
+def test_process_changes_hands_the_batch_to_the_engine(app_container, caplog):
     caplog.set_level(logging.INFO)
-    function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, 2)])
-    line, = [r.getMessage() for r in caplog.records if "process.received" in r.getMessage()]
-    assert f"event_id={EVENT.id}" in line and "kind=reread_record" in line and "delivery_count=2" in line
+    engine = RecordingEngine()
+    app_container({}).set_sync_engine(engine)
+    retry = sb_message(EVENT.to_json().encode(), EVENT.id + ".3", 1)
+    retry.application_properties["attempt"] = 3
+    function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, 2), retry])
+    (batch,) = engine.batches
+    assert [(m.message_id, m.attempt, m.body) for m in batch] == [
+        (EVENT.id, 1, EVENT.to_json().encode()), (EVENT.id + ".3", 3, EVENT.to_json().encode())]
+    assert any("process.batch messages=2" in r.getMessage() for r in caplog.records)
 
 
-def test_process_changes_survives_undecodable_messages(caplog):
-    caplog.set_level(logging.INFO)
-    bad = [b"", b"\xff\xfe", b"[]", b'{"v": 99}', b'{"v":1,"kind":"contact_changed","change":{"emails":"ab"}}',
-           json.dumps({**EVENT.to_dict(), "change": {"emails": "jane@contoso.example"}, "kind": "contact_changed"}).encode()]
-    batch = [sb_message(b, f"bad{i}") for i, b in enumerate(bad)] + [sb_message(EVENT.to_json().encode(), EVENT.id)]
-    entry.process_changes(batch)
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("process.undecodable" in m for m in messages) == len(bad)
-    assert sum("process.received" in m for m in messages) == 1
+def test_process_changes_without_configuration_abandons_the_batch(app_container):
+    # Raising makes the host abandon the messages: Service Bus redelivers them, nothing is lost.
+    app_container({})
+    with pytest.raises(SettingsError, match="AzureWebJobsStorage"):
+        function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id)])
 
 
-def test_process_changes_accepts_every_produced_event(fake_queue):
+def test_process_changes_accepts_every_produced_event(fake_queue, app_container):
+    engine = RecordingEngine()
+    app_container({}).set_sync_engine(engine)
     from shared.ingest.webhook import WebhookConfig, accept_notification
 
     for name, (_, headers, status, _) in n.FIXTURES.items():
@@ -97,6 +114,7 @@ def test_process_changes_accepts_every_produced_event(fake_queue):
             accept_notification(n.load_bytes(name), headers, WebhookConfig(), fake_queue)
     function_app.process_changes([sb_message(b, f"m{i}") for i, b in enumerate(fake_queue.bodies)])
     assert len(fake_queue.bodies) == sum(1 for v in n.FIXTURES.values() if v[2] == 202)
+    assert [m.body for m in engine.batches[0]] == list(fake_queue.bodies)
 
 
 def test_nightly_reconcile_runs(caplog):
