@@ -427,6 +427,18 @@ class Store:
 
     # --- queries -----------------------------------------------------------------------------
 
+    def _estimate(self, td: _TableData, terms) -> int:
+        """Candidate count without building the set, so an `and` only materialises its narrowest leaf."""
+        tag = terms[0]
+        if tag == "leaf":
+            _, col, values = terms
+            if col == td.t.key:
+                return len(values)
+            idx = td.index[col]
+            return sum(len(idx.get(v, ())) for v in values)
+        sizes = [self._estimate(td, k) for k in terms[1]]
+        return min(sizes) if tag == "and" else sum(sizes)
+
     def _candidates(self, td: _TableData, terms) -> set[str] | None:
         if terms is None:
             return None
@@ -442,13 +454,12 @@ class Store:
                 if s:
                     out |= s
             return out
-        sets = [self._candidates(td, k) for k in terms[1]]
         if tag == "and":
-            sets.sort(key=len)
-            return sets[0]  # the predicate still checks the rest
+            # The predicate still checks the other conjuncts.
+            return self._candidates(td, min(terms[1], key=lambda k: self._estimate(td, k)))
         out = set()
-        for s in sets:
-            out |= s
+        for k in terms[1]:
+            out |= self._candidates(td, k)
         return out
 
     def query(self, table: str, *, filter_text: str | None = None, orderby_text: str | None = None,
@@ -550,8 +561,15 @@ class Store:
 
     def load(self, seed: dict) -> dict[str, int]:
         """Loads a seed (see README.md) without HTTP and without firing webhooks; returns counts."""
+        import gc
         from .seed import load_seed
-        return load_seed(self, seed)
+        enabled = gc.isenabled()
+        gc.disable()  # millions of new dicts would otherwise trigger many useless full collections
+        try:
+            return load_seed(self, seed)
+        finally:
+            if enabled:
+                gc.enable()
 
 
 def _encode_token(state: dict) -> str:
