@@ -13,22 +13,27 @@ import logging
 from typing import Any, Collection, Mapping, Sequence
 
 from shared.adapters.dataverse.client import (
+    ADD_MEMBER_OK,
     CONSENT_SELECT,
     CONSENT_SET,
-    DUPLICATE_KEY,
     LIST_RELATIONSHIPS,
+    REMOVE_MEMBER_OK,
     DataverseClient,
     _entity_set,
-    consent_columns,
+    add_member_op,
+    consent_create_op,
     consent_from_row,
+    consent_update_op,
     member_from_row,
+    member_update_op,
+    remove_member_op,
     to_write_result,
 )
 from shared.adapters.dataverse.errors import DataverseError, DataverseThrottled, DataverseUnavailable
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, chunk_values, guid, in_function, query_string
 from shared.domain.consent import ConsentSource, ConsentValue, ContactPointType
 from shared.domain.mappings import Mappings
-from shared.domain.model import ConsentRow, Member, WriteResult
+from shared.domain.model import ConsentRow, WriteResult
 from shared.domain.planner import Action, AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
 from shared.ports import SyncRead, TransientError
 
@@ -134,26 +139,17 @@ class DataverseSyncGateway:
         if isinstance(a, OptOutConsent):
             fields: dict[str, Any] = {"value": ConsentValue.OPTED_OUT.value, "source": ConsentSource.INTERNAL.value,
                                       "reason": reason[:500]}
-            if a.row_id is None:
-                fields.update(contact_point_value=a.email, contact_point_type=ContactPointType.EMAIL.value,
-                              consent_type=a.consent_type, purpose_id=a.purpose_id)
-                if a.topic_id:
-                    fields["topic_id"] = a.topic_id
-                return BatchOp("POST", CONSENT_SET, consent_columns(fields)), {}
-            return BatchOp("PATCH", f"{CONSENT_SET}({guid(a.row_id)})", consent_columns(fields), {"If-Match": "*"}), {}
+            if a.row_id is not None:
+                return consent_update_op(a.row_id, fields), {}
+            fields.update(contact_point_value=a.email, consent_type=a.consent_type, purpose_id=a.purpose_id,
+                          topic_id=a.topic_id)
+            return consent_create_op(fields), {}
         if isinstance(a, SetDoNotBulkEmail):
-            table, member_id = a.member
-            return BatchOp("PATCH", f"{_entity_set(table)}({guid(member_id)})", {"donotbulkemail": True},
-                           {"If-Match": "*"}), {}
+            return member_update_op(*a.member, {"donotbulkemail": True}), {}
         if isinstance(a, RemoveFromList):
-            table, member_id = a.member
-            path = f"lists({guid(a.list_id)})/{LIST_RELATIONSHIPS[table]}({guid(member_id)})/$ref"
-            return BatchOp("DELETE", path), {"ok_statuses": (404,)}  # already gone: the goal holds
+            return remove_member_op(a.list_id, *a.member), REMOVE_MEMBER_OK
         if isinstance(a, AddToOptOutList):
-            table, member_id = a.member
-            ref = {"@odata.id": f"{self.client.api_url}/{_entity_set(table)}({guid(member_id)})"}
-            return (BatchOp("POST", f"lists({guid(a.list_id)})/{LIST_RELATIONSHIPS[table]}/$ref", ref),
-                    {"ok_codes": (DUPLICATE_KEY,)})
+            return add_member_op(self.client.api_url, a.list_id, *a.member), ADD_MEMBER_OK
         raise TypeError(f"unknown action {type(a).__name__}")
 
 

@@ -138,6 +138,39 @@ def consent_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
+# --- write operations as $batch parts (the typed methods below and the sync gateway share them) ---
+
+def add_member_op(api_url: str, list_id: str, table: str, member_id: str) -> BatchOp:
+    ref = {"@odata.id": f"{api_url}/{_entity_set(table)}({guid(member_id)})"}
+    return BatchOp("POST", f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}/$ref", ref)
+
+
+def remove_member_op(list_id: str, table: str, member_id: str) -> BatchOp:
+    _entity_set(table)
+    return BatchOp("DELETE", f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}({guid(member_id)})/$ref")
+
+
+def member_update_op(table: str, member_id: str, fields: Mapping[str, Any]) -> BatchOp:
+    """PATCH with If-Match: * : update-only, never creates a row."""
+    return BatchOp("PATCH", f"{_entity_set(table)}({guid(member_id)})", dict(fields), {"If-Match": "*"})
+
+
+def consent_create_op(fields: Mapping[str, Any]) -> BatchOp:
+    fields = {"contact_point_type": ContactPointType.EMAIL.value, **fields}
+    if not fields.get("topic_id"):
+        fields.pop("topic_id", None)  # no bind at all on create
+    return BatchOp("POST", CONSENT_SET, consent_columns(fields))
+
+
+def consent_update_op(row_id: str, fields: Mapping[str, Any]) -> BatchOp:
+    return BatchOp("PATCH", f"{CONSENT_SET}({guid(row_id)})", consent_columns(fields), {"If-Match": "*"})
+
+
+#: How each write's answer is read: already a member / already gone means the goal holds.
+ADD_MEMBER_OK = {"ok_codes": (DUPLICATE_KEY,)}
+REMOVE_MEMBER_OK = {"ok_statuses": (404,)}
+
+
 class DataverseClient(DataverseTransport, WebhookRegistrations):
     """Dataverse Web API client for Straddle. Thread-safe; build one per process."""
 
@@ -256,25 +289,18 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
 
     def add_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
         """(list id, member table, member id) -> joined; already a member counts as ok."""
-        ops = []
-        for list_id, table, member_id in items:
-            ref = {"@odata.id": f"{self.api_url}/{_entity_set(table)}({guid(member_id)})"}
-            ops.append(BatchOp("POST", f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}/$ref", ref))
-        parts = self.batch(ops)
-        return [to_write_result(p, guid(m), ok_codes=(DUPLICATE_KEY,)) for p, (_, _, m) in zip(parts, items)]
+        parts = self.batch([add_member_op(self.api_url, l, t, m) for l, t, m in items])
+        return [to_write_result(p, guid(m), **ADD_MEMBER_OK) for p, (_, _, m) in zip(parts, items)]
 
     def remove_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
         """(list id, member table, member id) -> left; 404 (not a member) counts as ok."""
-        for _, t, _ in items:
-            _entity_set(t)
-        ops = [BatchOp("DELETE", f"lists({guid(l)})/{LIST_RELATIONSHIPS[t]}({guid(m)})/$ref") for l, t, m in items]
-        parts = self.batch(ops)
-        return [to_write_result(p, guid(m), ok_statuses=(404,)) for p, (_, _, m) in zip(parts, items)]
+        parts = self.batch([remove_member_op(l, t, m) for l, t, m in items])
+        return [to_write_result(p, guid(m), **REMOVE_MEMBER_OK) for p, (_, _, m) in zip(parts, items)]
 
     def set_member_flags(self, updates: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[WriteResult]:
         """(table, id, {"donotbulkemail": True}) -> PATCH with If-Match: * (never creates a row)."""
-        ops = [BatchOp("PATCH", f"{_entity_set(t)}({guid(i)})", dict(f), {"If-Match": "*"}) for t, i, f in updates]
-        return [to_write_result(p, guid(i)) for p, (_, i, _) in zip(self.batch(ops), updates)]
+        parts = self.batch([member_update_op(t, i, f) for t, i, f in updates])
+        return [to_write_result(p, guid(i)) for p, (_, i, _) in zip(parts, updates)]
 
     # --- consent ----------------------------------------------------------------------------
 
@@ -304,18 +330,12 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
 
     def create_consent_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[WriteResult]:
         """Each dict: contact_point_value, consent_type, value, purpose_id, topic_id|None, source, reason."""
-        ops = []
-        for r in rows:
-            fields = {"contact_point_type": ContactPointType.EMAIL.value, **r}
-            if not fields.get("topic_id"):
-                fields.pop("topic_id", None)  # no bind at all on create
-            ops.append(BatchOp("POST", CONSENT_SET, consent_columns(fields)))
-        return [to_write_result(p) for p in self.batch(ops)]
+        return [to_write_result(p) for p in self.batch([consent_create_op(r) for r in rows])]
 
     def update_consent_rows(self, updates: Sequence[tuple[str, Mapping[str, Any]]]) -> list[WriteResult]:
         """(row id, fields in the same keys as create) -> PATCH with If-Match: *."""
-        ops = [BatchOp("PATCH", f"{CONSENT_SET}({guid(i)})", consent_columns(f), {"If-Match": "*"}) for i, f in updates]
-        return [to_write_result(p, guid(i)) for p, (i, _) in zip(self.batch(ops), updates)]
+        parts = self.batch([consent_update_op(i, f) for i, f in updates])
+        return [to_write_result(p, guid(i)) for p, (i, _) in zip(parts, updates)]
 
     # --- reference data ---------------------------------------------------------------------
 
