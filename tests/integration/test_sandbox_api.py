@@ -321,3 +321,21 @@ def test_seed_endpoint_and_reset(api, srv):
     requests.post(f"{srv.url}/_sandbox/reset")
     assert api.get(f"{api.base}/contacts").json()["value"] == []
     assert len(api.get(f"{api.base}/sdkmessages", params={"$filter": "name eq 'Update'"}).json()["value"]) == 1
+
+
+def test_concurrent_clients(srv):
+    import concurrent.futures as cf
+    srv.store.reset()
+
+    def work(k):
+        s = requests.Session()
+        s.headers["Authorization"] = f"Bearer worker-{k}"
+        ids = [_id(s.post(f"{srv.api_url}/contacts", json={"emailaddress1": f"w{k}-{i}@x.org"})) for i in range(30)]
+        for i in ids[:10]:
+            assert s.patch(f"{srv.api_url}/contacts({i})", json={"donotemail": True}, headers={"If-Match": "*"}).status_code == 204
+        got = s.get(f"{srv.api_url}/contacts", params={"$filter": f"startswith(emailaddress1,'w{k}-')"}).json()["value"]
+        return len(got)
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(work, range(8))) == [30] * 8
+    assert len(srv.store.data["contact"].rows) == 240
