@@ -21,6 +21,7 @@ from shared.domain.planner import (
     SetDoNotBulkEmail,
     State,
     member_key,
+    plan,
 )
 
 OUT = int(ConsentValue.OPTED_OUT)
@@ -189,3 +190,31 @@ def summary(actions: Iterable[Action]) -> set[tuple]:
 def effects(actions: Iterable[Action]) -> set[tuple]:
     """Like ``summary`` but without the rule: the writes only."""
     return {t[:-1] for t in summary(actions)}
+
+
+def load(world: State, s: State, p) -> None:
+    """Reads what the plan's frontier asks for from ``world`` into ``s``, as the engine does: a member
+    with its lists (or marked missing), an email with its consent rows and every member that has it."""
+    for k, cause in p.frontier_members.items():
+        if k in world.members:
+            s.add_member(world.members[k], world.lists_of.get(k, ()), cause)
+        else:
+            s.missing_members.add(k)
+    for e, cause in p.frontier_emails.items():
+        for k, m in world.members.items():
+            if e in m.contact_points(EMAIL_COLUMNS) and k not in s.members:
+                s.add_member(m, world.lists_of.get(k, ()), cause)
+        s.add_email(e, world.consent.get(e, ()), cause)
+
+
+def in_rounds(world: State, m: Mappings, triggers, max_rounds: int = 20):
+    """Plans from an empty state, reading the frontier from ``world`` until the plan is complete.
+    Returns (the state read, the complete plan, the number of reading rounds)."""
+    s, rounds = State(), 0
+    p = plan(s, m, triggers)
+    while not p.complete:
+        rounds += 1
+        assert rounds <= max_rounds, "the frontier does not converge"
+        load(world, s, p)
+        p = plan(s, m, triggers)
+    return s, p, rounds

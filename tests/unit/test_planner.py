@@ -44,6 +44,7 @@ from tests.domain_builders import (
     TEXT,
     TOPIC,
     apply,
+    in_rounds,
     brand,
     contact,
     effects,
@@ -449,31 +450,6 @@ def test_facts_about_unloaded_emails_go_to_the_frontier_not_to_actions():
     assert p.frontier_emails == {B: "ev-a"}
     assert summary(p.actions) == {("remove", C1, L_NEWS, "R2")}
     assert not any(isinstance(a, OptOutConsent) and a.email == B for a in p.actions)
-
-
-def load(world: State, s: State, p) -> None:
-    """Reads what the frontier asks for from ``world`` into ``s``, as the engine does."""
-    for k, cause in p.frontier_members.items():
-        if k in world.members:
-            s.add_member(world.members[k], world.lists_of.get(k, ()), cause)
-        else:
-            s.missing_members.add(k)
-    for e, cause in p.frontier_emails.items():
-        for k, m in world.members.items():
-            if e in m.contact_points(("emailaddress1", "emailaddress2", "emailaddress3")) and k not in s.members:
-                s.add_member(m, world.lists_of.get(k, ()), cause)
-        s.add_email(e, world.consent.get(e, ()), cause)
-
-
-def in_rounds(world: State, m, triggers, max_rounds: int = 20):
-    s, rounds = State(), 0
-    p = plan(s, m, triggers)
-    while not p.complete:
-        rounds += 1
-        assert rounds <= max_rounds, "the frontier does not converge"
-        load(world, s, p)
-        p = plan(s, m, triggers)
-    return s, p, rounds
 
 
 def test_rounds_reach_a_complete_plan_with_the_same_actions():
