@@ -473,3 +473,11 @@ def test_rounds_with_a_deleted_member():
     world = state([contact("c2", A)])
     s, p, rounds = in_rounds(world, SB, [left(C1, L_NEWS), inspect_email(A)])
     assert rounds == 1 and C1 in s.missing_members and p.actions == []
+
+
+def test_donotemail_member_with_an_rtm_purpose_opt_out_keeps_its_flags_single_brand():
+    """donotemail already blocks every email: R4 leaves that member's donotbulkemail alone (else the
+    member's own R3 opt-out would set it on the next plan), and still flags the others of the email."""
+    s = state([contact("c1", A, B, dne=True), lead("l1", A)], consent={A: [row(A, P_ACME)]})
+    p = settled(s, SB, [inspect_email(A)])
+    assert summary(p.actions) == {("flag", L1, "R4"), ("consent", B, P_ACME, None, None, "R3")}
