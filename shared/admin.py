@@ -47,3 +47,27 @@ def summary(m: Mappings) -> str:
     opt_out = sum(1 for b in m.brands if b.opt_out_list)
     return (f"{m.mode}: {len(m.brands)} brand(s), {lists} list-topic pair(s), "
             f"{len(m.covered_purposes)} purpose(s), {opt_out} opt-out list(s)")
+
+
+# --- webhook registration: the steps the sync needs ------------------------------------------
+
+def sync_steps(email_columns: tuple[str, ...] | list[str] = ("emailaddress1", "emailaddress2", "emailaddress3")):
+    """One step per message and table a rule reacts to, with the columns its event needs."""
+    from shared.adapters.dataverse.webhooks import StepSpec
+    from shared.domain.consent import OPT_OUT_FLAGS
+
+    member_columns = (*email_columns, *OPT_OUT_FLAGS)
+    consent_columns = ("msdynmkt_contactpointvalue", "msdynmkt_contactpointtype", "msdynmkt_contactpointconsenttype",
+                       "msdynmkt_value", "msdynmkt_purposeid", "msdynmkt_topicid", "msdynmkt_source", "msdynmkt_reason")
+    steps = []
+    for table in ("contact", "lead"):
+        steps += [StepSpec("Create", table, image_attributes=member_columns),
+                  StepSpec("Update", table, filtering_attributes=member_columns, image_attributes=member_columns),
+                  StepSpec("Delete", table)]
+    consent = "msdynmkt_contactpointconsent4"
+    steps += [StepSpec("Create", consent, image_attributes=consent_columns),
+              StepSpec("Update", consent, filtering_attributes=("msdynmkt_value", "msdynmkt_contactpointvalue"),
+                       image_attributes=consent_columns)]
+    steps += [StepSpec("Associate"), StepSpec("Disassociate")]
+    steps += [StepSpec(m, "list") for m in ("AddMember", "AddListMembers", "RemoveMember")]
+    return steps

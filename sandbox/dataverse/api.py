@@ -200,7 +200,8 @@ class Api:
 
     def _collection(self, t, params: dict, headers: dict, scope=None) -> Response:
         for p in params:
-            if p.startswith("$") and p not in ("$select", "$filter", "$orderby", "$top", "$skiptoken", "$count"):
+            if p.startswith("$") and p not in ("$select", "$filter", "$orderby", "$top", "$skiptoken", "$count",
+                                               "$expand"):
                 if p == "$skip":
                     raise bad_query("The query parameter $skip is not supported; follow @odata.nextLink.")
                 raise bad_query(f"The query parameter {p} is not supported.")
@@ -228,13 +229,45 @@ class Api:
             t.name, filter_text=params.get("$filter"), orderby_text=params.get("$orderby"), top=top,
             page_size=page, skiptoken=params.get("$skiptoken"), scope=scope, count=count)
         render = self.render
+        expand = self._parse_expand(t, params.get("$expand"))
         out = {"@odata.context": self.context(t.entity_set, select)}
         if total is not None:
             out["@odata.count"] = total
         out["value"] = [render(t, r, select) for r in rows]
+        for rendered, row in zip(out["value"], rows) if expand else ():
+            for nav, other, other_select in expand:
+                rendered[nav] = self._related(t, row, nav, other, other_select)
         if token is not None:
             out["@odata.nextLink"] = self._next_link(t, scope, params, token)
         return json_response(200, out, applied)
+
+    def _parse_expand(self, t, text: str | None) -> list[tuple[str, object, list[str] | None]]:
+        """``nav($select=a,b),nav2`` for the N:N list relationships (what Straddle reads)."""
+        if not text:
+            return []
+        out = []
+        for item in _split_top_level(text):
+            nav, _, opts = item.partition("(")
+            nav = nav.strip()
+            rel, other_name = self.store.relationship_for(t.name, nav)
+            other = TABLES[other_name]
+            other_select = None
+            if opts:
+                for opt in opts.rstrip(")").split(";"):
+                    key, _, value = opt.partition("=")
+                    if key.strip() != "$select":
+                        raise bad_query(f"$expand option {key.strip()} is not supported by the sandbox.")
+                    other_select = odata.parse_select(other, value)
+            out.append((rel, other, other_select))
+        return out
+
+    def _related(self, t, row: dict, rel: str, other, select: list[str] | None) -> list[dict]:
+        list_side, _ = RELATIONSHIPS[rel]
+        rid = row[t.key]
+        ids = (self.store.members[rel].get(rid, ()) if t.name == list_side
+               else self.store.member_of[rel].get(rid, ()))
+        rows = [self.store.data[other.name].rows.get(i) for i in sorted(ids)]
+        return [self.render(other, r, select) for r in rows if r is not None]
 
     def _next_link(self, t, scope, params: dict, token: str) -> str:
         if scope is not None:
@@ -340,3 +373,18 @@ class Api:
         self.store.remove_member(rid, entity, user_id)
         return no_content()
 
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Splits on commas outside parentheses."""
+    parts, depth, current = [], 0, []
+    for ch in text:
+        if ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        current.append(ch)
+    parts.append("".join(current))
+    return [p for p in (x.strip() for x in parts) if p]

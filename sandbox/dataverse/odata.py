@@ -31,7 +31,9 @@ _IN = {"microsoft.dynamics.crm.in": False, "microsoft.dynamics.crm.notin": True}
 
 
 def fold(s: str) -> str:
-    """Case- and accent-insensitive comparison form; the ASCII fast path keeps 1M-row scans cheap."""
+    """Comparison form of SQL Server's default collation: case- and accent-insensitive, and
+    trailing spaces ignored ('a@x.com ' = 'a@x.com'); the ASCII fast path keeps 1M-row scans cheap."""
+    s = s.rstrip(" ")
     if s.isascii():
         return s.lower()
     return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c)).casefold()

@@ -98,7 +98,7 @@ def load_seed(store, seed: dict) -> dict[str, int]:
                 for c, idx, is_str in indexes:
                     v = row.get(c)
                     if v is not None:
-                        key = (v.lower() if v.isascii() else fold(v)) if is_str else v
+                        key = fold(v) if is_str else v
                         b = idx.get(key)
                         if b is None:
                             idx[key] = {rid}

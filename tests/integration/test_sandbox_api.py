@@ -176,6 +176,31 @@ def test_in_filter_and_case_insensitive_eq(api, srv):
     assert [v["emailaddress1"] for v in r.json()["value"]] == ["User7@Example.org"]
 
 
+def test_trailing_spaces_compare_equal_as_in_sql_server(api, srv):
+    srv.store.load({"contacts": [{"emailaddress1": "Pad@Example.org  "}, {"emailaddress1": " lead@example.org"}]})
+    for flt in ("emailaddress1 eq 'pad@example.org'",
+                "Microsoft.Dynamics.CRM.In(PropertyName='emailaddress1',PropertyValues=['pad@example.org'])"):
+        assert len(api.get(f"{api.base}/contacts", params={"$filter": flt}).json()["value"]) == 1
+    # Leading spaces are significant in SQL Server, and so here.
+    assert api.get(f"{api.base}/contacts", params={"$filter": "emailaddress1 eq 'lead@example.org'"}).json()["value"] == []
+
+
+def test_expand_list_memberships_from_either_side(api):
+    lid, other = _list(api), _list(api, "Other")
+    cid = _id(api.post(f"{api.base}/contacts", json={"emailaddress1": "x@x.org"}))
+    lone = _id(api.post(f"{api.base}/contacts", json={"emailaddress1": "y@x.org"}))
+    for l in (lid, other):
+        api.post(f"{api.base}/lists({l})/listcontact_association/$ref", json={"@odata.id": f"/contacts({cid})"})
+    r = api.get(f"{api.base}/contacts", params={"$select": "contactid", "$expand": "listcontact_association($select=listid)"})
+    by_id = {v["contactid"]: sorted(x["listid"] for x in v["listcontact_association"]) for v in r.json()["value"]}
+    assert by_id == {cid: sorted([lid, other]), lone: []}
+    r = api.get(f"{api.base}/lists", params={"$select": "listid", "$filter": f"listid eq {lid}",
+                                              "$expand": "listcontact_association($select=emailaddress1)"})
+    assert [m["emailaddress1"] for m in r.json()["value"][0]["listcontact_association"]] == ["x@x.org"]
+    bad = api.get(f"{api.base}/contacts", params={"$expand": "listcontact_association($filter=listid eq null)"})
+    assert bad.status_code == 400 and "error" in bad.json()
+
+
 def test_auth_and_whoami_per_token(srv):
     assert requests.get(f"{srv.api_url}/WhoAmI").status_code == 401
     r = requests.get(f"{srv.api_url}/contacts", headers={"Authorization": "Basic x"})
