@@ -10,18 +10,17 @@ import base64
 import bisect
 import contextlib
 import json
-import os
 import secrets
 import threading
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from . import odata
 from .errors import DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (B, BUSINESS_UNIT_ID, D, F, G, I, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
+from .schema import (B, D, F, G, I, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
                      metadata_rows)
 
 MAX_PAGE = 5000

@@ -309,11 +309,11 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
                     continue  # an unmapped topic never reaches here through the rules; be safe
             else:
                 ctype, purpose_id, topic_id = ConsentType.PURPOSE, target, None
+            # A Purpose-type row is purpose-level even if it carries a topic (RTM should not write
+            # one; if it did, effective_opt_outs counts it, so it is updated too).
             rows = [r for r in state.consent.get(e, ())
                     if r.contact_point_type in (None, ContactPointType.EMAIL) and r.consent_type == ctype
                     and r.purpose_id == purpose_id and (r.topic_id == topic_id if topic_id else True)]
-            if ctype == ConsentType.PURPOSE:
-                rows = [r for r in rows if not r.topic_id]
             if not rows:
                 actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, None, None, label, cause))
             for r in rows:  # every duplicate, active or not: RTM reads the newest, and it may change

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 

@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 
 from shared.domain.consent import ConsentSource, ConsentValue
-from tests.integration.stack import (
-    Stack,
-    consent_row,
-    contact,
-    gid,
-    lead,
-    ledger_rules,
-    mappings_file,
-    tenant,
-)
+from sandbox.stack import Stack
+from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +41,7 @@ def test_r1_leaving_a_list_opts_every_email_out_of_its_topic(make_stack):
         (row,) = s.consent(email, CONTOSO, NEWS)
         assert row["msdynmkt_value"] == OUT and row["msdynmkt_source"] == ConsentSource.INTERNAL
         assert row["msdynmkt_reason"].startswith("Straddle sync R1")
-        assert ledger_rules(s, email) == ["R1"]
+        assert s.ledger_rules(email) == ["R1"]
     assert not s.consent("ann@contoso.test", CONTOSO, EVENTS)  # only the list that was left
 
 
@@ -62,7 +54,7 @@ def test_r2_topic_opt_out_removes_every_contact_and_lead_with_the_email(make_sta
     s.drain()
     assert s.members_of(L_NEWS) == set()
     assert s.members_of(L_LEADS) == {bo_lead["leadid"]}  # the lead list is mapped to another topic
-    assert ledger_rules(s, "bo@x.test") == ["R2", "R2"]
+    assert s.ledger_rules("bo@x.test") == ["R2", "R2"]
 
 
 def test_r3_global_opt_out_reaches_every_email_and_purpose(make_stack):
@@ -116,7 +108,7 @@ def test_r6_re_adding_an_opted_out_contact_is_undone_and_the_ledger_says_why(mak
           {"@odata.id": f"{s.sandbox.api_url}/contacts({gus['contactid']})"})
     s.drain()
     assert s.members_of(L_NEWS) == set()
-    assert ledger_rules(s, "gus@x.test") == ["R6/R2"]
+    assert s.ledger_rules("gus@x.test") == ["R6/R2"]
 
 
 def test_r6_new_contact_with_an_opted_out_email_gets_the_flag(make_stack):
@@ -125,7 +117,7 @@ def test_r6_new_contact_with_an_opted_out_email_gets_the_flag(make_stack):
     contact_id = created.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
     s.drain()
     assert s.rows("contact")[contact_id]["donotbulkemail"] is True
-    assert ledger_rules(s, "hal@x.test") == ["R6/R4"]
+    assert s.ledger_rules("hal@x.test") == ["R6/R4"]
 
 
 def test_the_sync_settles_its_own_echoes_without_dataverse_requests(make_stack):
@@ -162,4 +154,4 @@ def test_a_repeated_delivery_changes_nothing(make_stack):
     function_app.process_changes(batch)  # Service Bus redelivers the same messages
     assert dict(s.rows("msdynmkt_contactpointconsent4")) == rows_before
     assert s.sandbox.stats.snapshot()["total"] == stats_before
-    assert ledger_rules(s, "jo@x.test") == ["R1"]
+    assert s.ledger_rules("jo@x.test") == ["R1"]

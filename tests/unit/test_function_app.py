@@ -11,7 +11,6 @@ from azure.functions.servicebus import ServiceBusMessage
 from azure.functions.timer import TimerRequest
 
 import function_app
-from shared import entry
 from shared.adapters.settings import SettingsError
 from shared.domain.events import ChangeEvent, Origin, RereadRecord
 from tests import notifications as n

@@ -481,3 +481,13 @@ def test_donotemail_member_with_an_rtm_purpose_opt_out_keeps_its_flags_single_br
     s = state([contact("c1", A, B, dne=True), lead("l1", A)], consent={A: [row(A, P_ACME)]})
     p = settled(s, SB, [inspect_email(A)])
     assert summary(p.actions) == {("flag", L1, "R4"), ("consent", B, P_ACME, None, None, "R3")}
+
+
+def test_a_purpose_row_that_carries_a_topic_is_read_and_written_as_purpose_level():
+    # RTM should never write one, but if it did the newest row decides, so it must be updated too.
+    rows = [row("a@x.com", P_ACME, None, OUT, id="old", modified="2024-01-01T00:00:00Z"),
+            ConsentRow("odd", "a@x.com", EMAIL, PURPOSE, IN, P_ACME, T_NEWS, modified_on="2024-02-01T00:00:00Z")]
+    assert effective_opt_outs(rows) == (set(), set())
+    s = state([contact("c1", "a@x.com", dnb=True)], {"a@x.com": rows})
+    actions = plan(s, single_brand(), []).actions
+    assert [(a.row_id, a.before) for a in actions if isinstance(a, OptOutConsent)] == [("odd", IN)]

@@ -1,4 +1,4 @@
-"""A small end-to-end stack for tests and benchmarks: the Dataverse sandbox firing real webhooks at
+"""The local end-to-end stack for tests and benchmarks: the Dataverse sandbox firing real webhooks at
 the real function code over HTTP, Azurite for Table Storage, and an in-memory stand-in for the
 Service Bus queue (the emulator cannot run here).
 
@@ -7,12 +7,10 @@ Service Bus queue (the emulator cannot run here).
 """
 from __future__ import annotations
 
-import json
 import threading
-import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Sequence
+from typing import Any
 
 import azure.functions as func
 import requests
@@ -24,16 +22,11 @@ from shared import bootstrap
 from shared.adapters.servicebus import to_message
 from shared.adapters.settings import Settings
 from shared.admin import import_mappings, sync_steps
-from shared.domain.consent import ConsentType, ConsentValue, ContactPointType
+from shared.domain.consent import ConsentValue
 
-NS = uuid.UUID("2f0d7c43-7d7e-4d1e-9f57-2a3f3c1b9e10")
 SYNC_TOKEN = "straddle-sync-app-user"
 PERSON_TOKEN = "a-marketer"
-LEDGER_KEY = "integration-ledger-key-0123456789"
-
-
-def gid(name: str) -> str:
-    return str(uuid.uuid5(NS, name))
+LEDGER_KEY = "local-stack-ledger-key-0123456789"
 
 
 class RecordingQueue:
@@ -95,8 +88,8 @@ class _FunctionsHandler(BaseHTTPRequestHandler):
 
 class Stack:
     def __init__(self, azurite_connection: str, table_prefix: str, seed: dict, mappings_doc: dict,
-                 register_webhooks: bool = True, batch_size: int = 500):
-        self.sandbox = SandboxServer(port=0, seed=seed).start()
+                 register_webhooks: bool = True, batch_size: int = 500, **sandbox_options: Any):
+        self.sandbox = SandboxServer(port=0, seed=seed, **sandbox_options).start()
         self.queue = RecordingQueue()
         self.batch_size = batch_size
         env = {
@@ -167,66 +160,5 @@ class Stack:
         return bool(rows) and all(r["msdynmkt_value"] == ConsentValue.OPTED_OUT for r in rows)
 
 
-def consent_row(email: str, purpose: str, topic: str | None, value: int, name: str | None = None) -> dict:
-    row = {"msdynmkt_contactpointconsent4id": gid(name or f"row:{email}:{purpose}:{topic}"),
-           "msdynmkt_contactpointvalue": email, "msdynmkt_contactpointtype": ContactPointType.EMAIL.value,
-           "msdynmkt_contactpointconsenttype": (ConsentType.TOPIC if topic else ConsentType.PURPOSE).value,
-           "msdynmkt_value": value, "_msdynmkt_purposeid_value": purpose, "modifiedon": "2026-01-01T00:00:00Z"}
-    if topic:
-        row["_msdynmkt_topicid_value"] = topic
-    return row
-
-
-def tenant(contacts: Sequence[dict], leads: Sequence[dict] = (), consents: Sequence[dict] = (),
-           list_members: dict[str, list[str]] | None = None) -> dict:
-    """The two-brand catalog every integration test shares, with the given people in it."""
-    return {
-        "purposes": [{"msdynmkt_purposeid": gid(p), "msdynmkt_name": p, "msdynmkt_type": 534120000}
-                     for p in ("Contoso marketing", "Fabrikam marketing")],
-        "topics": [{"msdynmkt_topicid": gid(t), "msdynmkt_name": t, "_msdynmkt_purposeid_value": gid(p)}
-                   for t, p in (("Contoso News", "Contoso marketing"), ("Contoso Events", "Contoso marketing"),
-                                ("Fabrikam Deals", "Fabrikam marketing"))],
-        "lists": [{"listid": gid(name), "listname": name, "createdfromcode": code, "type": False,
-                   "msdyncrm_issubscription": sub}
-                  for name, code, sub in (("Contoso Newsletter", 2, True), ("Contoso Event Leads", 4, True),
-                                          ("Fabrikam Deals", 2, True), ("Contoso Opt-out", 2, False),
-                                          ("Fabrikam Opt-out", 2, False), ("Unmapped", 2, True))],
-        "contacts": list(contacts),
-        "leads": list(leads),
-        "consents": list(consents),
-        "list_members": list_members or {},
-    }
-
-
-def mappings_file(mode: str) -> dict:
-    if mode == "single-brand":
-        return {"mode": mode, "brands": [{
-            "name": "Contoso", "purposes": ["Contoso marketing"], "opt_out_list": None,
-            "lists": [{"list": "Contoso Newsletter", "topic": "Contoso News"},
-                      {"list": "Contoso Event Leads", "topic": "Contoso Events"},
-                      {"list": "Fabrikam Deals", "topic": "Fabrikam Deals"}]}]}
-    return {"mode": mode, "brands": [
-        {"name": "Contoso", "purposes": ["Contoso marketing"], "opt_out_list": "Contoso Opt-out",
-         "lists": [{"list": "Contoso Newsletter", "topic": "Contoso News"},
-                   {"list": "Contoso Event Leads", "topic": "Contoso Events"}]},
-        {"name": "Fabrikam", "purposes": ["Fabrikam marketing"], "opt_out_list": "Fabrikam Opt-out",
-         "lists": [{"list": "Fabrikam Deals", "topic": "Fabrikam Deals"}]}]}
-
-
-def contact(name: str, *emails: str, dnb: bool = False) -> dict:
-    row = {"contactid": gid(name), "lastname": name, "donotbulkemail": dnb}
-    for i, e in enumerate(emails, 1):
-        row[f"emailaddress{i}"] = e
-    return row
-
-
-def lead(name: str, email: str) -> dict:
-    return {"leadid": gid(name), "lastname": name, "emailaddress1": email}
-
-
-def ledger_rules(stack: Stack, email: str) -> list[str]:
-    return [e.rule for e in stack.container.tables().ledger.history(email)]
-
-
-__all__ = ["Stack", "RecordingQueue", "gid", "tenant", "mappings_file", "contact", "lead", "consent_row",
-           "ledger_rules", "json"]
+    def ledger_rules(self, email: str) -> list[str]:
+        return [e.rule for e in self.container.tables().ledger.history(email)]
