@@ -246,10 +246,9 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
             for brand in mappings.brands_of_purpose.get(purpose, ()):  # R4
                 for k in members_with.get(e, ()):
                     if single_brand:
-                        # donotemail alone never sets donotbulkemail: its own R3 opt-out would come back
-                        # here (and from the state on every later plan); it already blocks all email.
-                        if not state.members[k].donotemail:
-                            derive(("flag", k), "R4", cause, root)
+                        # Everyone with the email, a donotemail member too: R3's opt-out comes back
+                        # here as R4 and sets its donotbulkemail; redundant, but the rule as written.
+                        derive(("flag", k), "R4", cause, root)
                     else:
                         for list_id in brand.list_ids:
                             derive(("not_in", k, list_id), "R4", cause, root)

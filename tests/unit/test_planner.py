@@ -155,9 +155,9 @@ CASES = [
      state([contact("c1", A, B, dnb=True), contact("c2", B, C)]), [inspect(C1)],
      {("consent", A, P_ACME, None, None, "R3"), ("consent", B, P_ACME, None, None, "R3"),
       ("flag", C2, "R4"), ("consent", C, P_ACME, None, None, "R3")}),
-    ("R3 single-brand donotemail: purposes, but the flag is not set on that member", SB,
+    ("R3 single-brand donotemail: purposes, then R4 sets donotbulkemail too", SB,
      state([contact("c1", A, B, dne=True)]), [inspect(C1)],
-     {("consent", A, P_ACME, None, None, "R3"), ("consent", B, P_ACME, None, None, "R3")}),
+     {("consent", A, P_ACME, None, None, "R3"), ("consent", B, P_ACME, None, None, "R3"), ("flag", C1, "R4")}),
     ("R3 multi-brand donotbulkemail: all brands' purposes, R4 per brand, no flag", MB,
      state([(contact("c1", A, dnb=True), [L_A1, L_B1, L_C1])]), [inspect(C1)],
      {("consent", A, P_A, None, None, "R3"), ("consent", A, P_B, None, None, "R3"),
@@ -392,14 +392,15 @@ def test_donotemail_member_shares_the_email_with_another_contact_single_brand():
     """The purpose opt-out R3 writes reaches the other contact of the email by R4 (an email is a person)."""
     s = state([contact("c1", A, dne=True), contact("c2", A)])
     p = settled(s, SB, [inspect(C1)])
-    assert summary(p.actions) == {("consent", A, P_ACME, None, None, "R3"), ("flag", C2, "R4")}
+    assert summary(p.actions) == {("consent", A, P_ACME, None, None, "R3"), ("flag", C1, "R4"), ("flag", C2, "R4")}
 
 
 @pytest.mark.parametrize("m", [SB, MB], ids=["single", "multi"])
-def test_donotemail_alone_never_sets_donotbulkemail(m):
+def test_donotemail_is_a_global_opt_out_and_only_single_brand_sets_the_flag(m):
     s = state([(contact("c1", A, B, dne=True), [L_NEWS, L_A1]), (lead("l1", B, dne=True), [])])
     p = settled(s, m, [inspect(C1), inspect(L1)])
-    assert not any(isinstance(a, SetDoNotBulkEmail) for a in p.actions)
+    flags = {a.member for a in p.actions if isinstance(a, SetDoNotBulkEmail)}
+    assert flags == ({C1, L1} if m is SB else set())  # single-brand: by R4, from R3's own opt-out
     assert {(a.email, a.purpose_id) for a in p.actions if isinstance(a, OptOutConsent) and a.topic_id is None} == \
         {(e, pu) for e in (A, B) for pu in m.covered_purposes}
 
@@ -475,12 +476,10 @@ def test_rounds_with_a_deleted_member():
     assert rounds == 1 and C1 in s.missing_members and p.actions == []
 
 
-def test_donotemail_member_with_an_rtm_purpose_opt_out_keeps_its_flags_single_brand():
-    """donotemail already blocks every email: R4 leaves that member's donotbulkemail alone (else the
-    member's own R3 opt-out would set it on the next plan), and still flags the others of the email."""
+def test_donotemail_member_with_an_rtm_purpose_opt_out_gets_the_flag_like_everyone_single_brand():
     s = state([contact("c1", A, B, dne=True), lead("l1", A)], consent={A: [row(A, P_ACME)]})
     p = settled(s, SB, [inspect_email(A)])
-    assert summary(p.actions) == {("flag", L1, "R4"), ("consent", B, P_ACME, None, None, "R3")}
+    assert summary(p.actions) == {("flag", C1, "R4"), ("flag", L1, "R4"), ("consent", B, P_ACME, None, None, "R3")}
 
 
 def test_a_purpose_row_that_carries_a_topic_is_read_and_written_as_purpose_level():
