@@ -88,7 +88,8 @@ class _FunctionsHandler(BaseHTTPRequestHandler):
 
 class Stack:
     def __init__(self, azurite_connection: str, table_prefix: str, seed: dict, mappings_doc: dict,
-                 register_webhooks: bool = True, batch_size: int = 500, **sandbox_options: Any):
+                 register_webhooks: bool = True, batch_size: int = 500, settings: dict[str, str] | None = None,
+                 **sandbox_options: Any):
         self.sandbox = SandboxServer(port=0, seed=seed, **sandbox_options).start()
         self.queue = RecordingQueue()
         self.batch_size = batch_size
@@ -96,6 +97,7 @@ class Stack:
             "DATAVERSE_URL": self.sandbox.url, "DATAVERSE_ACCESS_TOKEN": SYNC_TOKEN,
             "DATAVERSE_RETRY_BUDGET_SECONDS": "20", "AzureWebJobsStorage": azurite_connection,
             "TABLE_PREFIX": table_prefix, "LEDGER_KEY": LEDGER_KEY, "MAX_ATTEMPTS": "3", "RETRY_DELAY_SECONDS": "1",
+            **(settings or {}),
         }
         self.container = bootstrap.Container(Settings.from_env(env))
         self.container.set_event_queue(self.queue)
@@ -108,9 +110,22 @@ class Stack:
         if register_webhooks:
             self.http = ThreadingHTTPServer(("127.0.0.1", 0), _FunctionsHandler)
             threading.Thread(target=self.http.serve_forever, daemon=True).start()
-            url = f"http://127.0.0.1:{self.http.server_address[1]}/api/dataverse/webhook"
-            self.container.dataverse().register_webhook(url, name="straddle", auth="WebhookKey",
-                                                        auth_value="function-key", steps=sync_steps())
+            self._register_webhooks()
+
+    def _register_webhooks(self) -> None:
+        url = f"http://127.0.0.1:{self.http.server_address[1]}/api/dataverse/webhook"
+        self.container.dataverse().register_webhook(url, name="straddle", auth="WebhookKey",
+                                                    auth_value="function-key", steps=sync_steps())
+
+    def reload(self, seed: dict) -> None:
+        """Replaces every row with ``seed`` (the webhook registration is made again: it is data too)."""
+        self.sandbox.wait_for_webhooks(timeout=10)
+        self.sandbox.store.reset()
+        self.sandbox.store.load(seed)
+        if self.http:
+            self._register_webhooks()
+        self.queue.take()
+        self.sandbox.stats.reset()
 
     def close(self) -> None:
         if self.http:

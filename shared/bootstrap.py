@@ -83,6 +83,12 @@ class Container:
                     EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds))
             return self._engine
 
+    def set_dataverse(self, client: Any) -> None:
+        """Lets a host or a test supply its own Dataverse client (the engine is rebuilt around it)."""
+        with self._lock:
+            self._dataverse = client
+            self._engine = None
+
     def set_sync_engine(self, engine: Any) -> None:
         """Lets a host or a test supply its own engine."""
         with self._lock:

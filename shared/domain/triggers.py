@@ -65,6 +65,10 @@ def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | Need
                 if c.action == "removed":
                     if list_id in mappings.topics_of_list:
                         out.append(Trigger("left_list", cause, member=key, list_id=list_id))
+                    else:
+                        # Leaving a brand's opt-out list while still opted out of its purposes in
+                        # RTM is undone (R4): opt-out wins until it is lifted where it was given.
+                        out.append(Trigger("inspect_member", cause, member=key))
                 else:
                     out.append(Trigger("inspect_member", cause, member=key, reacts_to_addition=True))
         return out or NoEffect("no mapped or opt-out list in the membership change")

@@ -128,9 +128,8 @@ def test_several_lists_and_members_skip_the_unmapped_ones():
     MembershipChanged("added", (L_OTHER,), ("m1",), None),
     MembershipChanged("removed", (L_A1,), ("m1",), "lead"),  # a lead cannot be in a contact list
     MembershipChanged("added", (L_A2,), ("m1",), "contact"),
-    MembershipChanged("removed", (OO_A,), ("m1",), "contact"),  # leaving an opt-out list opts in nothing
     MembershipChanged("removed", (L_A1,), (), "contact"),
-], ids=["removed-unmapped", "added-unmapped", "removed-wrong-table", "added-wrong-table", "left-opt-out-list",
+], ids=["removed-unmapped", "added-unmapped", "removed-wrong-table", "added-wrong-table",
         "no-members"])
 def test_membership_changes_with_no_effect(change):
     got = triggers_for(event(change, table="list"), MB)
@@ -212,3 +211,9 @@ def test_an_unknown_change_kind_has_no_effect():
 ])
 def test_is_echo(o, sync_user, echo):
     assert is_echo(event(ContactChanged(("donotbulkemail",)), o=o), sync_user) is echo
+
+
+def test_leaving_an_opt_out_list_inspects_the_member():
+    # Still opted out of the brand's purposes in RTM? Then R4 puts it back: opt-out wins.
+    got = triggers_for(event(MembershipChanged("removed", (OO_A,), ("m1",), "contact"), table="list"), MB)
+    assert got == [Trigger("inspect_member", got[0].cause, member=("contact", "m1"))]
