@@ -117,8 +117,14 @@ class Stack:
         self.container.dataverse().register_webhook(url, name="straddle", auth="WebhookKey",
                                                     auth_value="function-key", steps=sync_steps())
 
+    def activate(self) -> None:
+        """Makes this stack's container the process-wide one the functions use."""
+        bootstrap.reset_container(self.container)
+
     def reload(self, seed: dict) -> None:
-        """Replaces every row with ``seed`` (the webhook registration is made again: it is data too)."""
+        """Replaces every row with ``seed`` (the webhook registration is made again: it is data too)
+        and activates this stack."""
+        self.activate()
         self.sandbox.wait_for_webhooks(timeout=10)
         self.sandbox.store.reset()
         self.sandbox.store.load(seed)

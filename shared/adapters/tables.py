@@ -47,6 +47,7 @@ AZURITE_TABLE_PORT = 10002
 MAX_BATCH = 100  # operations per transaction
 MAX_BATCH_BYTES = 3 * 1024 * 1024  # stay clear of the 4 MiB transaction payload limit
 MAX_FILTER_KEYS = 14  # 15 comparisons per $filter, one of them the PartitionKey
+MAX_PARALLEL = 16  # concurrent Table Storage requests from one call (the SDK pool holds 10+)
 PROPERTY_BYTES = 64_000  # binary property payload (limit 64 KiB)
 PROPERTY_CHARS = 32_000  # string property of ASCII text (limit 64 KiB of UTF-16)
 PROPERTIES_PER_ROW = 8  # 8 x 64 KB stays well inside the 1 MiB entity limit, base64 included
@@ -280,6 +281,18 @@ def _submit(client: TableClient, operations: list[tuple]) -> None:
     client.submit_transaction(operations)
 
 
+def _submit_all(client: TableClient, transactions: list[list[tuple]]) -> None:
+    """Submits independent transactions (different partitions, or chunks of one) concurrently:
+    a batch of events touches hundreds of ledger partitions, and each is its own round trip."""
+    if len(transactions) <= 1:
+        for ops in transactions:
+            _submit(client, ops)
+        return
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(transactions))) as pool:
+        for _ in pool.map(lambda ops: _submit(client, ops), transactions):
+            pass  # re-raises the first failure
+
+
 def _delete_rows(client: TableClient, keys: Iterable[tuple[str, str]]) -> int:
     """Deletes rows in per-partition transactions; rows someone else deleted meanwhile are fine."""
     by_partition: dict[str, list[str]] = {}
@@ -341,7 +354,7 @@ class ProcessedEvents:
 
         if len(queries) == 1:
             return set(run(queries[0]))
-        with ThreadPoolExecutor(max_workers=min(8, len(queries))) as pool:
+        with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(queries))) as pool:
             return {rk for rks in pool.map(run, queries) for rk in rks}
 
     def mark(self, event_ids: Iterable[str], outcome: str = "processed") -> None:
@@ -349,12 +362,11 @@ class ProcessedEvents:
         groups = self._by_partition(event_ids)
         if not groups:
             return
-        client = self._client
         now = self._now()
-        for pk, ids in groups.items():
-            for chunk in chunked(ids, MAX_BATCH):
-                _submit(client, [("upsert", {"PartitionKey": pk, "RowKey": i, "outcome": outcome, "processed_at": now},
-                                  {"mode": UpdateMode.REPLACE}) for i in chunk])
+        _submit_all(self._client, [
+            [("upsert", {"PartitionKey": pk, "RowKey": i, "outcome": outcome, "processed_at": now},
+              {"mode": UpdateMode.REPLACE}) for i in chunk]
+            for pk, ids in groups.items() for chunk in chunked(ids, MAX_BATCH)])
 
     def purge(self, older_than: datetime) -> int:
         """Deletes ids marked before ``older_than``; returns how many rows it deleted."""
@@ -413,10 +425,8 @@ class Ledger:
         for entry in entries:
             entity = self._entity(entry, self._clock.next())
             groups.setdefault(entity["PartitionKey"], []).append(entity)
-        client = self._tables.client("ledger")
-        for rows in groups.values():
-            for batch in batches(rows, size=_entity_size):
-                _submit(client, [("create", e) for e in batch])
+        _submit_all(self._tables.client("ledger"),
+                    [[("create", e) for e in batch] for rows in groups.values() for batch in batches(rows, size=_entity_size)])
 
     def history(self, email: str, limit: int | None = None) -> list[LedgerEntry]:
         """The person's entries, newest first; ``email`` is filled in with the address given."""
