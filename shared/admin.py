@@ -71,3 +71,23 @@ def sync_steps(email_columns: tuple[str, ...] | list[str] = ("emailaddress1", "e
     steps += [StepSpec("Associate"), StepSpec("Disassociate")]
     steps += [StepSpec(m, "list") for m in ("AddMember", "AddListMembers", "RemoveMember")]
     return steps
+
+
+WEBHOOK_NAME = "Straddle"
+
+
+def register_webhooks(client: Any, url: str, *, function_key: str | None = None, secret_header: str | None = None,
+                      secret: str | None = None, email_columns: tuple[str, ...] | None = None,
+                      name: str = WEBHOOK_NAME) -> Any:
+    """Registers (idempotently) the service endpoint and every step the sync needs.
+
+    Authentication follows the app's settings: a shared-secret header (WEBHOOK_SECRET_HEADER and
+    WEBHOOK_SECRET) when configured, else the Azure Functions key as Dataverse's WebhookKey.
+    """
+    steps = sync_steps(email_columns) if email_columns else sync_steps()
+    if secret_header and secret:
+        return client.register_webhook(url, name=name, auth="HttpHeader", auth_value={secret_header: secret},
+                                       steps=steps)
+    if not function_key:
+        raise ValueError("a function key (or WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET) is needed to register the webhook")
+    return client.register_webhook(url, name=name, auth="WebhookKey", auth_value=function_key, steps=steps)
