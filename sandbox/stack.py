@@ -125,6 +125,7 @@ class Stack:
         """Replaces every row with ``seed`` (the webhook registration is made again: it is data too)
         and activates this stack."""
         self.activate()
+        self.sandbox.wait_idle(timeout=10)  # a late request of the previous run must not land in this one
         self.sandbox.wait_for_webhooks(timeout=10)
         self.sandbox.store.reset()
         self.sandbox.store.load(seed)

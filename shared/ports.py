@@ -5,7 +5,7 @@ Adapters in ``shared.adapters`` implement them against Azure and Dataverse; unit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Collection, Iterable, Mapping, Protocol, Sequence
+from typing import Collection, Iterable, Iterator, Mapping, Protocol, Sequence
 
 from shared.domain.events import ChangeEvent
 from shared.domain.ledger import LedgerEntry
@@ -55,6 +55,30 @@ class SyncGateway(Protocol):
     def write(self, actions: Sequence[Action], marker: str) -> list[WriteResult]:
         """Applies the actions (one result each, in order); ``marker`` goes in msdynmkt_reason."""
         ...
+
+
+class TenantSource(Protocol):
+    """The whole tenant as streams of domain values, page by page (the nightly reconciliation)."""
+
+    def stream_consent_rows(self) -> Iterator[ConsentRow]: ...
+
+    def stream_list_members(self, list_id: str, table: str, columns: Sequence[str]) -> Iterator[Member]: ...
+
+    def stream_members(self, table: str, columns: Sequence[str]) -> Iterator[Member]: ...
+
+    def request_count(self) -> int:
+        """HTTP requests made so far (the run report's Dataverse requests)."""
+        ...
+
+
+class ListSnapshotsPort(Protocol):
+    def load(self, list_id: str) -> tuple[frozenset[str], str] | None: ...
+
+    def save(self, list_id: str, member_keys: Iterable[str], taken_at: str) -> None: ...
+
+
+class RunReportsPort(Protocol):
+    def save(self, report: dict) -> None: ...
 
 
 class TransientError(RuntimeError):

@@ -36,11 +36,17 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         sandbox: SandboxServer = self.server.sandbox  # type: ignore[attr-defined]
+        with sandbox._inflight:
+            sandbox._inflight_count += 1
         try:
             resp = sandbox.serve(self.command, self.path, headers, body)
         except Exception:
             log.exception("sandbox request failed")
             resp = error_response(DataverseError(500, UNEXPECTED, "An unexpected error occurred."))
+        finally:
+            with sandbox._inflight:
+                sandbox._inflight_count -= 1
+                sandbox._inflight.notify_all()
         self.send_response(resp.status)
         for k, v in resp.headers.items():
             self.send_header(k, v)
@@ -74,6 +80,8 @@ class SandboxServer:
         self.throttle = Throttle(tuple(limit) if limit else None)
         self.faults = Faults(latency_ms)
         self.stats = Stats()
+        self._inflight = threading.Condition()
+        self._inflight_count = 0
         self.webhooks = Webhooks(self.store, shuffle=webhook_shuffle, duplicate_share=webhook_duplicate_share,
                                  seed=webhook_seed)
         self._httpd: _HTTPServer | None = None
@@ -136,6 +144,12 @@ class SandboxServer:
 
     def wait_for_webhooks(self, timeout: float = 10.0) -> bool:
         return self.webhooks.drain(timeout)
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Waits until no request is being served, e.g. one a client gave up on (timeout) that is
+        still sleeping in an injected delay and will still be carried out, as Dataverse would."""
+        with self._inflight:
+            return self._inflight.wait_for(lambda: self._inflight_count == 0, timeout)
 
     # --- dispatch ----------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 from shared.adapters.dataverse.client import (
     ADD_MEMBER_OK,
@@ -33,7 +33,7 @@ from shared.adapters.dataverse.errors import DataverseError, DataverseThrottled,
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, chunk_values, guid, in_function, query_string
 from shared.domain.consent import ConsentSource, ConsentValue, ContactPointType
 from shared.domain.mappings import Mappings
-from shared.domain.model import ConsentRow, WriteResult
+from shared.domain.model import ConsentRow, Member, WriteResult
 from shared.domain.planner import Action, AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
 from shared.ports import SyncRead, TransientError
 
@@ -121,6 +121,22 @@ class DataverseSyncGateway:
                 params = {"$select": CONSENT_SELECT, "$filter": in_function("msdynmkt_contactpointconsent4id", chunk)}
                 out.extend(consent_from_row(r) for r in self.client.query_rows(CONSENT_SET, params))
         return out
+
+    # --- the whole tenant, streamed (nightly reconciliation) -------------------------------------
+
+    def stream_consent_rows(self) -> Iterator[ConsentRow]:
+        flt = f"msdynmkt_contactpointtype eq {ContactPointType.EMAIL.value}"
+        return (consent_from_row(r) for r in self.client.iter_rows(CONSENT_SET, CONSENT_SELECT, flt))
+
+    def stream_list_members(self, list_id: str, table: str, columns: Sequence[str]) -> Iterator[Member]:
+        return self.client.list_members(list_id, table, columns)
+
+    def stream_members(self, table: str, columns: Sequence[str]) -> Iterator[Member]:
+        select = (f"{table}id", *columns, "donotbulkemail", "donotemail", "statecode")
+        return (member_from_row(table, r, columns) for r in self.client.iter_rows(_entity_set(table), select))
+
+    def request_count(self) -> int:
+        return self.client.total_requests
 
     # --- writes ---------------------------------------------------------------------------------
 

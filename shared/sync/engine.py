@@ -73,6 +73,17 @@ class BatchReport:
 
 
 @dataclass
+class Applied:
+    """One application of the rules: the state read, the plan, and a result per written action."""
+
+    state: State
+    plan: Plan
+    results: list[WriteResult]
+    rounds: int
+    incomplete: bool
+
+
+@dataclass
 class EngineConfig:
     max_attempts: int = 5
     retry_delay_seconds: int = 30
@@ -151,9 +162,17 @@ class SyncEngine:
 
         if todo:
             triggers.extend(self._consent_row_triggers(consent_rows_to_read))
-            state, final = self._plan_in_rounds(triggers, mappings, report)
-            results = self.gateway.write(final.actions, MARKER) if final.actions else []
-            failed_causes = self._file(final.actions, results, {e.id: e for _, e in todo.values()}, report)
+            applied = self.apply_rules(triggers, mappings)
+            report.rounds, report.incomplete = applied.rounds, applied.incomplete
+            events_by_id = {e.id: e for _, e in todo.values()}
+
+            def origin(cause: str | None) -> tuple[str, str | None]:
+                event = events_by_id.get(cause or "")
+                return "dataverse", event.origin.time if event else None
+
+            failed_causes = self.file(applied, origin)
+            report.actions_applied += sum(1 for r in applied.results if r.ok)
+            report.actions_failed += sum(1 for r in applied.results if not r.ok)
             for event_id, (msg, event) in todo.items():
                 if event_id in failed_causes:
                     report.outcomes.append(self._retry(msg, event, failed_causes[event_id]))
@@ -176,16 +195,26 @@ class SyncEngine:
                 out.append(Trigger("inspect_email", n.cause, email=row.contact_point_value.strip().lower()))
         return out
 
-    def _plan_in_rounds(self, triggers: list[Trigger], mappings: Mappings, report: BatchReport) -> tuple[State, Plan]:
+    def apply_rules(self, triggers: list[Trigger], mappings: Mappings, *, dry_run: bool = False) -> "Applied":
+        """Reads what the triggers need in rounds, plans, and (unless ``dry_run``) writes the actions.
+
+        Shared by the event path and the nightly reconciliation.
+        """
+        state, final, rounds, incomplete = self._plan_in_rounds(triggers, mappings)
+        results = self.gateway.write(final.actions, MARKER) if final.actions and not dry_run else []
+        return Applied(state, final, results, rounds, incomplete)
+
+    def _plan_in_rounds(self, triggers: list[Trigger], mappings: Mappings) -> tuple[State, Plan, int, bool]:
         state = State()
+        rounds = 0
         current = plan(state, mappings, triggers)
         while not current.complete:
-            if report.rounds >= MAX_ROUNDS:
-                report.incomplete = True  # what was found is still written; the nightly run finishes it
-                emit(log, "sync.closure_incomplete", logging.WARNING, rounds=report.rounds,
+            if rounds >= MAX_ROUNDS:
+                # What was found is still written; the nightly reconciliation finishes the rest.
+                emit(log, "sync.closure_incomplete", logging.WARNING, rounds=rounds,
                      emails=len(current.frontier_emails), members=len(current.frontier_members))
-                break
-            report.rounds += 1
+                return state, current, rounds, True
+            rounds += 1
             wanted_members: dict[str, set[str]] = {}
             for (table, member_id) in current.frontier_members:
                 wanted_members.setdefault(table, set()).add(member_id)
@@ -205,32 +234,27 @@ class SyncEngine:
             for e, rows in by_email.items():
                 state.add_email(e, rows, current.frontier_emails.get(e))
             current = plan(state, mappings, triggers)
-        return state, current
+        return state, current, rounds, False
 
     # --- evidence -------------------------------------------------------------------------------
 
-    def _file(self, actions: Sequence[Action], results: Sequence[WriteResult], events: dict[str, ChangeEvent],
-              report: BatchReport) -> dict[str, str]:
-        """Ledger entries for every action; returns cause event id -> failure for events to retry."""
+    def file(self, applied: "Applied", origin: Callable[[str | None], tuple[str, str | None]]) -> dict[str, str]:
+        """Ledger entries for every written action; returns cause -> failure for causes to retry."""
         failed: dict[str, str] = {}
         entries: list[LedgerEntry] = []
         now = self._clock()
-        for action, result in zip(actions, results):
-            event = events.get(action.cause or "")
-            origin_time = event.origin.time if event else None
+        for action, result in zip(applied.plan.actions, applied.results):
+            system, origin_time = origin(action.cause)
             if result.ok:
-                report.actions_applied += 1
-                delay_ms = _delay_ms(origin_time, now)
-                emit(log, "sync.applied", rule=action.rule, action=type(action).__name__,
-                     event_id=action.cause, propagation_ms=delay_ms)
+                emit(log, "sync.applied", rule=action.rule, action=type(action).__name__, origin=system,
+                     event_id=action.cause, propagation_ms=_delay_ms(origin_time, now))
             else:
-                report.actions_failed += 1
-                detail = f"{result.status} {result.error_code or ''} {result.error_message or ''}".strip()
+                detail = f"{result.status} {result.error_code or ''}".strip()
                 emit(log, "sync.write_failed", logging.WARNING, rule=action.rule, action=type(action).__name__,
                      event_id=action.cause, status=result.status, code=result.error_code)
                 if action.cause:
                     failed.setdefault(action.cause, detail)
-            entries.extend(ledger_entries(action, result, "dataverse", origin_time))
+            entries.extend(ledger_entries(action, result, system, origin_time))
         self.ledger.record(entries)
         return failed
 
