@@ -77,5 +77,13 @@ def _attempt(message: func.ServiceBusMessage) -> int:
 
 
 def nightly_reconcile(timer: func.TimerRequest) -> None:
-    """The nightly safety net; the reconciliation itself is issue #5."""
+    """The nightly safety net. A failure propagates so the run shows as failed in the host's
+    telemetry (and the "no successful reconciliation" alert fires); nothing is half-written."""
+    from shared.reconcile import nightly
+
     emit(log, "reconcile.triggered", past_due=timer.past_due)
+    try:
+        nightly(bootstrap.container())
+    except Exception as exc:
+        emit(log, "reconcile.failed", logging.ERROR, error=type(exc).__name__)
+        raise

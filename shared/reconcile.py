@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from shared.domain.drift import DRIFT_CLASSES, Candidates, DriftScan
@@ -42,6 +42,15 @@ def drift_class(action: Action, d4_cause: str) -> str:
     if rule == "R1" and action.cause != d4_cause:
         return "follow_on"  # R1 for a member the sync itself just removed: part of healing D1/D2/D5
     return CLASS_OF_RULE.get(rule, "follow_on")
+
+
+def nightly(container, clock: Callable[[], float] = time.time) -> dict:
+    """The timer's job: purge idempotency keys past their retention, then reconcile."""
+    cutoff = datetime.fromtimestamp(clock(), tz=timezone.utc) - timedelta(days=container.settings.processed_retention_days)
+    purged = container.tables().processed.purge(cutoff)
+    report = run_reconciliation(container)
+    report["processed_purged"] = purged
+    return report
 
 
 def run_reconciliation(container, *, dry_run: bool = False, progress: Progress | None = None) -> dict:

@@ -116,9 +116,11 @@ def test_process_changes_accepts_every_produced_event(fake_queue, app_container)
     assert [m.body for m in engine.batches[0]] == list(fake_queue.bodies)
 
 
-def test_nightly_reconcile_runs(caplog):
+def test_nightly_reconcile_without_configuration_fails_loudly(caplog, app_container):
+    # The host records the failed run; the "no successful reconciliation" alert then fires.
     caplog.set_level(logging.INFO)
-    function_app.nightly_reconcile(TimerRequest(past_due=False))
-    function_app.nightly_reconcile(TimerRequest(past_due=True))
-    lines = [r.getMessage() for r in caplog.records if "reconcile.triggered" in r.getMessage()]
-    assert lines == ["reconcile.triggered past_due=False", "reconcile.triggered past_due=True"]
+    app_container({})
+    with pytest.raises(SettingsError):
+        function_app.nightly_reconcile(TimerRequest(past_due=True))
+    lines = [r.getMessage() for r in caplog.records if "reconcile." in r.getMessage()]
+    assert lines == ["reconcile.triggered past_due=True", "reconcile.failed error=SettingsError"]
