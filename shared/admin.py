@@ -1,11 +1,14 @@
-"""Administrative use cases shared by the CLI and the local host: mappings import and export.
+"""Administrative use cases shared by the CLI and the local host: mappings (import, export,
+discovery), webhook registration and status, explaining one person's state, and the doctor's checks.
 
 Import is all-or-nothing: the file is checked, every name is resolved against Dataverse, and
 only a fully resolved document is stored (one Table Storage transaction).
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+import difflib
+import re
+from typing import Any, Protocol, Sequence
 
 from shared.domain.mappings import Mappings, parse_mappings_file, resolve_mappings
 from shared.domain.model import Purpose, SubscriptionList, Topic
@@ -91,3 +94,567 @@ def register_webhooks(client: Any, url: str, *, function_key: str | None = None,
     if not function_key:
         raise ValueError("a function key (or WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET) is needed to register the webhook")
     return client.register_webhook(url, name=name, auth="WebhookKey", auth_value=function_key, steps=steps)
+
+
+# --- webhook status ----------------------------------------------------------------------------
+
+def _step_key(message: str | None, table: str | None) -> tuple[str, str | None]:
+    return ((message or "").lower(), (table or None) and table.lower())
+
+
+def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_NAME,
+                   email_columns: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What is registered under ``url`` (or the endpoint name) against what the sync needs.
+
+    Each needed step is ``registered``, ``missing``, ``disabled`` or ``attribute mismatch``
+    (filtering or image columns differ from what the events need); ``ok`` only when all are
+    registered. The endpoint URL is shown without its query string (it may hold a key).
+    """
+    from shared.adapters.dataverse.webhooks import _attrs
+
+    needed = sync_steps(email_columns) if email_columns else sync_steps()
+    found = client.webhook_registrations(url or name)
+    if url:
+        found = [r for r in found if (r.url or "").rstrip("/").lower() == url.rstrip("/").lower()] or found
+    endpoint = found[0] if found else None
+    by_key = {_step_key(s.message, s.table): s for s in (endpoint.steps if endpoint else ())}
+    steps = []
+    for spec in needed:
+        label = f"{spec.message} {spec.table or '(any table)'}"
+        got = by_key.pop(_step_key(spec.message, spec.table), None)
+        problems = []
+        if got is None:
+            state = "missing"
+        elif not got.enabled:
+            state = "disabled"
+        else:
+            if spec.message == "Update" and tuple(got.filtering_attributes) != _attrs(",".join(spec.filtering_attributes)):
+                problems.append("filtering attributes differ")
+            if spec.image_attributes:
+                image = {k.lower(): v for k, v in got.images.items()}.get(spec.image_alias.lower())
+                if image is None:
+                    problems.append(f"image {spec.image_alias} missing")
+                elif tuple(image) != _attrs(",".join(spec.image_attributes)):
+                    problems.append(f"image {spec.image_alias} attributes differ")
+            state = "attribute mismatch" if problems else "registered"
+        steps.append({"step": label, "message": spec.message, "table": spec.table, "state": state,
+                      "detail": "; ".join(problems) or None})
+    extra = [f"{s.message} {s.table or '(any table)'}" for s in by_key.values()]
+    return {
+        "ok": endpoint is not None and all(s["state"] == "registered" for s in steps),
+        "endpoint": None if endpoint is None else {
+            "id": endpoint.endpoint_id, "name": endpoint.name, "url": (endpoint.url or "").split("?")[0] or None,
+            "auth_type": {4: "WebhookKey", 5: "HttpHeader", 6: "HttpQueryString"}.get(endpoint.auth_type,
+                                                                                      endpoint.auth_type)},
+        "endpoints_found": len(found),
+        "steps": steps,
+        "extra_steps": extra,
+    }
+
+
+# --- mappings discovery --------------------------------------------------------------------------
+
+#: Words that name the container, not the subject: "Contoso Newsletter Subscription List" is about
+#: "Contoso Newsletter". Longest first, so a phrase goes before its words.
+STOP_PHRASES = ("newsletter subscription", "subscription list", "mailing list", "email list", "e mail list",
+                "subscriptions", "subscription", "lists", "list", "mailing", "topic")
+OPT_OUT_NAME = re.compile(r"opt[\s_-]*out|unsubscrib|suppress|do[\s_-]*not[\s_-]*(e[\s_-]*)?mail|blocklist", re.I)
+DEFAULT_THRESHOLD = 0.8
+
+
+def normalise_name(name: str) -> str:
+    """Case, punctuation and container words removed; a name made only of those keeps its words."""
+    text = re.sub(r"[\W_]+", " ", (name or "").lower().replace("&", " and ")).strip()
+    stripped = text
+    for phrase in STOP_PHRASES:
+        stripped = re.sub(rf"\b{phrase}\b", " ", stripped)
+    stripped = " ".join(stripped.split())
+    return stripped or " ".join(text.split())
+
+
+def name_score(list_name: str, topic_name: str) -> tuple[float, str]:
+    """(score 0..1, why): 1.0 for the same name (what Microsoft's subscription-list migration
+    creates), 0.99 for the same name after normalising, else the best difflib ratio of the
+    normalised names as written and with their words sorted."""
+    if list_name.strip().lower() == topic_name.strip().lower():
+        return 1.0, "same name (subscription-list migration)"
+    a, b = normalise_name(list_name), normalise_name(topic_name)
+    if a and a == b:
+        return 0.99, "same name after normalising"
+    ratio = max(difflib.SequenceMatcher(None, a, b).ratio(),
+                difflib.SequenceMatcher(None, " ".join(sorted(a.split())), " ".join(sorted(b.split()))).ratio())
+    return round(ratio, 3), f"similar name ({ratio:.2f})"
+
+
+def discover_mappings(lists: Sequence[SubscriptionList], topics: Sequence[Topic], purposes: Sequence[Purpose],
+                      mode: str | None = None, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """Proposes list-to-topic pairs and brands (one per purpose of the matched topics).
+
+    Pure. Pairs are one-to-one, best score first; ties go to the names in alphabetical order so the
+    proposal is stable. Lists named like an opt-out list are never paired; in multi-brand mode one
+    whose name contains the brand's first word becomes that brand's opt-out list.
+    """
+    purpose_by_id = {p.id: p for p in purposes}
+    usable = [l for l in lists if l.active and l.member_table]
+    opt_out_candidates = [l for l in usable if OPT_OUT_NAME.search(l.name)]
+    candidates = [l for l in usable if l.is_subscription and l not in opt_out_candidates]
+    usable_topics = [t for t in topics if t.purpose_id in purpose_by_id]
+    scored = []
+    for l in candidates:
+        for t in usable_topics:
+            score, why = name_score(l.name, t.name)
+            if score >= threshold:
+                scored.append((-score, l.name.lower(), t.name.lower(), l.id, t.id, score, why))
+    scored.sort()
+    list_by_id, topic_by_id = {l.id: l for l in candidates}, {t.id: t for t in usable_topics}
+    taken_lists: set[str] = set()
+    taken_topics: set[str] = set()
+    matched = []
+    for *_, list_id, topic_id, score, why in scored:
+        if list_id in taken_lists or topic_id in taken_topics:
+            continue
+        taken_lists.add(list_id)
+        taken_topics.add(topic_id)
+        matched.append((list_by_id[list_id], topic_by_id[topic_id], score, why))
+    brand_purposes = sorted({t.purpose_id for _, t, _, _ in matched}, key=lambda p: purpose_by_id[p].name.lower())
+    if mode is None:
+        mode = "multi-brand" if len(brand_purposes) > 1 else "single-brand"
+    ref = _referrer(lists, topics, purposes)
+    brands: list[dict[str, Any]] = []
+    opt_out_lists: list[dict[str, Any]] = []
+    if mode == "single-brand" and brand_purposes:
+        groups = [(" + ".join(purpose_by_id[p].name for p in brand_purposes), brand_purposes)]
+    else:
+        groups = [(purpose_by_id[p].name, [p]) for p in brand_purposes]
+    pairs_out = []
+    for brand_name, purpose_ids in groups:
+        opt_out = None
+        if mode == "multi-brand":
+            first_word = (normalise_name(brand_name).split() or [""])[0]
+            found = [l for l in opt_out_candidates if first_word and first_word in normalise_name(l.name).split()]
+            if len(found) == 1:
+                opt_out = found[0]
+                opt_out_lists.append({"brand": brand_name, "list": opt_out.name, "list_id": opt_out.id})
+        brand_pairs = sorted((m for m in matched if m[1].purpose_id in purpose_ids), key=lambda m: m[0].name.lower())
+        for l, t, score, why in brand_pairs:
+            pairs_out.append({"brand": brand_name, "list": l.name, "list_id": l.id, "topic": t.name, "topic_id": t.id,
+                              "score": score, "why": why})
+        brands.append({"name": brand_name, "purposes": [ref("purpose", purpose_by_id[p]) for p in purpose_ids],
+                       "opt_out_list": ref("list", opt_out) if opt_out else None,
+                       "lists": [{"list": ref("list", l), "topic": ref("topic", t)} for l, t, _, _ in brand_pairs]})
+    used_opt_out = {o["list_id"] for o in opt_out_lists}
+    return {
+        "mode": mode,
+        "threshold": threshold,
+        "matched": pairs_out,
+        "opt_out_lists": opt_out_lists,
+        "unmatched_lists": sorted((l.name for l in candidates if l.id not in taken_lists), key=str.lower),
+        "unmatched_topics": sorted((t.name for t in usable_topics if t.id not in taken_topics), key=str.lower),
+        "unused_opt_out_lists": sorted((l.name for l in opt_out_candidates if l.id not in used_opt_out), key=str.lower),
+        "mappings": {"mode": mode, "brands": brands} if brands else None,
+    }
+
+
+def _referrer(lists: Sequence[Any], topics: Sequence[Any], purposes: Sequence[Any]):
+    """A row's name when the name is unique in its catalog (what a reviewer reads), else its id."""
+    counts: dict[tuple[str, str], int] = {}
+    for kind, rows in (("list", lists), ("topic", topics), ("purpose", purposes)):
+        for r in rows:
+            key = (kind, r.name.strip().lower())
+            counts[key] = counts.get(key, 0) + 1
+
+    def ref(kind: str, row: Any) -> str:
+        return row.name if counts.get((kind, row.name.strip().lower())) == 1 and row.name.strip() else row.id
+
+    return ref
+
+
+# --- explain: one person in both worlds ----------------------------------------------------------
+
+def _option_label(enum_cls: Any, value: int | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return enum_cls(value).name.replace("_", " ").capitalize()
+    except ValueError:
+        return str(value)
+
+
+def _mask_others(text: str | None, email: str) -> str | None:
+    """Free text as stored, with any address other than the one asked about masked."""
+    from shared.telemetry import EMAIL, MASK
+
+    if not text or "@" not in text:
+        return text
+    return EMAIL.sub(lambda m: m.group(0) if m.group(0).strip().lower() == email else MASK, text)
+
+
+def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = None,
+            max_rounds: int = 5) -> dict[str, Any]:
+    """The person's state in both systems, whether the rules hold for it, and their ledger.
+
+    "Consistent" is decided by the sync's own planner over the same reads the event path makes
+    (so the person's other addresses count too): what it would still change is listed as
+    pending, and every mapped list, topic and purpose it touches is inconsistent.
+    """
+    from shared.domain.consent import (EMAIL_COLUMNS, ConsentSource, ConsentType, ConsentValue, normalise_email)
+    from shared.domain.planner import (AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail, State,
+                                       Trigger, effective_opt_outs, plan)
+
+    e = normalise_email(email) or ""
+    list_by_id = {l.id: l for l in client.marketing_lists()}
+    topic_by_id = {t.id: t for t in client.topics()}
+    purpose_by_id = {p.id: p for p in client.purposes()}
+    mapped: dict[str, tuple[str, str]] = {}  # list id -> (role, brand)
+    if mappings is not None:
+        for b in mappings.brands:
+            for m in b.lists:
+                mapped[m.list_id] = (f"mapped to topic {m.topic_name!r}", b.name)
+            if b.opt_out_list:
+                mapped[b.opt_out_list.list_id] = ("opt-out list", b.name)
+
+    def list_name(list_id: str) -> str:
+        return list_by_id[list_id].name if list_id in list_by_id else list_id
+
+    people: dict[str, list[dict[str, Any]]] = {"contact": [], "lead": []}
+    for table in ("contact", "lead"):
+        found = sorted(client.members_by_emails([e], table, EMAIL_COLUMNS), key=lambda m: m.id)
+        memberships = client.lists_of_members([m.id for m in found], table) if found else {}
+        for m in found:
+            holding = [c for c in EMAIL_COLUMNS if normalise_email(m.emails.get(c)) == e]
+            people[table].append({
+                "table": table, "id": m.id, "active": m.active, "email_columns": holding,
+                "other_addresses": len(m.contact_points(EMAIL_COLUMNS) - {e}),
+                "donotbulkemail": m.donotbulkemail, "donotemail": m.donotemail,
+                "lists": [{"id": lid, "name": list_name(lid), "mapped": lid in mapped,
+                           "role": mapped.get(lid, (None, None))[0], "brand": mapped.get(lid, (None, None))[1]}
+                          for lid in sorted(memberships.get(m.id, ()), key=list_name)],
+            })
+    rows = sorted(client.consent_rows([e]), key=lambda r: (r.modified_on or ""), reverse=True)
+    eff_purposes, eff_topics = effective_opt_outs(rows)
+    consent = [{
+        "id": r.id, "type": _option_label(ConsentType, r.consent_type),
+        "purpose": purpose_by_id[r.purpose_id].name if r.purpose_id in purpose_by_id else r.purpose_id,
+        "topic": (topic_by_id[r.topic_id].name if r.topic_id in topic_by_id else r.topic_id) if r.topic_id else None,
+        "value": _option_label(ConsentValue, r.value), "source": _option_label(ConsentSource, r.source),
+        "reason": _mask_others(r.reason, e), "modified_on": r.modified_on, "active": r.active,
+    } for r in rows]
+
+    rules: list[dict[str, Any]] = []
+    pending: list[dict[str, Any]] = []
+    elsewhere = 0
+    complete = True
+    if mappings is not None:
+        gateway = gateway or _gateway(client)
+        state = State()
+        triggers = [Trigger("inspect_email", "explain", email=e)]
+        current = plan(state, mappings, triggers)
+        rounds = 0
+        while not current.complete and rounds < max_rounds:
+            rounds += 1
+            wanted: dict[str, set[str]] = {}
+            for (table, member_id) in current.frontier_members:
+                wanted.setdefault(table, set()).add(member_id)
+            emails = set(current.frontier_emails)
+            read = gateway.read(wanted, emails, mappings)
+            for m, lists in read.members:
+                state.add_member(m, lists)
+            for k in current.frontier_members:
+                if k not in state.members:
+                    state.missing_members.add(k)
+            by_email: dict[str, list] = {x: [] for x in emails}
+            for row in read.consent_rows:
+                x = normalise_email(row.contact_point_value)
+                if x in by_email:
+                    by_email[x].append(row)
+            for x, xs in by_email.items():
+                state.add_email(x, xs)
+            current = plan(state, mappings, triggers)
+        complete = current.complete
+        mine = {k for k, m in state.members.items() if e in m.contact_points(mappings.email_columns)}
+        touched: set[tuple[str, str]] = set()  # ("list"|"topic"|"purpose", id)
+        for a in current.actions:
+            if isinstance(a, OptOutConsent):
+                if a.email != e:
+                    elsewhere += 1
+                    continue
+                if a.topic_id:
+                    touched.add(("topic", a.topic_id))
+                    what = f"opt out of topic {topic_by_id.get(a.topic_id, Topic(a.topic_id, a.topic_id)).name!r}"
+                else:
+                    touched.add(("purpose", a.purpose_id))
+                    what = f"opt out of purpose {purpose_by_id.get(a.purpose_id, Purpose(a.purpose_id, a.purpose_id)).name!r}"
+                what += " (new row)" if a.row_id is None else f" (row {a.row_id})"
+            elif a.member not in mine:
+                elsewhere += 1
+                continue
+            elif isinstance(a, SetDoNotBulkEmail):
+                touched.update(("purpose", p) for p in mappings.covered_purposes)
+                what = f"set donotbulkemail on {a.member[0]} {a.member[1]}"
+            elif isinstance(a, RemoveFromList):
+                touched.add(("list", a.list_id))
+                what = f"remove {a.member[0]} {a.member[1]} from list {list_name(a.list_id)!r}"
+            elif isinstance(a, AddToOptOutList):
+                touched.add(("list", a.list_id))
+                what = f"add {a.member[0]} {a.member[1]} to opt-out list {list_name(a.list_id)!r}"
+            else:  # pragma: no cover - the planner has no other action
+                continue
+            pending.append({"rule": a.rule, "action": what})
+        members_in: dict[str, int] = {}
+        for k in mine:
+            for lid in state.lists_of.get(k, ()):
+                members_in[lid] = members_in.get(lid, 0) + 1
+        for b in mappings.brands:
+            for m in b.lists:
+                bad = ("list", m.list_id) in touched or ("topic", m.topic_id) in touched
+                rules.append({"brand": b.name, "kind": "list-topic", "list": m.list_name, "topic": m.topic_name,
+                              "topic_opted_out": m.topic_id in eff_topics, "members_in_list": members_in.get(m.list_id, 0),
+                              "status": "inconsistent" if bad else "consistent"})
+            for p in b.purposes:
+                bad = ("purpose", p.id) in touched
+                rules.append({"brand": b.name, "kind": "purpose", "purpose": p.name,
+                              "purpose_opted_out": p.id in eff_purposes,
+                              "status": "inconsistent" if bad else "consistent"})
+            if b.opt_out_list:
+                bad = ("list", b.opt_out_list.list_id) in touched
+                rules.append({"brand": b.name, "kind": "opt-out list", "list": b.opt_out_list.list_name,
+                              "members_in_list": members_in.get(b.opt_out_list.list_id, 0),
+                              "status": "inconsistent" if bad else "consistent"})
+
+    history = [{
+        "recorded_at": h.recorded_at, "rule": h.rule, "origin": h.origin_system, "event_id": h.origin_event_id,
+        "target_system": h.target_system, "target_table": h.target_table, "target_id": h.target_id,
+        "action": h.action, "before": h.before, "after": h.after, "outcome": h.outcome, "detail": h.detail,
+    } for h in ledger.history(e)] if ledger is not None else None
+    return {
+        "email": e,
+        "contacts": people["contact"],
+        "leads": people["lead"],
+        "consent": consent,
+        "mappings": None if mappings is None else mappings.mode,
+        "consistent": None if mappings is None else (not pending and elsewhere == 0 and complete),
+        "rules": rules,
+        "pending": pending,
+        "pending_elsewhere": elsewhere,  # on the person's other addresses or on people sharing them
+        "closure_complete": complete,
+        "ledger": history,
+    }
+
+
+def _gateway(client: Any) -> Any:
+    from shared.adapters.sync_gateway import DataverseSyncGateway
+
+    return DataverseSyncGateway(client)
+
+
+# --- doctor --------------------------------------------------------------------------------------
+
+#: The reads the sync makes, as (check name, entity set, key column).
+DOCTOR_READS = (("read contacts", "contacts", "contactid"), ("read leads", "leads", "leadid"),
+                ("read lists", "lists", "listid"),
+                ("read consent rows", "msdynmkt_contactpointconsent4s", "msdynmkt_contactpointconsent4id"),
+                ("read purposes", "msdynmkt_purposes", "msdynmkt_purposeid"),
+                ("read topics", "msdynmkt_topics", "msdynmkt_topicid"))
+#: Write probes: an update of a row that cannot exist. Dataverse answers 404 when the caller may
+#: write the table and 403 when it may not; nothing is changed either way. A 404 proves the
+#: table and the route, not the privilege on every row (business units, field security), so the
+#: fix texts name the privileges to check.
+DOCTOR_WRITES = (
+    ("write consent rows", "PATCH", "msdynmkt_contactpointconsent4s({id})", {"msdynmkt_reason": "straddle doctor probe"},
+     "grant the app user's security role Write on Contact Point Consent (msdynmkt_contactpointconsent4) and Create"),
+    ("write contact flags", "PATCH", "contacts({id})", {"donotbulkemail": True},
+     "grant the app user's security role Write on Contact (and Lead)"),
+    ("remove list members", "DELETE", "lists({id})/listcontact_association({id2})/$ref", None,
+     "grant the app user's security role Write and Append To on Marketing List, Append on Contact and Lead"),
+)
+
+
+def _check(name: str, status: str, detail: str = "", fix: str = "") -> dict[str, Any]:
+    return {"check": name, "status": status, "detail": detail, "fix": fix}
+
+
+def _failure(exc: BaseException) -> str:
+    """One line naming the failure without a message that could quote data."""
+    from shared.adapters.dataverse.errors import DataverseError
+
+    if isinstance(exc, DataverseError):
+        bits = [type(exc).__name__, exc.kind, str(exc.status) if exc.status else None, exc.code]
+        return " ".join(b for b in bits if b)
+    from shared.adapters.settings import SettingsError
+
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    return type(exc).__name__
+
+
+def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None, *, webhook_url: str | None = None,
+           settings_error: str | None = None) -> list[dict[str, Any]]:
+    """Every check, in order; ``dataverse``, ``tables`` and ``dead_letters`` are callables that build
+    the adapters (and may raise SettingsError). A check whose prerequisite failed is skipped."""
+    import uuid
+
+    from shared.adapters.dataverse.errors import DataverseAuthError, DataverseNotFound
+    from shared.domain.mappings import Mappings
+
+    checks: list[dict[str, Any]] = []
+    if settings_error or settings is None:
+        checks.append(_check("settings", "fail", settings_error or "settings could not be read",
+                             "fix the app settings named (local.settings.json or the Function App's configuration)"))
+        return checks
+    missing = []
+    if not settings.dataverse_url:
+        missing.append("DATAVERSE_URL")
+    if not (settings.storage_connection_string or settings.storage_table_uri):
+        missing.append("AzureWebJobsStorage")
+    if not settings.ledger_key:
+        missing.append("LEDGER_KEY")
+    if not (settings.servicebus_connection_string or settings.servicebus_namespace):
+        missing.append("ServiceBusConnection__fullyQualifiedNamespace")
+    auth = ("static token" if settings.dataverse_access_token else
+            "client secret" if settings.dataverse_client_secret else
+            "managed identity" if settings.dataverse_client_id else "default Azure credential")
+    if settings.dataverse_client_secret and not (settings.dataverse_client_id and settings.dataverse_tenant_id):
+        missing.append("DATAVERSE_CLIENT_ID and DATAVERSE_TENANT_ID (with DATAVERSE_CLIENT_SECRET)")
+    checks.append(_check("settings", "fail" if missing else "pass",
+                         f"missing {', '.join(missing)}" if missing else f"all present; Dataverse auth: {auth}",
+                         "set them in local.settings.json (Values) or the Function App's configuration; "
+                         "see README 'Configuration'" if missing else ""))
+
+    client = None
+    try:
+        client = dataverse()
+        tokens = getattr(client, "_tokens", None)
+        if tokens is not None:
+            tokens.token()
+        checks.append(_check("dataverse token", "pass", auth))
+    except Exception as exc:
+        checks.append(_check("dataverse token", "fail", _failure(exc),
+                             "check DATAVERSE_CLIENT_ID/DATAVERSE_TENANT_ID/DATAVERSE_CLIENT_SECRET, or the managed "
+                             "identity, and that the app registration exists in the tenant"))
+        client = None
+    if client is not None:
+        try:
+            user = client.who_am_i()
+            checks.append(_check("whoami", "pass", f"application user {user}"))
+        except Exception as exc:
+            checks.append(_check("whoami", "fail", _failure(exc),
+                                 "add the app registration as an application user in the environment "
+                                 "(Power Platform admin center > Users > App users) and give it a security role"))
+            client = None
+    reads_ok = client is not None
+    for name, entity_set, key in DOCTOR_READS:
+        if client is None:
+            checks.append(_check(name, "skip", "no Dataverse connection"))
+            continue
+        try:
+            client.get_json(entity_set, {"$select": key, "$top": "1"})
+            checks.append(_check(name, "pass"))
+        except Exception as exc:
+            reads_ok = False
+            checks.append(_check(name, "fail", _failure(exc),
+                                 f"grant the app user's security role Read on {entity_set} (organization scope); "
+                                 "for consent rows, purposes and topics Customer Insights - Journeys must be installed"))
+    for name, method, path, body, fix in DOCTOR_WRITES:
+        if client is None:
+            checks.append(_check(name, "skip", "no Dataverse connection"))
+            continue
+        probe = path.format(id=uuid.uuid4(), id2=uuid.uuid4())
+        try:
+            client.request(method, probe, json=body, headers={"If-Match": "*"} if method == "PATCH" else None,
+                           kind=f"{method} doctor probe")
+            checks.append(_check(name, "pass", "accepted (a probe id answered 2xx)"))
+        except DataverseNotFound:
+            checks.append(_check(name, "pass", "404 for a row that does not exist: the write path is open"))
+        except DataverseAuthError as exc:
+            checks.append(_check(name, "fail", _failure(exc), fix))
+        except Exception as exc:
+            checks.append(_check(name, "fail", _failure(exc), fix))
+
+    store = None
+    try:
+        store = tables()
+        probe_client = store.service.get_table_client(store.prefix + "processed")
+        try:
+            probe_client.create_table()
+        except Exception as exc:  # already there is the normal case
+            if type(exc).__name__ != "ResourceExistsError":
+                raise
+        row = {"PartitionKey": "straddle-doctor", "RowKey": uuid.uuid4().hex, "probe": True}
+        probe_client.create_entity(row)
+        probe_client.get_entity(row["PartitionKey"], row["RowKey"])
+        probe_client.delete_entity(row["PartitionKey"], row["RowKey"])
+        checks.append(_check("table storage", "pass", f"created, read and deleted a probe row in {store.prefix}processed"))
+    except Exception as exc:
+        store = None
+        checks.append(_check("table storage", "fail", _failure(exc),
+                             "check AzureWebJobsStorage (or the tableServiceUri and the identity's "
+                             "'Storage Table Data Contributor' role); locally, start Azurite"))
+
+    if store is None:
+        checks.append(_check("mappings", "skip", "no Table Storage"))
+    else:
+        try:
+            doc = store.mappings.load()
+            if not doc:
+                checks.append(_check("mappings", "fail", "no mappings imported",
+                                     "straddle mappings discover --out mappings.json, review it, then "
+                                     "straddle mappings import mappings.json"))
+            elif not reads_ok:
+                checks.append(_check("mappings", "skip", "Dataverse reads failed"))
+            else:
+                m = Mappings.from_dict(doc)
+                lists = {l.id for l in client.marketing_lists()}
+                topics = {t.id: t for t in client.topics()}
+                purposes = {p.id for p in client.purposes()}
+                gone = []
+                for b in m.brands:
+                    gone += [f"purpose {p.name!r}" for p in b.purposes if p.id not in purposes]
+                    if b.opt_out_list and b.opt_out_list.list_id not in lists:
+                        gone.append(f"list {b.opt_out_list.list_name!r}")
+                    for lt in b.lists:
+                        if lt.list_id not in lists:
+                            gone.append(f"list {lt.list_name!r}")
+                        if lt.topic_id not in topics:
+                            gone.append(f"topic {lt.topic_name!r}")
+                        elif topics[lt.topic_id].purpose_id != lt.purpose_id:
+                            gone.append(f"topic {lt.topic_name!r} moved to another purpose")
+                checks.append(_check("mappings", "fail" if gone else "pass",
+                                     ("no longer in Dataverse: " + ", ".join(sorted(set(gone)))) if gone
+                                     else summary(m),
+                                     "fix the mappings file (straddle mappings export) and import it again" if gone else ""))
+        except Exception as exc:
+            checks.append(_check("mappings", "fail", _failure(exc), "import the mappings again"))
+
+    if client is None or not reads_ok:
+        checks.append(_check("webhooks", "skip", "no Dataverse connection"))
+    else:
+        try:
+            mappings_doc = store.mappings.load() if store is not None else None
+            columns = tuple(mappings_doc["email_attributes"]) if mappings_doc else None
+            status = webhook_status(client, webhook_url, email_columns=columns)
+            bad = [f"{s['step']}: {s['state']}" for s in status["steps"] if s["state"] != "registered"]
+            if status["endpoint"] is None:
+                detail = "no Straddle service endpoint registered"
+            else:
+                detail = "; ".join(bad) if bad else f"{len(status['steps'])} steps registered at {status['endpoint']['url']}"
+            checks.append(_check("webhooks", "pass" if status["ok"] else "fail", detail,
+                                 "" if status["ok"] else "straddle webhooks register --url https://<app>.azurewebsites.net/api/dataverse/webhook"))
+        except Exception as exc:
+            checks.append(_check("webhooks", "fail", _failure(exc),
+                                 "grant the app user read access to serviceendpoint and sdkmessageprocessingstep "
+                                 "(System Customizer) or check with the Plug-in Registration Tool"))
+
+    if not (settings.servicebus_connection_string or settings.servicebus_namespace) or dead_letters is None:
+        checks.append(_check("service bus", "skip", "not configured"))
+    else:
+        try:
+            port = dead_letters()
+            waiting = len(port.list(1))
+            checks.append(_check("service bus", "pass",
+                                 f"reached {', '.join(port.queues)}" + ("; dead letters waiting (straddle dlq list)"
+                                                                       if waiting else "")))
+        except Exception as exc:
+            checks.append(_check("service bus", "fail", _failure(exc) + (f": {exc}" if type(exc).__name__ == "DeadLettersUnavailable" else ""),
+                                 "check ServiceBusConnection (or the namespace and the identity's 'Azure Service Bus "
+                                 "Data Receiver/Sender' roles) and that the queues exist"))
+    return checks
