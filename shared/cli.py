@@ -228,7 +228,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     email = args.email.strip()
     if not _ADDRESS.match(email) or len(email) > 320:
-        raise CommandError(f"EMAIL must be one email address, got {len(args.email)} character(s) that are not one")
+        raise CommandError("EMAIL must be a single email address, with one @ and no spaces")
     c = _container()
     client = c.dataverse()
     mappings = _stored_mappings(c)
