@@ -149,6 +149,14 @@ class ForLoop:
     condition: Expr | None = None
 
 
+def _join(raw: list[str]) -> str:
+    """Source text of an expression with canonical spacing: ``a.b(c, d)[0]``, ``x ? y : z``."""
+    text = " ".join(raw)
+    text = re.sub(r"\s*([.(\[])\s*", r"\1", text)
+    text = re.sub(r"\s+([)\],])", r"\1", text)
+    return re.sub(r"(\b(?:in|if|for|return)|[?:=,]|&&|\|\|)([(\[])", r"\1 \2", text)
+
+
 def iter_objects(value: Any) -> Iterator[dict]:
     if isinstance(value, dict):
         yield value
@@ -371,7 +379,7 @@ class _Parser:
             self.next()
         if not pieces:
             raise self.error("expected an expression")
-        return Expr(" ".join(pieces), parts)
+        return Expr(_join(pieces), parts)
 
     def object(self) -> dict:
         self.expect("punct", "{")
@@ -439,7 +447,7 @@ class _Parser:
         body = self.value()
         self.skip_newlines()
         self.expect("punct", "]")
-        return ForLoop(" ".join(header), body, condition)
+        return ForLoop(_join(header), body, condition)
 
     def paren_expression(self) -> Expr:
         self.expect("punct", "(")
@@ -454,7 +462,7 @@ class _Parser:
             elif tok.kind == "punct" and tok.text == ")":
                 depth -= 1
         inner = self.t[start:self.i - 1]
-        return Expr(" ".join(t.raw for t in inner if t.kind != "newline"),
+        return Expr(_join([t.raw for t in inner if t.kind != "newline"]),
                     [t.text for t in inner if t.kind == "string"])
 
     def decorators(self) -> dict[str, list[Any]]:

@@ -1,0 +1,472 @@
+"""Static checks of the deployment templates (no Bicep compiler or Azure CLI is reachable here).
+
+The Bicep files are read with tests/bicep.py and compared with what the code reads: the app
+settings (shared.adapters.settings.SETTINGS), the tables (shared.adapters.tables.table_names),
+the queues, the roles, the outputs and azure.yaml.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shared.adapters.settings import SETTINGS
+from shared.adapters.tables import DEFAULT_PREFIX, TABLES, table_names
+from tests import bicep
+from tests.bicep import Expr, ForLoop
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+MAIN = INFRA / "main.bicep"
+
+# Built-in Azure role definition ids (identical in every tenant).
+ROLE_IDS = {
+    "Azure Service Bus Data Sender": "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39",
+    "Azure Service Bus Data Receiver": "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0",
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+}
+# Never to be granted by these templates: control-plane owners/contributors and data owners.
+FORBIDDEN_ROLE_IDS = {
+    "Owner": "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+    "Contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",
+    "User Access Administrator": "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+    "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
+    "Key Vault Administrator": "00482a5a-887f-4fb3-b363-3b7fe8e74483",
+    "Storage Account Contributor": "17d1049b-9a84-46fb-8f53-869881c3d3ab",
+}
+
+# App settings the code reads that Azure deliberately does not set, and why.
+INTENTIONALLY_UNSET = {
+    "ServiceBusConnection": "connection string (local/dev); Azure uses ServiceBusConnection__* with the managed identity",
+    "AzureWebJobsStorage": "connection string (local/dev); Azure uses AzureWebJobsStorage__* with the managed identity",
+    "DATAVERSE_ACCESS_TOKEN": "dev/test only static token",
+}
+# Settings the templates set that the code does not read: read by the Functions host, the Python
+# worker or the Azure Monitor exporter. Anything else the templates set must be in SETTINGS.
+PLATFORM_SETTINGS = {
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "ServiceBusConnection__credential",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+}
+# Flex Consumption rejects these (the runtime is set in functionAppConfig).
+FLEX_REJECTED = {"FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE",
+                 "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE"}
+
+KV_REFERENCE = re.compile(
+    r"^@Microsoft\.KeyVault\((SecretUri=https://[^)\s]+/secrets/[A-Za-z0-9-]+/?[^)\s]*"
+    r"|VaultName=[^;)\s]+;SecretName=[A-Za-z0-9-]+(;SecretVersion=[0-9a-f]+)?)\)$")
+GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.fixture(scope="module")
+def tree() -> dict[str, bicep.BicepFile]:
+    return {p.relative_to(INFRA).as_posix(): f for p, f in bicep.load_tree(INFRA).items()}
+
+
+@pytest.fixture(scope="module")
+def main(tree) -> bicep.BicepFile:
+    return tree["main.bicep"]
+
+
+def resources(tree, rtype: str) -> list[bicep.Resource]:
+    return [r for f in tree.values() for r in f.resources if r.type.lower() == rtype.lower() and not r.existing]
+
+
+def one(tree, rtype: str) -> bicep.Resource:
+    found = resources(tree, rtype)
+    assert len(found) == 1, f"expected one {rtype}, found {len(found)}"
+    return found[0]
+
+
+def app_settings(tree) -> dict:
+    config = [r for r in resources(tree, "Microsoft.Web/sites/config") if r.get("name") == "appsettings"]
+    assert len(config) == 1, "one Microsoft.Web/sites/config 'appsettings' resource"
+    props = config[0].get("properties")
+    if isinstance(props, Expr):  # properties: someVar
+        props = tree["modules/functionapp.bicep"].vars[props.text.strip()]
+    assert isinstance(props, dict), "app settings must be an object literal the tests can read"
+    return props
+
+
+def value_text(value) -> str:
+    return value if isinstance(value, str) else getattr(value, "text", str(value))
+
+
+# --- the reader itself ----------------------------------------------------------------------------
+
+
+def test_reader_rejects_what_it_cannot_follow():
+    with pytest.raises(bicep.BicepSyntaxError):
+        bicep.parse("resource r 'A/b@2020-01-01' = {\n  name: 'x'\n  name: 'y'\n}\n")
+    with pytest.raises(bicep.BicepSyntaxError):
+        bicep.parse("param x string = 'unterminated\n")
+    doc = bicep.parse("var o = c ? { A: 'a' } : { B: 'b' }\n@secure()\nparam s string\n")
+    assert [o for o in doc.vars["o"].objects()] == [{"A": "a"}, {"B": "b"}]
+    assert doc.params["s"].secure and not doc.params["s"].has_default
+
+
+def test_every_template_parses(tree):
+    expected = {"main.bicep", "modules/identity.bicep", "modules/monitoring.bicep", "modules/storage.bicep",
+                "modules/servicebus.bicep", "modules/keyvault.bicep", "modules/access.bicep",
+                "modules/functionapp.bicep", "modules/workbook.bicep", "modules/alerts.bicep"}
+    assert expected <= set(tree)
+
+
+def test_modules_exist_and_get_only_declared_params(tree, main):
+    for module in main.modules:
+        target = (INFRA / module.path).resolve()
+        assert target.exists(), module.path
+        declared = tree[target.relative_to(INFRA).as_posix()].params
+        passed = set(module.params)
+        assert passed <= set(declared), f"{module.path}: unknown params {passed - set(declared)}"
+        required = {n for n, p in declared.items() if not p.has_default}
+        assert required <= passed, f"{module.path}: missing params {required - passed}"
+
+
+# --- main.bicep and main.parameters.json ----------------------------------------------------------
+
+
+def test_main_is_subscription_scoped_and_creates_the_resource_group(main):
+    assert main.target_scope == "subscription"
+    assert [r.type for r in main.resources] == ["Microsoft.Resources/resourceGroups"]
+    assert all("scope" in m.body and m.body["scope"].text == "rg" for m in main.modules)
+
+
+def test_parameters_file_matches_main(main):
+    doc = json.loads((INFRA / "main.parameters.json").read_text())
+    params = doc["parameters"]
+    assert set(params) <= set(main.params), f"unknown parameters {set(params) - set(main.params)}"
+    for name, p in main.params.items():
+        azd_generated = p.metadata.get("azd", {}).get("type") == "generate"
+        if not p.has_default and not azd_generated:
+            assert name in params, f"required parameter {name} is missing from main.parameters.json"
+    assert params["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert params["location"]["value"] == "${AZURE_LOCATION}"
+    assert params["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+
+
+def test_secrets_are_secure_parameters_never_defaulted_to_a_value(main):
+    for name in ("ledgerKey", "webhookSecret", "dataverseClientSecret"):
+        p = main.params[name]
+        assert p.secure, f"{name} must be @secure()"
+        assert not p.has_default or p.default == "", f"{name} must not carry a value in the template"
+    # generated once by azd and kept in the environment: a new value each deploy would rotate LEDGER_KEY
+    for name in ("ledgerKey", "webhookSecret"):
+        meta = main.params[name].metadata["azd"]
+        assert meta["type"] == "generate" and meta["config"]["length"] >= 16  # LEDGER_KEY: >= 16 chars
+
+
+def test_no_secret_in_outputs(tree):
+    suspicious = re.compile(r"secret|ledgerkey|password|connectionstring|listkeys|\bsas\b|token", re.I)
+    for path, f in tree.items():
+        secure_params = {n for n, p in f.params.items() if p.secure}
+        for out in f.outputs.values():
+            text = value_text(out.value)
+            assert not out.secure
+            assert not (set(re.findall(r"\w+", text)) & secure_params), f"{path}: output {out.name} uses a secret"
+            assert not suspicious.search(text), f"{path}: output {out.name} = {text} looks like a secret"
+
+
+# --- app settings ---------------------------------------------------------------------------------
+
+
+def test_every_setting_the_code_reads_is_set_or_intentionally_unset(tree):
+    settings = app_settings(tree)
+    read = {s.name for s in SETTINGS}
+    assert set(INTENTIONALLY_UNSET) <= read, "the intentionally-unset list names settings the code no longer reads"
+    missing = read - set(settings) - set(INTENTIONALLY_UNSET)
+    assert not missing, f"settings the code reads but the templates do not set: {sorted(missing)}"
+    assert not (set(INTENTIONALLY_UNSET) & set(settings)), "a connection-string/dev setting is set in Azure"
+
+
+def test_nothing_set_is_misnamed(tree):
+    settings = app_settings(tree)
+    read = {s.name for s in SETTINGS}
+    unknown = set(settings) - read - PLATFORM_SETTINGS
+    assert not unknown, f"set by the templates but read by nobody (misnamed?): {sorted(unknown)}"
+    assert not (set(settings) & FLEX_REJECTED)
+
+
+def test_identity_based_connections_use_the_user_assigned_identity(tree):
+    s = app_settings(tree)
+    assert s["AzureWebJobsStorage__credential"] == "managedidentity"
+    assert s["ServiceBusConnection__credential"] == "managedidentity"
+    for name in ("AzureWebJobsStorage__clientId", "ServiceBusConnection__clientId"):
+        assert value_text(s[name]) == "identityClientId"
+    assert "primaryEndpoints.table" in value_text(s["AzureWebJobsStorage__tableServiceUri"])
+    assert "primaryEndpoints.blob" in value_text(s["AzureWebJobsStorage__blobServiceUri"])
+    assert "serviceBusEndpoint" in value_text(s["ServiceBusConnection__fullyQualifiedNamespace"])
+    assert "Authorization=AAD" in s["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+    assert s["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "true"
+
+
+def test_no_keys_or_connection_strings_anywhere(tree):
+    for path, f in tree.items():
+        text = (INFRA / path).read_text()
+        assert "listKeys" not in text and "listConnectionStrings" not in text, path
+        assert "AccountKey=" not in text and "SharedAccessKey" not in text, path
+
+
+def test_secrets_are_key_vault_references(tree):
+    s = app_settings(tree)
+    secret_names = {x.name for x in SETTINGS if x.secret} - set(INTENTIONALLY_UNSET)
+    fa = tree["modules/functionapp.bicep"]
+    for name in secret_names:
+        value = s[name]
+        # a reference held in a var, or chosen by a ternary between a reference and ''
+        candidates = [value] if isinstance(value, str) else [fa.vars.get(tok, tok) for tok in re.findall(r"\w+", value.text)]
+        refs = [c for c in candidates if isinstance(c, str) and c.startswith("@Microsoft.KeyVault")]
+        assert refs, f"{name} is not a Key Vault reference"
+        for ref in refs:
+            concrete = re.sub(r"\$\{[^}]+\}", "kv-example", ref)
+            assert KV_REFERENCE.match(concrete), f"{name}: malformed reference {ref}"
+    assert KV_REFERENCE.match("@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/ledger-key/)")
+    assert not KV_REFERENCE.match("@Microsoft.KeyVault(VaultName=kv;Secret=ledger-key)")
+
+
+def test_key_vault_secret_names_match_the_references(tree):
+    vault_secrets = {r.get("name") for r in resources(tree, "Microsoft.KeyVault/vaults/secrets")}
+    fa = tree["modules/functionapp.bicep"]
+    referenced = {m for v in fa.vars.values() if isinstance(v, str) for m in re.findall(r"SecretName=([\w-]+)", v)}
+    assert referenced and referenced <= vault_secrets
+    vault = one(tree, "Microsoft.KeyVault/vaults")
+    assert vault.properties["enableRbacAuthorization"] is True
+
+
+# --- function app -----------------------------------------------------------------------------------
+
+
+def test_flex_consumption_python_311_with_user_assigned_identity(tree):
+    plan = one(tree, "Microsoft.Web/serverfarms")
+    assert plan.get("sku") == {"name": "FC1", "tier": "FlexConsumption"}
+    site = one(tree, "Microsoft.Web/sites")
+    assert site.get("kind") == "functionapp,linux"
+    assert site.get("identity")["type"] == "UserAssigned"
+    cfg = site.properties["functionAppConfig"]
+    assert cfg["runtime"] == {"name": "python", "version": "3.11"}
+    storage = cfg["deployment"]["storage"]
+    assert storage["type"] == "blobContainer"
+    assert storage["authentication"]["type"] == "UserAssignedIdentity"
+    assert {"maximumInstanceCount", "instanceMemoryMB"} <= set(cfg["scaleAndConcurrency"])
+    assert value_text(site.properties["keyVaultReferenceIdentity"]) == "identityId"
+    assert site.properties["httpsOnly"] is True
+
+
+def test_azure_yaml_service_matches_the_tag(tree):
+    text = (ROOT / "azure.yaml").read_text()
+    services = re.search(r"^services:\n((?:[ #].*\n|\n)+)", text, re.M).group(1)
+    names = re.findall(r"^  ([A-Za-z0-9_-]+):", services, re.M)
+    assert len(names) == 1
+    body = services.split(f"  {names[0]}:", 1)[1]
+    assert re.search(r"^    host: function$", body, re.M) and re.search(r"^    language: python$", body, re.M)
+    assert re.search(r"^  provider: bicep$", text, re.M) and re.search(r"^  path: infra$", text, re.M)
+    site = one(tree, "Microsoft.Web/sites")
+    tags = site.get("tags")
+    tag_objects = tags.objects() if isinstance(tags, Expr) else [tags]
+    tagged = [o["azd-service-name"] for o in tag_objects if "azd-service-name" in o]
+    assert tagged == [names[0]]
+
+
+# --- storage ------------------------------------------------------------------------------------------
+
+
+def test_every_table_the_code_uses_is_created(tree, main):
+    suffixes = main.vars["tableSuffixes"]
+    assert tuple(suffixes) == TABLES
+    assert main.params["tablePrefix"].default == DEFAULT_PREFIX
+    loop = main.vars["tableNames"]
+    assert isinstance(loop, ForLoop) and loop.header == "suffix in tableSuffixes"
+    assert loop.body == "${tablePrefix}${suffix}"
+    created = [loop.body.replace("${tablePrefix}", DEFAULT_PREFIX).replace("${suffix}", s) for s in suffixes]
+    assert created == table_names(DEFAULT_PREFIX)
+    # ...and the storage module creates one table per name it is given
+    storage_module = next(m for m in main.modules if m.path == "modules/storage.bicep")
+    assert storage_module.params["tableNames"].text == "tableNames"
+    tables = one(tree, "Microsoft.Storage/storageAccounts/tableServices/tables")
+    assert isinstance(tables.body, ForLoop) and tables.body.header == "tableName in tableNames"
+    assert tables.body.body["name"].text == "tableName"
+
+
+def test_storage_account_has_shared_key_access_off(tree):
+    account = one(tree, "Microsoft.Storage/storageAccounts")
+    assert account.properties["allowSharedKeyAccess"] is False
+    assert account.properties["allowBlobPublicAccess"] is False
+    assert one(tree, "Microsoft.Storage/storageAccounts/blobServices/containers").properties["publicAccess"] == "None"
+
+
+# --- Service Bus --------------------------------------------------------------------------------------
+
+
+def test_service_bus_is_standard_without_local_auth(tree):
+    ns = one(tree, "Microsoft.ServiceBus/namespaces")
+    assert ns.get("sku")["name"] == "Standard"
+    assert ns.properties["disableLocalAuth"] is True
+
+
+@pytest.mark.parametrize("symbol", ["changesQueue", "parkedQueue"])
+def test_queue_properties(tree, symbol):
+    queue = next(r for r in resources(tree, "Microsoft.ServiceBus/namespaces/queues") if r.symbol == symbol)
+    p = queue.properties
+    assert p["requiresDuplicateDetection"] is True
+    sb = tree["modules/servicebus.bicep"]
+    window = sb.params["duplicateDetectionWindow"].default
+    assert value_text(p["duplicateDetectionHistoryTimeWindow"]) == "duplicateDetectionWindow"
+    assert re.fullmatch(r"PT(\d+)M", window) and 5 <= int(window[2:-1]) <= 60  # covers Dataverse's retry
+    assert p["lockDuration"] == "PT5M"  # the maximum: a batch of 500 events makes several Dataverse rounds
+    assert p["deadLetteringOnMessageExpiration"] is True
+    assert value_text(p["maxDeliveryCount"]) == "maxDeliveryCount" and sb.params["maxDeliveryCount"].default >= 5
+    assert p["requiresSession"] is False  # the trigger binding is not session-enabled
+
+
+def test_queue_names_follow_the_code_defaults(main):
+    defaults = {s.name: s.default for s in SETTINGS}
+    assert main.params["changesQueueName"].default == defaults["CHANGES_QUEUE"]
+    assert main.vars["parkedQueueName"] == "${changesQueueName}-parked"
+
+
+# --- roles ----------------------------------------------------------------------------------------------
+
+
+def role_assignments(tree):
+    access = tree["modules/access.bicep"]
+    roles = access.vars["roles"]
+    out = []
+    for r in resources(tree, "Microsoft.Authorization/roleAssignments"):
+        text = value_text(r.properties["roleDefinitionId"])
+        ref = re.search(r"roles\.(\w+)", text)
+        role_id = roles[ref.group(1)] if ref else (GUID.search(text) or [None])[0]
+        out.append((r, role_id, value_text(r.get("scope")), value_text(r.properties["principalId"])))
+    return out
+
+
+def test_role_definition_ids_are_the_documented_built_ins(tree):
+    roles = tree["modules/access.bicep"].vars["roles"]
+    by_id = {v: k for k, v in ROLE_IDS.items()}
+    for key, role_id in roles.items():
+        assert role_id in by_id, f"roles.{key} = {role_id} is not one of the expected built-in roles"
+    names = {"serviceBusDataSender": "Azure Service Bus Data Sender",
+             "serviceBusDataReceiver": "Azure Service Bus Data Receiver",
+             "storageBlobDataOwner": "Storage Blob Data Owner",
+             "storageTableDataContributor": "Storage Table Data Contributor",
+             "monitoringMetricsPublisher": "Monitoring Metrics Publisher",
+             "keyVaultSecretsUser": "Key Vault Secrets User"}
+    assert {k: ROLE_IDS[v] for k, v in names.items()} == roles
+
+
+def test_no_owner_or_contributor_role_is_granted(tree):
+    assignments = role_assignments(tree)
+    assert assignments
+    for r, role_id, _, _ in assignments:
+        assert role_id is not None, f"{r.symbol}: role id not understood"
+        assert role_id not in FORBIDDEN_ROLE_IDS.values(), f"{r.symbol} grants a forbidden role"
+    for path in tree:
+        text = (INFRA / path).read_text().lower()
+        for name, guid in FORBIDDEN_ROLE_IDS.items():
+            assert guid not in text, f"{path} mentions {name}"
+
+
+def test_app_identity_gets_exactly_the_roles_it_needs_at_the_right_scope(tree):
+    got = {(role_id, scope) for _, role_id, scope, principal in role_assignments(tree) if principal == "appPrincipalId"}
+    want = {
+        (ROLE_IDS["Azure Service Bus Data Receiver"], "changesQueue"),
+        (ROLE_IDS["Azure Service Bus Data Sender"], "changesQueue"),
+        (ROLE_IDS["Azure Service Bus Data Sender"], "parkedQueue"),
+        (ROLE_IDS["Azure Service Bus Data Receiver"], "parkedQueue"),
+        (ROLE_IDS["Storage Blob Data Owner"], "storage"),
+        (ROLE_IDS["Storage Table Data Contributor"], "storage"),
+        (ROLE_IDS["Monitoring Metrics Publisher"], "appInsights"),
+        (ROLE_IDS["Key Vault Secrets User"], "vault"),
+    }
+    assert got == want
+    # the queue scopes really are the queues, not the namespace
+    access = tree["modules/access.bicep"]
+    by_symbol = {r.symbol: r for r in access.resources}
+    assert by_symbol["changesQueue"].type == "Microsoft.ServiceBus/namespaces/queues"
+    assert by_symbol["parkedQueue"].type == "Microsoft.ServiceBus/namespaces/queues"
+
+
+def test_role_assignment_names_are_deterministic(tree):
+    for r, *_ in role_assignments(tree):
+        assert value_text(r.get("name")).startswith("guid("), r.symbol
+
+
+# --- monitoring -------------------------------------------------------------------------------------
+
+
+def test_application_insights_and_log_analytics_have_local_auth_off(tree):
+    ai = one(tree, "Microsoft.Insights/components")
+    assert ai.properties["DisableLocalAuth"] is True
+    assert value_text(ai.properties["WorkspaceResourceId"]) == "workspace.id"
+    assert one(tree, "Microsoft.OperationalInsights/workspaces").properties["features"]["disableLocalAuth"] is True
+
+
+def test_host_json_is_in_open_telemetry_mode():
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host.get("telemetryMode") == "OpenTelemetry"
+
+
+def test_workbook_covers_the_morning_review():
+    wb = json.loads((INFRA / "workbook.json").read_text())
+    queries = " ".join(i["content"].get("query", "") for i in wb["items"] if i["type"] == 3)
+    for needle in ("reconcile.report", "straddle_drift_found_", "straddle_drift_fixed_", "straddle_propagation_ms",
+                   "percentile", "process.batch", "straddle_processed"):
+        assert needle in queries, needle
+    metrics = [m for i in wb["items"] if i["type"] == 10 for m in i["content"]["metrics"]]
+    assert any(m["metric"].endswith("DeadletteredMessages") and m["splitBy"] == "EntityName" for m in metrics)
+    wbres = one(wb_tree(), "Microsoft.Insights/workbooks")
+    assert "loadTextContent('../workbook.json')" in value_text(wbres.properties["serializedData"])
+
+
+def wb_tree():
+    return {"workbook": bicep.load(INFRA / "modules" / "workbook.bicep")}
+
+
+def test_emitted_fields_exist_in_the_code():
+    """The queries name fields the code logs (engine.py, entry.py): a rename must fail here."""
+    code = (ROOT / "shared" / "sync" / "engine.py").read_text() + (ROOT / "shared" / "entry.py").read_text()
+    assert re.search(r'emit\(log, "sync\.applied".*propagation_ms=', code, re.S)
+    assert re.search(r'emit\(log, "process\.batch".*processed=', code, re.S)
+    assert '"sync.parked"' in code
+
+
+def test_alerts(tree):
+    metric = one(tree, "Microsoft.Insights/metricAlerts")
+    assert isinstance(metric.body, ForLoop)
+    assert metric.body.header == "queueName in [changesQueueName, parkedQueueName]"  # both queues
+    crit = metric.properties["criteria"]["allOf"][0]
+    assert crit["metricName"] == "DeadletteredMessages" and crit["threshold"] == 0 and crit["operator"] == "GreaterThan"
+    assert crit["dimensions"][0]["name"] == "EntityName" and crit["dimensions"][0]["values"][0].text == "queueName"
+
+    alerts = tree["modules/alerts.bicep"]
+    rules = {r.symbol: r for r in resources(tree, "Microsoft.Insights/scheduledQueryRules")}
+    assert set(rules) == {"noReconcileAlert", "driftAlert", "unpropagatedAlert"}
+    no_run = alerts.vars["noReconcileQuery"]
+    assert "ago(26h)" in no_run and "reconcile.report" in no_run and "runs == 0" in no_run
+    assert rules["noReconcileAlert"].properties["windowSize"] == "P2D"  # the query looks back 26 h
+    drift_rule = rules["driftAlert"].properties["criteria"]["allOf"][0]["query"]
+    assert "driftAlertThreshold" in drift_rule.text and "__THRESHOLD__" in alerts.vars["driftQuery"]
+    assert all(f"straddle_drift_found_D{i}" in alerts.vars["driftQuery"] for i in range(1, 6))
+    unprop = alerts.vars["unpropagatedQuery"]
+    assert "straddle_oldest_unhealed_opt_out_hours" in unprop and "hours > 24" in unprop
+    assert "driftAlertThreshold" in tree["main.bicep"].params
+
+
+def test_docs_exist_and_cover_the_runbook():
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    for needle in ("/admin/functions/nightly_reconcile", "python -m shared reconcile", "dlq list", "dlq replay",
+                   "LEDGER_KEY", "WEBHOOK_SECRET", "application user", "reconcile.report"):
+        assert needle in runbook, needle
+    setup = (ROOT / "docs" / "dataverse-setup.md").read_text()
+    for table in ("contact", "lead", "list", "listmember", "msdynmkt_purpose", "msdynmkt_topic",
+                  "msdynmkt_contactpointconsent4", "serviceendpoint", "sdkmessageprocessingstep",
+                  "sdkmessageprocessingstepimage"):
+        assert f"`{table}`" in setup, table
