@@ -74,12 +74,13 @@ class Container:
 
         if self._engine is not None:
             return self._engine
-        tables, queue, dataverse = self.tables(), self.event_queue(), self.dataverse()
+        tables, dataverse = self.tables(), self.dataverse()
         tables.ledger  # fails now, naming LEDGER_KEY, rather than after the first write
         with self._lock:
             if self._engine is None:
                 self._engine = SyncEngine(
-                    DataverseSyncGateway(dataverse), self.mappings, tables.processed, tables.ledger, queue,
+                    DataverseSyncGateway(dataverse), self.mappings, tables.processed, tables.ledger,
+                    _RetriesVia(self.event_queue),
                     EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds))
             return self._engine
 
@@ -99,6 +100,20 @@ class Container:
         with self._lock:
             self._queue = queue
             self._engine = None  # the engine retries through the queue: rebuild it around the new one
+
+
+class _RetriesVia:
+    """The engine's retry queue, resolved when first used: the reconciliation (and a CLI run)
+    never retries through Service Bus, so it must not need Service Bus settings."""
+
+    def __init__(self, queue: Any):
+        self._queue = queue
+
+    def send_later(self, event: Any, delay_seconds: int, attempt: int) -> None:
+        self._queue().send_later(event, delay_seconds, attempt)
+
+    def park(self, body: bytes, reason: str, attempt: int, message_id: str | None = None) -> None:
+        self._queue().park(body, reason, attempt, message_id)
 
 
 def azure_credential(client_id: str | None) -> Any:

@@ -25,7 +25,7 @@ from shared.telemetry import emit
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2000  # candidates planned together: bounds the state held, keeps $batch reads full
+CHUNK = 5000  # candidates planned together: bounds the state held, keeps $batch reads full
 Progress = Callable[[str, int, int | None], None]  # (stage, done, total or None)
 
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.

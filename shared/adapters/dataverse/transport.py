@@ -89,7 +89,7 @@ class RequestCounter:
 
 class DataverseTransport:
     def __init__(self, url: str, tokens: TokenProvider, *, timeout: float = 30.0, retry_budget: float = 120.0,
-                 page_size: int = MAX_PAGE_SIZE, batch_size: int = 500, batch_timeout: float | None = None,
+                 page_size: int = MAX_PAGE_SIZE, batch_size: int = MAX_BATCH, batch_timeout: float | None = None,
                  pool_maxsize: int = 16, session: requests.Session | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None, backoff_base: float = 0.5, backoff_cap: float = 30.0):
