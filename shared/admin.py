@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from shared.domain.mappings import Mappings, parse_mappings_file, resolve_mappings
 from shared.domain.model import Purpose, SubscriptionList, Topic
@@ -158,7 +159,7 @@ def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_N
 #: "Contoso Newsletter". Longest first, so a phrase goes before its words.
 STOP_PHRASES = ("newsletter subscription", "subscription list", "mailing list", "email list", "e mail list",
                 "subscriptions", "subscription", "lists", "list", "mailing", "topic")
-OPT_OUT_NAME = re.compile(r"opt[\s_-]*out|unsubscrib|suppress|do[\s_-]*not[\s_-]*(e[\s_-]*)?mail|blocklist", re.I)
+OPT_OUT_NAME = re.compile(r"opt[\s_-]*out|unsubscrib|suppress|do[\s_-]*not[\s_-]*(e[\s_-]*)?mail|blocklist", re.IGNORECASE)
 DEFAULT_THRESHOLD = 0.8
 
 
@@ -297,9 +298,17 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
     (so the person's other addresses count too): what it would still change is listed as
     pending, and every mapped list, topic and purpose it touches is inconsistent.
     """
-    from shared.domain.consent import (EMAIL_COLUMNS, ConsentSource, ConsentType, ConsentValue, normalise_email)
-    from shared.domain.planner import (AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail, State,
-                                       Trigger, effective_opt_outs, plan)
+    from shared.domain.consent import EMAIL_COLUMNS, ConsentSource, ConsentType, ConsentValue, normalise_email
+    from shared.domain.planner import (
+        AddToOptOutList,
+        OptOutConsent,
+        RemoveFromList,
+        SetDoNotBulkEmail,
+        State,
+        Trigger,
+        effective_opt_outs,
+        plan,
+    )
 
     e = normalise_email(email) or ""
     list_by_id = {l.id: l for l in client.marketing_lists()}

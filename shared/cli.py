@@ -13,8 +13,9 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -258,9 +259,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print(f"rules ({result['mappings']}):")
         for r in result["rules"]:
-            subject = {"list-topic": lambda: f"list {r['list']!r} / topic {r['topic']!r}",
-                       "purpose": lambda: f"purpose {r['purpose']!r}",
-                       "opt-out list": lambda: f"opt-out list {r['list']!r}"}[r["kind"]]()
+            if r["kind"] == "list-topic":
+                subject = f"list {r['list']!r} / topic {r['topic']!r}"
+            elif r["kind"] == "purpose":
+                subject = f"purpose {r['purpose']!r}"
+            else:
+                subject = f"opt-out list {r['list']!r}"
             print(f"  {r['status']:<12} [{r['brand']}] {subject}")
         for a in result["pending"]:
             print(f"  pending {a['rule']}: {a['action']}")
@@ -316,8 +320,8 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 # --- doctor --------------------------------------------------------------------------------------
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from shared.admin import doctor
     from shared.adapters.settings import SettingsError
+    from shared.admin import doctor
     from shared.telemetry import redact
 
     try:
@@ -382,19 +386,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="straddle", description="Straddle: one opt-out for Dynamics 365 Outbound and Real-time marketing.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--verbose", action="store_true", help="log requests and retries on standard error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    # --json and --verbose also after the command (`straddle doctor --json`); SUPPRESS keeps a
+    # sub-command's default from hiding the global flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log requests and retries on standard error")
 
     mappings = commands.add_parser("mappings", help="import, export or discover the list-to-topic mappings")
     mappings_cmds = mappings.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
-    imp = mappings_cmds.add_parser("import", help="validate a mappings file against Dataverse and store it")
+    imp = mappings_cmds.add_parser(parents=[common], name="import", help="validate a mappings file against Dataverse and store it")
     imp.add_argument("file", help="mappings JSON file (see docs/mappings.md)")
     imp.add_argument("--dry-run", action="store_true", help="validate and resolve only; store nothing")
     imp.set_defaults(handler=cmd_mappings_import)
-    exp = mappings_cmds.add_parser("export", help="write the stored mappings as a file")
+    exp = mappings_cmds.add_parser(parents=[common], name="export", help="write the stored mappings as a file")
     exp.add_argument("file", nargs="?", help="where to write (default: standard output)")
     exp.set_defaults(handler=cmd_mappings_export)
-    disc = mappings_cmds.add_parser(
-        "discover", help="propose list-to-topic pairs from Dataverse names and write a mappings file to review",
+    disc = mappings_cmds.add_parser(parents=[common], name="discover", help="propose list-to-topic pairs from Dataverse names and write a mappings file to review",
         description="Pairs subscription lists with topics of the same or a similar name (including the topics "
                     "Microsoft's subscription-list migration creates), one brand per purpose of the matched topics.")
     disc.add_argument("--out", metavar="FILE", help="where to write the proposal (default: standard output)")
@@ -406,36 +416,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     hooks = commands.add_parser("webhooks", help="register, check or remove the Dataverse webhook steps")
     hooks_cmds = hooks.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
-    reg = hooks_cmds.add_parser("register", help="create or update the service endpoint and every step the sync needs")
+    reg = hooks_cmds.add_parser(parents=[common], name="register", help="create or update the service endpoint and every step the sync needs")
     reg.add_argument("--url", type=_url, required=True, help="the dataverse_webhook function's URL")
     reg.add_argument("--function-key", help="the function key (default: env STRADDLE_FUNCTION_KEY); "
                                             "not needed with WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET")
     reg.set_defaults(handler=cmd_webhooks_register)
-    st = hooks_cmds.add_parser("status", help="show what is registered and what is missing (exit 1 if anything is)")
+    st = hooks_cmds.add_parser(parents=[common], name="status", help="show what is registered and what is missing (exit 1 if anything is)")
     st.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
     st.set_defaults(handler=cmd_webhooks_status)
-    rm = hooks_cmds.add_parser("remove", help="delete the service endpoint, its steps and images")
+    rm = hooks_cmds.add_parser(parents=[common], name="remove", help="delete the service endpoint, its steps and images")
     rm.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
     rm.set_defaults(handler=cmd_webhooks_remove)
 
-    ex = commands.add_parser("explain", help="one person's state in both systems, the rules' verdict, their ledger")
+    ex = commands.add_parser(parents=[common], name="explain", help="one person's state in both systems, the rules' verdict, their ledger")
     ex.add_argument("email", help="the email address to explain")
     ex.set_defaults(handler=cmd_explain)
 
     dlq = commands.add_parser("dlq", help="list or replay the dead-lettered change events")
     dlq_cmds = dlq.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
-    ls = dlq_cmds.add_parser("list", help="peek at the dead letters of the changes and parking queues")
+    ls = dlq_cmds.add_parser(parents=[common], name="list", help="peek at the dead letters of the changes and parking queues")
     ls.add_argument("--max", type=_positive, default=50, help="at most this many (default 50)")
     ls.set_defaults(handler=cmd_dlq_list)
-    rp = dlq_cmds.add_parser("replay", help="resubmit dead letters to the changes queue (after a fix)")
+    rp = dlq_cmds.add_parser(parents=[common], name="replay", help="resubmit dead letters to the changes queue (after a fix)")
     rp.add_argument("--max", type=_positive, default=100, help="at most this many (default 100)")
     rp.set_defaults(handler=cmd_dlq_replay)
 
-    doc = commands.add_parser("doctor", help="check settings, Dataverse access, mappings, webhooks and storage")
+    doc = commands.add_parser(parents=[common], name="doctor", help="check settings, Dataverse access, mappings, webhooks and storage")
     doc.add_argument("--url", type=_url, help="the webhook endpoint's URL to check (default: the endpoint named Straddle)")
     doc.set_defaults(handler=cmd_doctor)
     # `reconcile` is added by the nightly reconciliation (issue 5).
     return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Quiet by default: the adapters' warnings (retries) would otherwise reach stderr through
+    logging's last-resort handler and break the one-line error promise."""
+    import logging
+
+    from shared.telemetry import install_redaction
+
+    install_redaction()
+    root = logging.getLogger()
+    if verbose:
+        if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    elif not root.handlers:
+        root.addHandler(logging.NullHandler())
 
 
 def _fail(message: str, code: int) -> int:
@@ -458,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return int(exc.code or 0)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    _configure_logging(args.verbose)
     try:
         load_local_settings()
         return handler(args)

@@ -16,10 +16,11 @@ dead-letter sub-queue), and the local Functions host's admin API (sandbox/host/R
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 from shared.domain.events import EventFormatError, event_from_json
 from shared.telemetry import redact

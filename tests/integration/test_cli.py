@@ -49,7 +49,7 @@ class FakeLocalHost:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 if self.headers.get("x-functions-key") != host.KEY:
                     return self._answer(401, {"error": "key"})
                 url = urlparse(self.path)
@@ -62,7 +62,7 @@ class FakeLocalHost:
                     return self._answer(200, [{"name": q} for q in host.dead])
                 self._answer(404, {})
 
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):
                 if self.headers.get("x-functions-key") != host.KEY:
                     return self._answer(401, {"error": "key"})
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
@@ -402,5 +402,12 @@ def test_missing_settings_are_exit_2(cli):
     bootstrap.reset_container(bootstrap.Container(Settings.from_env({})))
     for argv in (["webhooks", "status"], ["explain", BO], ["dlq", "list"], ["mappings", "export"]):
         code, out, err = cli(*argv)
-        assert code == 2 and "missing app setting" in err, argv
+        assert code == 2 and out == "" and "missing app setting" in err, argv
         one_line_error(err)
+
+
+def test_global_flags_also_after_the_command(cli):
+    code, out, _ = cli("mappings", "discover", "--json")
+    assert code == 0 and json.loads(out)["mode"] == "multi-brand"
+    code, out, _ = cli("webhooks", "status", "--json")
+    assert code == 1 and json.loads(out)["ok"] is False

@@ -3,13 +3,18 @@ and which implementation the settings select."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from shared.adapters.deadletters import (DeadLettersUnavailable, LocalHostDeadLetters, ServiceBusDeadLetters,
-                                         dead_letters_for, describe)
+from shared.adapters.deadletters import (
+    DeadLettersUnavailable,
+    LocalHostDeadLetters,
+    ServiceBusDeadLetters,
+    dead_letters_for,
+    describe,
+)
 from shared.adapters.settings import Settings
 from shared.domain.events import ChangeEvent, ConsentChanged, Origin
 
@@ -29,12 +34,12 @@ class Msg:
     message_id: str
     dead_letter_reason: str | None = "StraddleGaveUp"
     dead_letter_error_description: str | None = None
-    enqueued_time_utc: datetime = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    enqueued_time_utc: datetime = datetime(2026, 1, 2, tzinfo=UTC)
     application_properties: dict = field(default_factory=lambda: {b"attempt": 5})
 
 
 class FakeReceiver:
-    def __init__(self, bus: "FakeBus", queue: str):
+    def __init__(self, bus: FakeBus, queue: str):
         self.bus, self.queue = bus, queue
 
     def __enter__(self):
@@ -149,8 +154,8 @@ def test_replay_resends_with_a_new_message_id_and_attempt_one_then_completes():
     assert bus.completed == ["ev0", "ev1", "ev100"]
     assert bus.dlq["changes"] == [] and [m.message_id for m in bus.dlq["changes-parked"]] == ["junk"]
     assert "junk" in bus.abandoned  # not a change event: left where it was
-    assert [(r.queue, r.new_message_id, r.kind) for r in report.messages][0] == ("changes", "ev0.replay.0",
-                                                                                 "consent_changed")
+    first = report.messages[0]
+    assert (first.queue, first.new_message_id, first.kind) == ("changes", "ev0.replay.0", "consent_changed")
 
 
 def test_replay_stops_at_max():
