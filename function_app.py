@@ -23,3 +23,8 @@ def process_changes(messages: list[func.ServiceBusMessage]) -> None:
 @app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
 def nightly_reconcile(timer: func.TimerRequest) -> None:
     entry.nightly_reconcile(timer)
+
+
+@app.service_bus_queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%", connection="ServiceBusConnection")
+def reconcile_chunk(message: func.ServiceBusMessage) -> None:
+    entry.reconcile_chunk(message)

@@ -38,6 +38,7 @@ class RecordingQueue:
         self.ids: set[str] = set()
         self.later: list[tuple[str, int, int]] = []
         self.parked: list[tuple[bytes, str]] = []
+        self.other: dict[str, list[tuple[str, bytes]]] = {}  # other queues (reconciliation chunks)
 
     def _put(self, body: bytes, message_id: str, attempt: int) -> None:
         with self.lock:
@@ -59,6 +60,10 @@ class RecordingQueue:
 
     def park(self, body: bytes, reason: str, attempt: int, message_id: str | None = None) -> None:
         self.parked.append((body, reason))
+
+    def send_raw(self, queue_name: str, messages: list[tuple[str, bytes]]) -> None:
+        with self.lock:
+            self.other.setdefault(queue_name, []).extend(messages)
 
     def take(self) -> list[ServiceBusMessage]:
         with self.lock:

@@ -151,6 +151,17 @@ def build_table_store(settings: Settings) -> Any:
                                     prefix=settings.table_prefix, ledger_key=settings.ledger_key)
 
 
+def export_telemetry(settings: Settings) -> None:
+    """Sends logs (with their structured fields) and traces to Application Insights through the
+    Azure Monitor OpenTelemetry distro, as the Functions docs prescribe for the Python worker in
+    OpenTelemetry mode. Locally there is no connection string and nothing is exported."""
+    if not settings.appinsights_connection_string:
+        return
+    from azure.monitor.opentelemetry import configure_azure_monitor
+
+    configure_azure_monitor(connection_string=settings.appinsights_connection_string)
+
+
 _container: Container | None = None
 _container_lock = threading.Lock()
 
@@ -161,7 +172,9 @@ def container() -> Container:
     with _container_lock:
         if _container is None:
             install_redaction()
-            _container = Container(Settings.from_env())
+            settings = Settings.from_env()
+            export_telemetry(settings)
+            _container = Container(settings)
         return _container
 
 

@@ -87,3 +87,15 @@ def nightly_reconcile(timer: func.TimerRequest) -> None:
     except Exception as exc:
         emit(log, "reconcile.failed", logging.ERROR, error=type(exc).__name__)
         raise
+
+
+def reconcile_chunk(message: func.ServiceBusMessage) -> None:
+    """One chunk of a fanned-out reconciliation. Raising abandons it: Service Bus redelivers, and a
+    chunk already recorded is skipped, so the run resumes rather than repeats."""
+    from shared.reconcile import run_chunk
+
+    try:
+        run_chunk(bootstrap.container(), message.get_body())
+    except Exception as exc:
+        emit(log, "reconcile.chunk_failed", logging.ERROR, message_id=message.message_id, error=type(exc).__name__)
+        raise

@@ -73,6 +73,21 @@ class ServiceBusEventQueue:
         message.message_id = f"{event.id}.{attempt}"
         self._send([message], datetime.fromtimestamp(when, tz=timezone.utc))
 
+    def send_raw(self, queue_name: str, messages: list[tuple[str, bytes]]) -> None:
+        """Sends (MessageId, JSON body) pairs to another queue (the reconciliation's chunks)."""
+        batch = [ServiceBusMessage(body=body, message_id=mid, content_type="application/json") for mid, body in messages]
+        with self._lock:
+            try:
+                if self._client is None:
+                    self._client = self._client_factory()
+                with self._client.get_queue_sender(queue_name) as sender:
+                    for start in range(0, len(batch), 100):  # well under the 256 KB/1 MB batch limits
+                        sender.send_messages(batch[start:start + 100])
+            except Exception as exc:
+                log.warning("servicebus.send_failed queue=%s error=%s", queue_name, type(exc).__name__)
+                self._reset()
+                raise QueueUnavailable(f"Service Bus did not take the messages ({type(exc).__name__})") from exc
+
     def park(self, body: bytes, reason: str, attempt: int, message_id: str | None = None) -> None:
         message = ServiceBusMessage(body=body, message_id=message_id, content_type="application/json",
                                     application_properties={"park_reason": reason[:1000], "attempt": attempt})

@@ -38,6 +38,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -77,6 +84,12 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Client id of the user-assigned managed identity used for Service Bus."),
     Setting("RECONCILE_SCHEDULE", "reconcile_schedule", _text, "0 0 2 * * *",
             doc="NCRONTAB schedule of nightly_reconcile (bound as %RECONCILE_SCHEDULE%)."),
+    Setting("RECONCILE_QUEUE", "reconcile_queue", _text, "straddle-reconcile",
+            doc="Service Bus queue of reconciliation chunks for big tenants (bound as %RECONCILE_QUEUE%)."),
+    Setting("RECONCILE_CHUNK_SIZE", "reconcile_chunk_size", _positive_int, 5000,
+            doc="Drift candidates healed together (one chunk)."),
+    Setting("RECONCILE_FANOUT_ABOVE", "reconcile_fanout_above", _non_negative_int, 20000,
+            doc="Above this many candidates the timer sends chunks to RECONCILE_QUEUE instead of healing inline."),
     Setting("WEBHOOK_SECRET_HEADER", "webhook_secret_header", _header_name,
             doc="Optional header Dataverse sends (HttpHeader auth); with WEBHOOK_SECRET enables a check."),
     Setting("WEBHOOK_SECRET", "webhook_secret", _text, secret=True,
@@ -107,6 +120,8 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Prefix of every Table Storage table Straddle creates."),
     Setting("LEDGER_KEY", "ledger_key", _secret_bytes, secret=True,
             doc="HMAC key that turns an email into the ledger partition key (a Key Vault reference)."),
+    Setting("APPLICATIONINSIGHTS_CONNECTION_STRING", "appinsights_connection_string", _text,
+            doc="Application Insights to export logs and traces to (OpenTelemetry); unset locally."),
     Setting("PROCESSED_RETENTION_DAYS", "processed_retention_days", _positive_int, 7,
             doc="How long processed event ids are kept for idempotency."),
     Setting("MAX_ATTEMPTS", "max_attempts", _positive_int, 5,
@@ -124,6 +139,9 @@ class Settings:
     servicebus_namespace: str | None
     servicebus_client_id: str | None
     reconcile_schedule: str
+    reconcile_queue: str
+    reconcile_chunk_size: int
+    reconcile_fanout_above: int
     webhook_secret_header: str | None
     webhook_secret: str | None
     dataverse_url: str | None
@@ -139,6 +157,7 @@ class Settings:
     storage_client_id: str | None
     table_prefix: str
     ledger_key: bytes | None
+    appinsights_connection_string: str | None
     processed_retention_days: int
     max_attempts: int
     retry_delay_seconds: int

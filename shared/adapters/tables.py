@@ -47,6 +47,7 @@ AZURITE_TABLE_PORT = 10002
 MAX_BATCH = 100  # operations per transaction
 MAX_BATCH_BYTES = 3 * 1024 * 1024  # stay clear of the 4 MiB transaction payload limit
 MAX_FILTER_KEYS = 14  # 15 comparisons per $filter, one of them the PartitionKey
+CHUNK_PARTITION_PREFIX = "chunks-"  # sorts after every "YYYY-MM-DD" date partition
 MAX_PARALLEL = 16  # concurrent Table Storage requests from one call (the SDK pool holds 10+)
 PROPERTY_BYTES = 64_000  # binary property payload (limit 64 KiB)
 PROPERTY_CHARS = 32_000  # string property of ASCII text (limit 64 KiB of UTF-16)
@@ -612,20 +613,44 @@ class RunReports:
         reports: list[dict] = []
         for days in (7, 31, 366, None):
             if days is None:
-                found = client.list_entities()
+                found = client.query_entities("PartitionKey lt @chunks", parameters={"chunks": CHUNK_PARTITION_PREFIX})
             else:
                 since = (today - timedelta(days=days)).isoformat()
-                found = client.query_entities("PartitionKey ge @since", parameters={"since": since})
+                found = client.query_entities("PartitionKey ge @since and PartitionKey lt @chunks",
+                                              parameters={"since": since, "chunks": CHUNK_PARTITION_PREFIX})
             reports = [decode_report(e) for e in found]
             if len(reports) >= limit:
                 break
         reports.sort(key=lambda r: (_report_started(r), str(r.get("run_id"))), reverse=True)
         return reports[:limit]
 
+    # Chunk results of a fanned-out run live in their own partition, outside the date partitions.
+    @staticmethod
+    def _chunk_partition(run_id: str) -> str:
+        return f"{CHUNK_PARTITION_PREFIX}{check_key(run_id, 'run_id')}"
+
+    def save_chunk(self, run_id: str, index: int, result: dict) -> None:
+        self._tables.client("runs").upsert_entity(
+            {"PartitionKey": self._chunk_partition(run_id), "RowKey": f"{index:06d}", "result": json.dumps(result)},
+            mode=UpdateMode.REPLACE)
+
+    def get_chunk(self, run_id: str, index: int) -> dict | None:
+        try:
+            e = self._tables.client("runs").get_entity(self._chunk_partition(run_id), f"{index:06d}")
+        except ResourceNotFoundError:
+            return None
+        return json.loads(e["result"])
+
+    def chunk_results(self, run_id: str) -> list[dict]:
+        found = self._tables.client("runs").query_entities("PartitionKey eq @pk",
+                                                            parameters={"pk": self._chunk_partition(run_id)})
+        return [json.loads(e["result"]) for e in found]
+
     def get(self, run_id: str) -> dict | None:
         """One report by id (any date; the runs table is small)."""
         client = self._tables.client("runs")
-        found = client.query_entities("RowKey eq @rk", parameters={"rk": check_key(run_id, "run_id")})
+        found = client.query_entities("RowKey eq @rk and PartitionKey lt @chunks",
+                                      parameters={"rk": check_key(run_id, "run_id"), "chunks": CHUNK_PARTITION_PREFIX})
         for e in found:
             return decode_report(e)
         return None

@@ -115,3 +115,34 @@ def test_the_timer_function_purges_old_ids_and_stores_the_report(make_stack):
     (report,) = s.container.tables().runs.latest()
     assert report["status"] == "succeeded" and report["drift_fixed"] > 0
     assert s.members_of(L_NEWS) == {gid("fine")}
+
+
+def test_a_big_run_fans_out_to_chunks_that_resume_and_aggregate(make_stack):
+    """Chunks go to the reconcile queue; they are healed in any order, a redelivered one is
+    skipped, and the last one writes the same report an inline run would have."""
+    import random
+
+    from azure.functions.servicebus import ServiceBusMessage
+
+    import function_app
+    from shared.reconcile import ReconcileConfig
+
+    people = [contact(f"p{i}", f"p{i}@x.test") for i in range(12)]
+    s = make_stack(tenant(people, consents=[consent_row(f"p{i}@x.test", CONTOSO, NEWS, OUT) for i in range(12)],
+                          list_members={L_NEWS: [p["contactid"] for p in people]}), "single-brand")
+    fanned = run_reconciliation(s.container, config=ReconcileConfig(chunk=5, fanout_above=3),
+                                fanout=lambda bodies: s.queue.send_raw("straddle-reconcile", bodies))
+    assert fanned["status"] == "running" and fanned["chunks"] == 3 and s.members_of(L_NEWS)
+    chunks = s.queue.other["straddle-reconcile"]
+    assert [mid for mid, _ in chunks] == [f"{fanned['run_id']}.{i}" for i in range(3)]
+    order = chunks + [chunks[0]]  # one redelivered
+    random.Random(3).shuffle(order)
+    for mid, body in order:
+        function_app.reconcile_chunk(ServiceBusMessage(body=body, message_id=mid, application_properties={},
+                                                       user_properties={}))
+    report = s.container.tables().runs.get(fanned["run_id"])
+    assert report["status"] == "succeeded" and report["found_D1"] == report["fixed_D1"] == 12
+    assert report["chunks"] == 3 and report["dataverse_requests"] > 0
+    assert s.members_of(L_NEWS) == set()
+    assert [r["run_id"] for r in s.container.tables().runs.latest()] == [fanned["run_id"]]  # chunks stay out
+    assert run_reconciliation(s.container, dry_run=True)["drift_found"] == 0

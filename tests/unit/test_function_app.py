@@ -24,8 +24,8 @@ def bindings():
     return {name: json.loads(f.get_function_json()) for name, f in FUNCTIONS.items()}
 
 
-def test_exactly_three_functions_are_indexed():
-    assert sorted(bindings()) == ["dataverse_webhook", "nightly_reconcile", "process_changes"]
+def test_exactly_the_four_functions_are_indexed():
+    assert sorted(bindings()) == ["dataverse_webhook", "nightly_reconcile", "process_changes", "reconcile_chunk"]
 
 
 def test_webhook_binding():
@@ -43,6 +43,12 @@ def test_queue_binding():
     assert b["type"] == "serviceBusTrigger" and b["direction"] == "IN"
     assert b["connection"] == "ServiceBusConnection" and b["queueName"] == "%CHANGES_QUEUE%"
     assert b["cardinality"] == "MANY" and b["name"] == "messages"
+
+
+def test_reconcile_chunk_binding():
+    b, = bindings()["reconcile_chunk"]["bindings"]
+    assert b["type"] == "serviceBusTrigger" and b["queueName"] == "%RECONCILE_QUEUE%"
+    assert b["connection"] == "ServiceBusConnection" and b.get("cardinality", "ONE") == "ONE"
 
 
 def test_timer_binding():
