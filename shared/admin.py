@@ -497,9 +497,10 @@ def _failure(exc: BaseException) -> str:
 
 
 def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None, *, webhook_url: str | None = None,
-           settings_error: str | None = None) -> list[dict[str, Any]]:
+           settings_error: str | None = None, local_host: str | None = None) -> list[dict[str, Any]]:
     """Every check, in order; ``dataverse``, ``tables`` and ``dead_letters`` are callables that build
-    the adapters (and may raise SettingsError). A check whose prerequisite failed is skipped."""
+    the adapters (and may raise SettingsError). A check whose prerequisite failed is skipped.
+    ``local_host``: the local Functions host stands in for Service Bus (STRADDLE_LOCAL_HOST)."""
     import uuid
 
     from shared.adapters.dataverse.errors import DataverseAuthError, DataverseNotFound
@@ -517,7 +518,8 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         missing.append("AzureWebJobsStorage")
     if not settings.ledger_key:
         missing.append("LEDGER_KEY")
-    if not (settings.servicebus_connection_string or settings.servicebus_namespace):
+    servicebus = bool(settings.servicebus_connection_string or settings.servicebus_namespace or local_host)
+    if not servicebus:
         missing.append("ServiceBusConnection__fullyQualifiedNamespace")
     auth = ("static token" if settings.dataverse_access_token else
             "client secret" if settings.dataverse_client_secret else
@@ -653,7 +655,7 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
                                  "grant the app user read access to serviceendpoint and sdkmessageprocessingstep "
                                  "(System Customizer) or check with the Plug-in Registration Tool"))
 
-    if not (settings.servicebus_connection_string or settings.servicebus_namespace) or dead_letters is None:
+    if not servicebus or dead_letters is None:
         checks.append(_check("service bus", "skip", "not configured"))
     else:
         try:

@@ -329,7 +329,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         checks = doctor(None, None, None, settings_error=str(exc))
     else:
-        checks = doctor(c.settings, c.dataverse, c.tables, lambda: _dead_letters(c), webhook_url=args.url)
+        checks = doctor(c.settings, c.dataverse, c.tables, lambda: _dead_letters(c), webhook_url=args.url,
+                        local_host=os.environ.get("STRADDLE_LOCAL_HOST"))
     for check in checks:  # a safety net: no check should quote data, but none may print an address
         check["detail"], check["fix"] = redact(check["detail"]), redact(check["fix"])
     failed = any(ch["status"] == "fail" for ch in checks)

@@ -359,7 +359,7 @@ def test_doctor_passes_on_a_healthy_stack_and_says_what_to_fix(cli, local_host):
     cli("webhooks", "remove")
 
 
-def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypatch, azurite_tables):
+def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypatch, azurite_tables, local_host):
     from shared.adapters.settings import Settings
 
     bootstrap.reset_container(None)
@@ -379,6 +379,11 @@ def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypat
     assert "FAIL  whoami: DataverseUnavailable" in out and "SKIP  read contacts" in out
     assert "PASS  table storage" in out and "FAIL  mappings: no mappings imported" in out
     assert "SKIP  service bus: not configured" in out
+    monkeypatch.setenv("STRADDLE_LOCAL_HOST", local_host.url)  # the local host stands in for Service Bus
+    monkeypatch.setenv("STRADDLE_LOCAL_HOST_KEY", FakeLocalHost.KEY)
+    local_host.dead = {}
+    code, out, _ = cli("doctor")
+    assert "PASS  settings" in out and "PASS  service bus: reached straddle-changes, straddle-changes-parked" in out
 
 
 # --- failures of the outside world ---------------------------------------------------------------
