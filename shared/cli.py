@@ -445,8 +445,56 @@ def build_parser() -> argparse.ArgumentParser:
     doc = commands.add_parser(parents=[common], name="doctor", help="check settings, Dataverse access, mappings, webhooks and storage")
     doc.add_argument("--url", type=_url, help="the webhook endpoint's URL to check (default: the endpoint named Straddle)")
     doc.set_defaults(handler=cmd_doctor)
-    # `reconcile` is added by the nightly reconciliation (issue 5).
+    rec = commands.add_parser(parents=[common], name="reconcile",
+                              help="find (and unless --dry-run heal) every drift between the two systems")
+    rec.add_argument("--dry-run", action="store_true", help="report what it would fix; write nothing")
+    rec.set_defaults(handler=cmd_reconcile)
     return parser
+
+
+REPORT_LINES = (("found_D1", "D1 list member opted out of the list's topic (R2 missed)"),
+                ("found_D2", "D2 opted out of a brand purpose, Outbound not in line (R4 missed)"),
+                ("found_D3", "D3 global opt-out not reflected in Real-time marketing (R3 missed)"),
+                ("found_D4", "D4 left a mapped list, topic not opted out (R1 missed)"),
+                ("found_D5", "D5 in a brand opt-out list, not in line (R5 missed)"),
+                ("found_follow_on", "   follow-on opt-outs of the sync's own removals"))
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from shared.reconcile import run_reconciliation
+
+    progress = _progress_line() if sys.stderr.isatty() and not args.json else None
+    report = run_reconciliation(_container(), dry_run=args.dry_run, progress=progress)
+    if progress:
+        print(file=sys.stderr)
+    if args.json:
+        _print_json(report)
+    else:
+        verb = "would fix" if args.dry_run else "fixed"
+        print(f"run {report['run_id']} ({'dry run' if args.dry_run else 'healing'}): {report['status']}, "
+              f"{report.get('duration_ms', 0) / 1000:.1f} s, {report.get('dataverse_requests', 0)} Dataverse requests")
+        for key, text in REPORT_LINES:
+            found = report.get(key, 0)
+            fixed = report.get(key.replace("found_", "fixed_"), 0)
+            print(f"  {text:72} found {found:6d}" + ("" if args.dry_run else f"  {verb} {fixed:6d}"))
+        if report.get("failures"):
+            print(f"  failures: {report['failures']} (see the ledger and the function log)")
+        if report.get("oldest_unhealed_opt_out_hours") is not None:
+            print(f"  oldest unhealed opt-out: {report['oldest_unhealed_opt_out_hours']} h")
+        if report.get("note"):
+            print(f"  note: {report['note']}")
+    if report.get("status") == "no_mappings":
+        raise CommandError("no mappings imported yet (python -m shared mappings import FILE)")
+    return EXIT_OK if report.get("status") in ("succeeded", "running") else EXIT_FAILED
+
+
+def _progress_line():
+    """A one-line progress display on a terminal (stderr, rewritten in place)."""
+    def show(stage: str, done: int, total: int | None) -> None:
+        text = f"{stage}: {done}/{total}" if total else f"{stage}: {done}"
+        sys.stderr.write("\r" + text.ljust(60))
+        sys.stderr.flush()
+    return show
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -65,12 +65,12 @@ class ServiceBusEventQueue:
     def send_later(self, event: ChangeEvent, delay_seconds: int, attempt: int) -> None:
         """Re-sends an event that failed, to be delivered after ``delay_seconds``.
 
-        The copy gets its own MessageId (event id + attempt): duplicate detection would otherwise
-        drop it as a repeat of the original.
+        The copy gets its own MessageId (event id, attempt and due time): duplicate detection would
+        otherwise drop it as a repeat of the original, or of an earlier retry of a replayed event.
         """
         when = datetime.now(timezone.utc).timestamp() + delay_seconds
         message = to_message(event, attempt)
-        message.message_id = f"{event.id}.{attempt}"
+        message.message_id = f"{event.id}.{attempt}.{int(when)}"
         self._send([message], datetime.fromtimestamp(when, tz=timezone.utc))
 
     def send_raw(self, queue_name: str, messages: list[tuple[str, bytes]]) -> None:

@@ -149,7 +149,7 @@ def one_line_error(err: str) -> None:
 @pytest.mark.parametrize("argv", [[], ["mappings"], ["mappings", "import"], ["mappings", "export"],
                                   ["mappings", "discover"], ["webhooks"], ["webhooks", "register"],
                                   ["webhooks", "status"], ["webhooks", "remove"], ["explain"], ["dlq"],
-                                  ["dlq", "list"], ["dlq", "replay"], ["doctor"]])
+                                  ["dlq", "list"], ["dlq", "replay"], ["doctor"], ["reconcile"]])
 def test_every_command_has_help(cli, argv):
     code, out, _ = cli(*argv, "--help")
     assert code == 0 and out.startswith("usage: straddle")
@@ -159,7 +159,7 @@ def test_every_command_has_help(cli, argv):
     ["frobnicate"], ["mappings"], ["mappings", "discover", "--mode", "both"], ["mappings", "discover", "--threshold", "2"],
     ["webhooks", "register"], ["webhooks", "register", "--url", "ftp://x/y"], ["webhooks", "status", "--url", "nope"],
     ["explain"], ["explain", "not-an-address"], ["explain", "two@at@x.test"], ["dlq", "list", "--max", "0"],
-    ["dlq", "replay", "--max", "many"], ["mappings", "import", "/no/such/file.json"],
+    ["dlq", "replay", "--max", "many"], ["mappings", "import", "/no/such/file.json"], ["reconcile", "--wet"],
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, argv):
     code, out, err = cli(*argv)
@@ -416,3 +416,15 @@ def test_global_flags_also_after_the_command(cli):
     assert code == 0 and json.loads(out)["mode"] == "multi-brand"
     code, out, _ = cli("webhooks", "status", "--json")
     assert code == 1 and json.loads(out)["ok"] is False
+
+
+def test_reconcile_dry_run_then_heal(cli, stack):
+    code, out, _ = cli("reconcile", "--dry-run", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["dry_run"] is True and report["found_D1"] >= 1 and report["drift_fixed"] == 0
+    assert gid("bo") in stack.members_of(L_NEWS)  # nothing written
+    code, out, _ = cli("reconcile")
+    assert code == 0 and "healing" in out and "D1 list member opted out" in out
+    assert gid("bo") not in stack.members_of(L_NEWS)
+    code, out, _ = cli("reconcile", "--dry-run", "--json")
+    assert json.loads(out)["drift_found"] == 0

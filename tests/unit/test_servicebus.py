@@ -143,7 +143,8 @@ def test_send_later_schedules_with_the_attempt():
     queue.send_later(EVENT, 60, attempt=2)
     (messages, at), = factory.senders()[0].scheduled
     # Its own MessageId: duplicate detection would drop a copy that reused the original's.
-    assert messages[0].message_id == f"{EVENT.id}.2" and messages[0].application_properties["attempt"] == 2
+    assert messages[0].message_id == f"{EVENT.id}.2.{int(at.timestamp())}"
+    assert messages[0].application_properties["attempt"] == 2
     assert json.loads(str(messages[0]))["id"] == EVENT.id
     assert before + 59 <= at.timestamp() <= datetime.now(timezone.utc).timestamp() + 61
     assert at.tzinfo is not None
