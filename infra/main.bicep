@@ -46,6 +46,17 @@ param webhookSecretHeader string = 'x-straddle-secret'
 @description('NCRONTAB schedule of nightly_reconcile, in UTC (RECONCILE_SCHEDULE).')
 param reconcileSchedule string = '0 0 2 * * *'
 
+@description('Service Bus queue of reconciliation chunks (RECONCILE_QUEUE): nightly_reconcile sends a big tenant\'s work there, reconcile_chunk heals it.')
+param reconcileQueueName string = 'straddle-reconcile'
+
+@minValue(1)
+@description('Drift candidates healed together, one chunk (RECONCILE_CHUNK_SIZE).')
+param reconcileChunkSize int = 5000
+
+@minValue(0)
+@description('Above this many drift candidates the nightly run fans out to reconcile_chunk instead of healing inline (RECONCILE_FANOUT_ABOVE).')
+param reconcileFanoutAbove int = 20000
+
 @minValue(1)
 @description('Days processed event ids are kept for idempotency (PROCESSED_RETENTION_DAYS).')
 param processedRetentionDays int = 7
@@ -152,6 +163,7 @@ module servicebus 'modules/servicebus.bicep' = {
     tags: tags
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName
+    reconcileQueueName: reconcileQueueName
     maxDeliveryCount: maxDeliveryCount
     duplicateDetectionWindow: duplicateDetectionWindow
   }
@@ -181,6 +193,7 @@ module access 'modules/access.bicep' = {
     serviceBusNamespaceName: servicebus.outputs.name
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName
+    reconcileQueueName: reconcileQueueName
     keyVaultName: keyvault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
   }
@@ -204,10 +217,13 @@ module functionApp 'modules/functionapp.bicep' = {
     serviceBusNamespaceName: servicebus.outputs.name
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName
+    reconcileQueueName: reconcileQueueName
     dataverseUrl: dataverseUrl
     dataverseClientId: dataverseClientId
     webhookSecretHeader: webhookSecretHeader
     reconcileSchedule: reconcileSchedule
+    reconcileChunkSize: reconcileChunkSize
+    reconcileFanoutAbove: reconcileFanoutAbove
     processedRetentionDays: processedRetentionDays
     tablePrefix: tablePrefix
     maxAttempts: maxAttempts
@@ -245,6 +261,7 @@ module alerts 'modules/alerts.bicep' = {
     serviceBusNamespaceId: servicebus.outputs.id
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName
+    reconcileQueueName: reconcileQueueName
     driftAlertThreshold: driftAlertThreshold
     alertEmail: alertEmail
   }
@@ -260,6 +277,7 @@ output AZURE_KEY_VAULT_NAME string = keyvault.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.appInsightsName
 output CHANGES_QUEUE string = changesQueueName
 output PARKED_QUEUE string = parkedQueueName
+output RECONCILE_QUEUE string = reconcileQueueName
 output TABLE_PREFIX string = tablePrefix
 output DATAVERSE_URL string = dataverseUrl
 output ServiceBusConnection__fullyQualifiedNamespace string = servicebus.outputs.fullyQualifiedNamespace

@@ -8,6 +8,7 @@ param storageAccountName string
 param serviceBusNamespaceName string
 param changesQueueName string
 param parkedQueueName string
+param reconcileQueueName string
 param keyVaultName string
 param appInsightsName string
 
@@ -38,6 +39,11 @@ resource changesQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview
 resource parkedQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' existing = {
   parent: namespace
   name: parkedQueueName
+}
+
+resource reconcileQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' existing = {
+  parent: namespace
+  name: reconcileQueueName
 }
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
@@ -86,6 +92,27 @@ resource appParkedSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
 resource appParkedReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(parkedQueue.id, appPrincipalId, roles.serviceBusDataReceiver)
   scope: parkedQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// nightly_reconcile sends the chunks of a big tenant's run; reconcile_chunk receives them (trigger).
+resource appReconcileSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(reconcileQueue.id, appPrincipalId, roles.serviceBusDataSender)
+  scope: reconcileQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource appReconcileReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(reconcileQueue.id, appPrincipalId, roles.serviceBusDataReceiver)
+  scope: reconcileQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
     principalId: appPrincipalId
@@ -172,6 +199,18 @@ resource operatorChangesReceiver 'Microsoft.Authorization/roleAssignments@2022-0
 resource operatorParkedReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperator) {
   name: guid(parkedQueue.id, operatorPrincipalId, roles.serviceBusDataReceiver)
   scope: parkedQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+// Peeking at dead-lettered reconciliation chunks (docs/runbook.md#dead-letters). Receive only: the
+// operator never sends chunks.
+resource operatorReconcileReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasOperator) {
+  name: guid(reconcileQueue.id, operatorPrincipalId, roles.serviceBusDataReceiver)
+  scope: reconcileQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
     principalId: operatorPrincipalId

@@ -5,6 +5,7 @@ param appInsightsId string
 param serviceBusNamespaceId string
 param changesQueueName string
 param parkedQueueName string
+param reconcileQueueName string
 @description('Alert when one reconciliation finds more drift than this (D1-D5 together).')
 param driftAlertThreshold int
 @description('Who is e-mailed; empty means no action group (the alerts still fire in the portal).')
@@ -31,13 +32,14 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (hasEmail
 
 var actionGroups = hasEmail ? [actionGroup.id] : []
 
-// Anything in either dead-letter sub-queue is an opt-out (or a batch) that did not propagate.
-resource deadLetterAlerts 'Microsoft.Insights/metricAlerts@2018-03-01' = [for queueName in [changesQueueName, parkedQueueName]: {
+// Anything in a dead-letter sub-queue is an opt-out (or a batch) that did not propagate, or a
+// reconciliation chunk whose candidates stayed unhealed.
+resource deadLetterAlerts 'Microsoft.Insights/metricAlerts@2018-03-01' = [for queueName in [changesQueueName, parkedQueueName, reconcileQueueName]: {
   name: 'straddle-deadletter-${queueName}'
   location: 'global'
   tags: tags
   properties: {
-    description: 'Dead-letter queue of ${queueName} is not empty: events that were not applied. See docs/runbook.md#dead-letters.'
+    description: 'Dead-letter queue of ${queueName} is not empty: events or reconciliation chunks that were not applied. See docs/runbook.md#dead-letters.'
     severity: 1
     enabled: true
     scopes: [
@@ -91,9 +93,9 @@ traces
 | where message startswith "reconcile.report"
 | extend cd = customDimensions
 | where tolower(tostring(cd.straddle_dry_run)) != "true"
-| extend drift = coalesce(toint(cd.straddle_drift_found_D1), 0) + coalesce(toint(cd.straddle_drift_found_D2), 0)
-    + coalesce(toint(cd.straddle_drift_found_D3), 0) + coalesce(toint(cd.straddle_drift_found_D4), 0)
-    + coalesce(toint(cd.straddle_drift_found_D5), 0)
+| extend drift = coalesce(toint(cd.straddle_found_D1), 0) + coalesce(toint(cd.straddle_found_D2), 0)
+    + coalesce(toint(cd.straddle_found_D3), 0) + coalesce(toint(cd.straddle_found_D4), 0)
+    + coalesce(toint(cd.straddle_found_D5), 0)
 | where drift > __THRESHOLD__
 | project timestamp, run_id = tostring(cd.straddle_run_id), drift
 '''

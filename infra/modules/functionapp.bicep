@@ -15,11 +15,14 @@ param hasDataverseClientSecret bool = false
 param serviceBusNamespaceName string
 param changesQueueName string
 param parkedQueueName string
+param reconcileQueueName string
 param dataverseUrl string
 @description('App registration client id; empty means the managed identity signs in to Dataverse.')
 param dataverseClientId string = ''
 param webhookSecretHeader string
 param reconcileSchedule string
+param reconcileChunkSize int
+param reconcileFanoutAbove int
 param processedRetentionDays int
 param tablePrefix string
 param maxAttempts int
@@ -94,6 +97,11 @@ var appSettings = {
   WEBHOOK_SECRET: webhookSecretReference
   // --- sync ---
   RECONCILE_SCHEDULE: reconcileSchedule
+  // Big tenants: above RECONCILE_FANOUT_ABOVE candidates the timer sends chunks to RECONCILE_QUEUE
+  // (bound by reconcile_chunk as %RECONCILE_QUEUE%).
+  RECONCILE_QUEUE: reconcileQueueName
+  RECONCILE_CHUNK_SIZE: string(reconcileChunkSize)
+  RECONCILE_FANOUT_ABOVE: string(reconcileFanoutAbove)
   TABLE_PREFIX: tablePrefix
   LEDGER_KEY: ledgerKeyReference
   PROCESSED_RETENTION_DAYS: string(processedRetentionDays)

@@ -1,12 +1,17 @@
-// The changes queue (webhook -> process_changes, plus the app's scheduled retries) and the parking
-// queue, whose dead-letter sub-queue holds events the app gave up on. SAS (local) auth is off.
+// The changes queue (webhook -> process_changes, plus the app's scheduled retries), the parking
+// queue, whose dead-letter sub-queue holds events the app gave up on, and the reconciliation queue
+// (nightly_reconcile -> reconcile_chunk, big tenants only). SAS (local) auth is off.
 param name string
 param location string
 param tags object = {}
 param changesQueueName string
 param parkedQueueName string
+param reconcileQueueName string
 param maxDeliveryCount int = 10
 param duplicateDetectionWindow string = 'PT10M'
+@minValue(1)
+@description('Deliveries of one reconciliation chunk before it is dead-lettered (docs/runbook.md#dead-letters).')
+param reconcileMaxDeliveryCount int = 5
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2022-10-01-preview' = {
   name: name
@@ -63,9 +68,35 @@ resource parkedQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview'
   }
 }
 
+// Chunks of a fanned-out nightly reconciliation (shared/reconcile.py): MessageId <run_id>.<index>.
+// A chunk that keeps failing is dead-lettered after reconcileMaxDeliveryCount deliveries; its
+// candidates stay unhealed until the next night's run finds them again.
+resource reconcileQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {
+  parent: namespace
+  name: reconcileQueueName
+  properties: {
+    // Sending the same <run_id>.<index> twice (an SDK retry of a send the broker did take) is
+    // dropped; a chunk already recorded in the runs table is skipped by the app anyway.
+    requiresDuplicateDetection: true
+    duplicateDetectionHistoryTimeWindow: duplicateDetectionWindow
+    // The longest lock Service Bus allows; the host renews it while a chunk heals (a chunk is
+    // sized to finish well within the 10-minute functionTimeout).
+    lockDuration: 'PT5M'
+    maxDeliveryCount: reconcileMaxDeliveryCount
+    // A chunk not healed within a day is stale (the next run scans again): into the dead-letter
+    // queue, where the alert sees it, rather than silently dropped.
+    defaultMessageTimeToLive: 'P1D'
+    deadLetteringOnMessageExpiration: true
+    enableBatchedOperations: true
+    requiresSession: false
+    maxSizeInMegabytes: 1024
+  }
+}
+
 output id string = namespace.id
 output name string = namespace.name
 // e.g. sb-xyz.servicebus.windows.net (ServiceBusConnection__fullyQualifiedNamespace)
 output fullyQualifiedNamespace string = split(split(namespace.properties.serviceBusEndpoint, '//')[1], ':')[0]
 output changesQueueId string = changesQueue.id
 output parkedQueueId string = parkedQueue.id
+output reconcileQueueId string = reconcileQueue.id

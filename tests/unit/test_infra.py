@@ -188,6 +188,37 @@ def test_every_setting_the_code_reads_is_set_or_intentionally_unset(tree):
     assert not (set(INTENTIONALLY_UNSET) & set(settings)), "a connection-string/dev setting is set in Azure"
 
 
+# Settings whose value comes from a main.bicep parameter of the same default as the code's.
+SETTING_PARAMS = {
+    "RECONCILE_SCHEDULE": "reconcileSchedule",
+    "RECONCILE_QUEUE": "reconcileQueueName",
+    "RECONCILE_CHUNK_SIZE": "reconcileChunkSize",
+    "RECONCILE_FANOUT_ABOVE": "reconcileFanoutAbove",
+    "CHANGES_QUEUE": "changesQueueName",
+    "TABLE_PREFIX": "tablePrefix",
+}
+
+
+@pytest.mark.parametrize("setting", sorted(SETTING_PARAMS))
+def test_setting_is_wired_to_its_parameter_with_the_code_default(tree, main, setting):
+    param = SETTING_PARAMS[setting]
+    settings = app_settings(tree)
+    assert setting in settings, f"{setting} is not set"
+    assert setting not in INTENTIONALLY_UNSET
+    # the module's param, passed through from main's param of the same name
+    assert re.fullmatch(rf"(string\()?{param}\)?", value_text(settings[setting])), value_text(settings[setting])
+    module = next(m for m in main.modules if m.path == "modules/functionapp.bicep")
+    assert value_text(module.params[param]) == param
+    default = next(s.default for s in SETTINGS if s.name == setting)
+    assert main.params[param].default == default, f"{param} default differs from {setting}'s"
+
+
+def test_reconcile_numbers_are_validated_like_the_code(main):
+    # RECONCILE_CHUNK_SIZE is a positive int, RECONCILE_FANOUT_ABOVE a non-negative one
+    assert main.params["reconcileChunkSize"].type == "int" and main.params["reconcileChunkSize"].decorators["minValue"] == [1]
+    assert main.params["reconcileFanoutAbove"].type == "int" and main.params["reconcileFanoutAbove"].decorators["minValue"] == [0]
+
+
 def test_nothing_set_is_misnamed(tree):
     settings = app_settings(tree)
     read = {s.name for s in SETTINGS}
@@ -312,7 +343,7 @@ def test_service_bus_is_standard_without_local_auth(tree):
     assert ns.properties["disableLocalAuth"] is True
 
 
-@pytest.mark.parametrize("symbol", ["changesQueue", "parkedQueue"])
+@pytest.mark.parametrize("symbol", ["changesQueue", "parkedQueue", "reconcileQueue"])
 def test_queue_properties(tree, symbol):
     queue = next(r for r in resources(tree, "Microsoft.ServiceBus/namespaces/queues") if r.symbol == symbol)
     p = queue.properties
@@ -323,14 +354,35 @@ def test_queue_properties(tree, symbol):
     assert re.fullmatch(r"PT(\d+)M", window) and 5 <= int(window[2:-1]) <= 60  # covers Dataverse's retry
     assert p["lockDuration"] == "PT5M"  # the maximum: a batch of 500 events makes several Dataverse rounds
     assert p["deadLetteringOnMessageExpiration"] is True
-    assert value_text(p["maxDeliveryCount"]) == "maxDeliveryCount" and sb.params["maxDeliveryCount"].default >= 5
+    delivery = "reconcileMaxDeliveryCount" if symbol == "reconcileQueue" else "maxDeliveryCount"
+    assert value_text(p["maxDeliveryCount"]) == delivery and sb.params[delivery].default >= 5
     assert p["requiresSession"] is False  # the trigger binding is not session-enabled
+
+
+def test_reconcile_queue(tree, main):
+    queue = next(r for r in resources(tree, "Microsoft.ServiceBus/namespaces/queues") if r.symbol == "reconcileQueue")
+    assert value_text(queue.get("name")) == "reconcileQueueName"
+    assert value_text(queue.get("parent")) == "namespace"
+    sb = tree["modules/servicebus.bicep"]
+    # the runbook says a chunk is dead-lettered after 5 failed deliveries
+    assert sb.params["reconcileMaxDeliveryCount"].default == 5
+    assert re.fullmatch(r"P\d+D|PT\d+H", queue.properties["defaultMessageTimeToLive"])
+    module = next(m for m in main.modules if m.path == "modules/servicebus.bicep")
+    assert value_text(module.params["reconcileQueueName"]) == "reconcileQueueName"
+    assert "reconcileQueueId" in sb.outputs
+    # the function's binding reads the queue from the setting the templates set
+    app = (ROOT / "function_app.py").read_text()
+    assert re.search(r'service_bus_queue_trigger\([^)]*queue_name="%RECONCILE_QUEUE%"[^)]*connection="ServiceBusConnection"', app)
+    assert value_text(main.outputs["RECONCILE_QUEUE"].value) == "reconcileQueueName"
 
 
 def test_queue_names_follow_the_code_defaults(main):
     defaults = {s.name: s.default for s in SETTINGS}
     assert main.params["changesQueueName"].default == defaults["CHANGES_QUEUE"]
     assert main.vars["parkedQueueName"] == "${changesQueueName}-parked"
+    assert main.params["reconcileQueueName"].default == defaults["RECONCILE_QUEUE"]
+    names = {defaults["CHANGES_QUEUE"], f"{defaults['CHANGES_QUEUE']}-parked", defaults["RECONCILE_QUEUE"]}
+    assert len(names) == 3, "the queues must be distinct"
 
 
 # --- roles ----------------------------------------------------------------------------------------------
@@ -381,6 +433,8 @@ def test_app_identity_gets_exactly_the_roles_it_needs_at_the_right_scope(tree):
         (ROLE_IDS["Azure Service Bus Data Sender"], "changesQueue"),
         (ROLE_IDS["Azure Service Bus Data Sender"], "parkedQueue"),
         (ROLE_IDS["Azure Service Bus Data Receiver"], "parkedQueue"),
+        (ROLE_IDS["Azure Service Bus Data Sender"], "reconcileQueue"),  # nightly_reconcile fans out
+        (ROLE_IDS["Azure Service Bus Data Receiver"], "reconcileQueue"),  # reconcile_chunk
         (ROLE_IDS["Storage Blob Data Owner"], "storage"),
         (ROLE_IDS["Storage Table Data Contributor"], "storage"),
         (ROLE_IDS["Monitoring Metrics Publisher"], "appInsights"),
@@ -392,6 +446,21 @@ def test_app_identity_gets_exactly_the_roles_it_needs_at_the_right_scope(tree):
     by_symbol = {r.symbol: r for r in access.resources}
     assert by_symbol["changesQueue"].type == "Microsoft.ServiceBus/namespaces/queues"
     assert by_symbol["parkedQueue"].type == "Microsoft.ServiceBus/namespaces/queues"
+    assert by_symbol["reconcileQueue"].type == "Microsoft.ServiceBus/namespaces/queues"
+    assert value_text(by_symbol["reconcileQueue"].get("name")) == "reconcileQueueName"
+    assert value_text(by_symbol["reconcileQueue"].get("parent")) == "namespace"
+
+
+def test_operator_can_read_every_dead_letter_queue(tree):
+    got = {(role_id, scope) for r, role_id, scope, principal in role_assignments(tree)
+           if principal == "operatorPrincipalId"}
+    for queue in ("changesQueue", "parkedQueue", "reconcileQueue"):
+        assert (ROLE_IDS["Azure Service Bus Data Receiver"], queue) in got, queue
+    # the operator never sends reconciliation chunks
+    assert (ROLE_IDS["Azure Service Bus Data Sender"], "reconcileQueue") not in got
+    for r, _, _, principal in role_assignments(tree):
+        if principal == "operatorPrincipalId":
+            assert r.condition is not None and r.condition.text == "hasOperator", r.symbol
 
 
 def test_role_assignment_names_are_deterministic(tree):
@@ -417,7 +486,7 @@ def test_host_json_is_in_open_telemetry_mode():
 def test_workbook_covers_the_morning_review():
     wb = json.loads((INFRA / "workbook.json").read_text())
     queries = " ".join(i["content"].get("query", "") for i in wb["items"] if i["type"] == 3)
-    for needle in ("reconcile.report", "straddle_drift_found_", "straddle_drift_fixed_", "straddle_propagation_ms",
+    for needle in ("reconcile.report", "straddle_found_", "straddle_fixed_", "straddle_propagation_ms",
                    "percentile", "process.batch", "straddle_processed"):
         assert needle in queries, needle
     metrics = [m for i in wb["items"] if i["type"] == 10 for m in i["content"]["metrics"]]
@@ -436,12 +505,50 @@ def test_emitted_fields_exist_in_the_code():
     assert re.search(r'emit\(log, "sync\.applied".*propagation_ms=', code, re.S)
     assert re.search(r'emit\(log, "process\.batch".*processed=', code, re.S)
     assert '"sync.parked"' in code
+    reconcile = (ROOT / "shared" / "reconcile.py").read_text()
+    assert re.search(r'emit\(log, "reconcile\.fanned_out", run_id=.*chunks=.*candidates=', reconcile)
+    assert reconcile.count('emit(log, "reconcile.report"') >= 2  # inline, and by the last chunk
+
+
+def emitted_fields() -> set[str]:
+    """Field names the code logs: a real report's keys, plus every keyword in an emit(...) call."""
+    from shared.reconcile import ChunkResult, finish
+
+    header = {"run_id": "r", "started_at": "2025-01-01T02:00:00Z", "dry_run": False, "candidates": 0,
+              "rows_scanned": 0, "first_snapshot_lists": 0, "chunks": 1}
+    fields = set(finish(header, ChunkResult(), 0, 0.0, lambda: 1.0))
+    for path in (ROOT / "shared").rglob("*.py"):
+        for call in re.findall(r"emit\((.*?)\)\n", path.read_text(), re.S):
+            fields |= set(re.findall(r"\b(\w+)=", call))
+    return fields
+
+
+def test_every_field_the_queries_read_is_emitted():
+    """customDimensions.straddle_<field> in the workbook, the alerts and the docs must name a field
+    the code logs (a query over a misspelt field is silently empty: the alert never fires)."""
+    known = emitted_fields()
+    assert {"found_D1", "fixed_D5", "oldest_unhealed_opt_out_hours", "propagation_ms"} <= known
+    texts = {"workbook.json": (INFRA / "workbook.json").read_text(),
+             "alerts.bicep": (INFRA / "modules" / "alerts.bicep").read_text(),
+             "runbook.md": (ROOT / "docs" / "runbook.md").read_text(),
+             "monitoring.md": (ROOT / "docs" / "monitoring.md").read_text()}
+    for name, text in texts.items():
+        for field in set(re.findall(r"straddle_(\w*)", text)):
+            if not field:  # the docs' "straddle_<field>"
+                continue
+            ok = any(k.startswith(field) for k in known) if field.endswith("_") else field in known
+            assert ok, f"{name}: straddle_{field} is not a field the code emits"
 
 
 def test_alerts(tree):
     metric = one(tree, "Microsoft.Insights/metricAlerts")
     assert isinstance(metric.body, ForLoop)
-    assert metric.body.header == "queueName in [changesQueueName, parkedQueueName]"  # both queues
+    # one alert per queue
+    assert metric.body.header == "queueName in [changesQueueName, parkedQueueName, reconcileQueueName]"
+    main = tree["main.bicep"]
+    alerts_module = next(m for m in main.modules if m.path == "modules/alerts.bicep")
+    for name in ("changesQueueName", "parkedQueueName", "reconcileQueueName"):
+        assert value_text(alerts_module.params[name]) == name
     crit = metric.properties["criteria"]["allOf"][0]
     assert crit["metricName"] == "DeadletteredMessages" and crit["threshold"] == 0 and crit["operator"] == "GreaterThan"
     assert crit["dimensions"][0]["name"] == "EntityName" and crit["dimensions"][0]["values"][0].text == "queueName"
@@ -454,7 +561,7 @@ def test_alerts(tree):
     assert rules["noReconcileAlert"].properties["windowSize"] == "P2D"  # the query looks back 26 h
     drift_rule = rules["driftAlert"].properties["criteria"]["allOf"][0]["query"]
     assert "driftAlertThreshold" in drift_rule.text and "__THRESHOLD__" in alerts.vars["driftQuery"]
-    assert all(f"straddle_drift_found_D{i}" in alerts.vars["driftQuery"] for i in range(1, 6))
+    assert all(f"straddle_found_D{i}" in alerts.vars["driftQuery"] for i in range(1, 6))
     unprop = alerts.vars["unpropagatedQuery"]
     assert "straddle_oldest_unhealed_opt_out_hours" in unprop and "hours > 24" in unprop
     assert "driftAlertThreshold" in tree["main.bicep"].params
@@ -463,8 +570,12 @@ def test_alerts(tree):
 def test_docs_exist_and_cover_the_runbook():
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     for needle in ("/admin/functions/nightly_reconcile", "python -m shared reconcile", "dlq list", "dlq replay",
-                   "LEDGER_KEY", "WEBHOOK_SECRET", "application user", "reconcile.report"):
+                   "LEDGER_KEY", "WEBHOOK_SECRET", "application user", "reconcile.report",
+                   "reconcile_chunk", "RECONCILE_FANOUT_ABOVE", "reconcile.fanned_out", "functionTimeout"):
         assert needle in runbook, needle
+    monitoring = (ROOT / "docs" / "monitoring.md").read_text()
+    for needle in ("reconcile.fanned_out", "run_id, chunks, candidates", "straddle-deadletter-<reconcile queue>"):
+        assert needle in monitoring, needle
     setup = (ROOT / "docs" / "dataverse-setup.md").read_text()
     for table in ("contact", "lead", "list", "listmember", "msdynmkt_purpose", "msdynmkt_topic",
                   "msdynmkt_contactpointconsent4", "serviceendpoint", "sdkmessageprocessingstep",
