@@ -190,12 +190,14 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
     if (fanout is not None and not dry_run and config.fanout_above is not None
             and scanned.candidates > config.fanout_above):
         _save_snapshots(snapshots, scanned.snapshots, [], clock)
-        header.update(status="running", chunks=len(chunks), scan_requests=tenant.request_count() - requests_before)
+        header.update(status="running", scan_requests=tenant.request_count() - requests_before)
+        parts = [p for c in chunks for p in fit_in_messages(c)]
+        header["chunks"] = len(parts)
         if runs is not None:
             runs.save(header)
-        fanout([(f"{run_id}.{i}", chunk_message(run_id, header["started_at"], i, len(chunks), c))
-                for i, c in enumerate(chunks)])
-        emit(log, "reconcile.fanned_out", run_id=run_id, chunks=len(chunks), candidates=scanned.candidates)
+        fanout([(f"{run_id}.{i}", chunk_message(run_id, header["started_at"], i, len(parts), p))
+                for i, p in enumerate(parts)])
+        emit(log, "reconcile.fanned_out", run_id=run_id, chunks=len(parts), candidates=scanned.candidates)
         return header
 
     total = ChunkResult()
@@ -236,6 +238,17 @@ def finish(header: dict, total: ChunkResult, requests: int, started: float, cloc
 
 # --- fanned-out chunks -------------------------------------------------------------------------
 
+MAX_MESSAGE_BYTES = 192 * 1024  # under Service Bus Standard's 256 KB per message, with room for headers
+
+
+def fit_in_messages(triggers: list[Trigger]) -> list[list[Trigger]]:
+    """Splits a chunk until each part's message fits a Standard-tier Service Bus message."""
+    if len(triggers) <= 1 or len(chunk_message("x" * 40, "x" * 20, 0, 1, triggers)) <= MAX_MESSAGE_BYTES:
+        return [triggers]
+    half = len(triggers) // 2
+    return fit_in_messages(triggers[:half]) + fit_in_messages(triggers[half:])
+
+
 def chunk_message(run_id: str, started_at: str, index: int, total: int, triggers: list[Trigger]) -> bytes:
     return json.dumps({"v": 1, "run_id": run_id, "started_at": started_at, "index": index, "total": total,
                        "triggers": [[t.kind, t.cause, list(t.member) if t.member else None, t.email, t.list_id]
@@ -273,7 +286,8 @@ def run_chunk(container, body: bytes, clock: Callable[[], float] = time.time) ->
     started = datetime.fromisoformat(header["started_at"].replace("Z", "+00:00")).timestamp()
     report = finish({k: v for k, v in header.items() if k not in ("status", "scan_requests")}, aggregate,
                     requests, started, clock)
-    chunks.save(report)
+    if not chunks.save_final(report):
+        return None  # another instance's last chunk finished the run at the same moment
     emit(log, "reconcile.report", **report)
     return report
 

@@ -81,8 +81,16 @@ class ServiceBusEventQueue:
                 if self._client is None:
                     self._client = self._client_factory()
                 with self._client.get_queue_sender(queue_name) as sender:
-                    for start in range(0, len(batch), 100):  # well under the 256 KB/1 MB batch limits
-                        sender.send_messages(batch[start:start + 100])
+                    pending = sender.create_message_batch()
+                    for message in batch:  # as many per send as the tier's batch size allows
+                        try:
+                            pending.add_message(message)
+                        except ValueError:  # MessageSizeExceededError: this batch is full
+                            sender.send_messages(pending)
+                            pending = sender.create_message_batch()
+                            pending.add_message(message)
+                    if len(pending):
+                        sender.send_messages(pending)
             except Exception as exc:
                 log.warning("servicebus.send_failed queue=%s error=%s", queue_name, type(exc).__name__)
                 self._reset()

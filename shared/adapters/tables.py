@@ -25,7 +25,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from shared.adapters.settings import SettingsError
@@ -623,6 +624,30 @@ class RunReports:
                 break
         reports.sort(key=lambda r: (_report_started(r), str(r.get("run_id"))), reverse=True)
         return reports[:limit]
+
+    def save_final(self, report: dict) -> bool:
+        """Replaces a fanned-out run's "running" row with its final report, once: two last chunks
+        finishing together both try, and the etag lets only the first one win."""
+        client = self._tables.client("runs")
+        pk = _report_started(report).astimezone(timezone.utc).date().isoformat()
+        rk = check_key(str(report["run_id"]), "run_id")
+        try:
+            current = client.get_entity(pk, rk)
+        except ResourceNotFoundError:
+            current = None
+        if current is not None and decode_report(current).get("status") != "running":
+            return False
+        entity = encode_report(report)
+        entity["PartitionKey"], entity["RowKey"] = pk, rk
+        try:
+            if current is None:
+                client.create_entity(entity)
+            else:
+                client.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
+                                     match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        return True
 
     # Chunk results of a fanned-out run live in their own partition, outside the date partitions.
     @staticmethod

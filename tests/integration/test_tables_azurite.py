@@ -283,3 +283,14 @@ def test_a_corrupt_snapshot_is_reported(table_store):
     client.delete_entity(row["PartitionKey"], row["RowKey"])
     with pytest.raises(t.SnapshotCorrupt):
         snapshots.load("list-d")
+
+
+@pytest.mark.integration
+def test_a_fanned_out_runs_final_report_is_written_once(table_store):
+    runs = table_store.runs
+    header = {"run_id": "20270101T020000-aaaaaa", "started_at": "2027-01-01T02:00:00Z", "status": "running"}
+    runs.save(header)
+    final = {**header, "status": "succeeded", "drift_fixed": 3}
+    assert runs.save_final(final) is True
+    assert runs.save_final({**final, "drift_fixed": 99}) is False  # the other last chunk loses
+    assert runs.get(header["run_id"])["drift_fixed"] == 3
