@@ -24,7 +24,8 @@ class DemoStack:
                  sandbox_port: int = 0, host_port: int = 0, table_prefix: str | None = None,
                  azurite_connection: str | None = None, export_env: bool = False, time_scale: float = 1.0,
                  function_key: str | None = None, master_key: str | None = None, state_dir: Any = None,
-                 sandbox_options: Mapping[str, Any] | None = None, host_options: Mapping[str, Any] | None = None):
+                 sandbox_options: Mapping[str, Any] | None = None, host_options: Mapping[str, Any] | None = None,
+                 mappings_doc: dict | None = None):
         self.base = dict(settings or {})
         self.seed = seed if seed is not None else generate(contacts)
         self.sandbox_port, self.host_port = sandbox_port, host_port
@@ -35,6 +36,7 @@ class DemoStack:
         self.state_dir = state_dir
         self.sandbox_options = dict(sandbox_options or {})
         self.host_options = dict(host_options or {})
+        self.mappings_doc = mappings_doc if mappings_doc is not None else mappings()
         self.azurite: Azurite | None = None
         self.sandbox: SandboxServer | None = None
         self.host: LocalHost | None = None
@@ -71,7 +73,7 @@ class DemoStack:
                                                   function_key=self.host.function_key,
                                                   secret_header=s.webhook_secret_header,
                                                   secret=s.webhook_secret)
-            self.mappings = import_mappings(mappings(), client, self.container.tables().mappings)
+            self.mappings = import_mappings(self.mappings_doc, client, self.container.tables().mappings)
             return self
         except BaseException:
             self.close()

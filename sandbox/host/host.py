@@ -187,6 +187,12 @@ class LocalHost:
             container = bootstrap.container() if export_env else bootstrap.Container(Settings.from_env(self.settings))
             bootstrap.reset_container(container)
         self.container = container
+        from shared.adapters.settings import SETTINGS
+
+        # %NAME% resolves from the settings; an app setting left out falls back to the app's own default
+        # (the real host would refuse to start; the app's defaults are what it would run with anyway).
+        defaults = {x.name: str(x.default) for x in SETTINGS if x.default is not None}
+        self.binding_values = {**defaults, **{k: v for k, v in self.settings.items() if v != ""}}
         s = container.settings
         self.bus = LocalServiceBus(s.changes_queue, s.parked_queue, time_scale=time_scale)
         container.set_event_queue(self.bus)  # shared/ now sends, retries and parks here
@@ -265,7 +271,7 @@ class LocalHost:
 
     def _service_bus_loop(self, fn: Function) -> None:
         # One batch at a time per listener, as the Service Bus extension's batch receive loop.
-        queue = self.bus.queue(resolve(fn.trigger["queueName"], self.settings))
+        queue = self.bus.queue(resolve(fn.trigger["queueName"], self.binding_values))
         many = str(fn.trigger.get("cardinality", "ONE")).upper() == "MANY"
         max_batch = int(self.sb["maxMessageBatchSize"]) if many else 1
         min_batch = int(self.sb.get("minMessageBatchSize", 1)) if many else 1
@@ -314,7 +320,7 @@ class LocalHost:
 
     def _timer_loop(self, fn: Function) -> None:
         try:
-            schedule = Schedule.parse(resolve(fn.trigger["schedule"], self.settings))
+            schedule = Schedule.parse(resolve(fn.trigger["schedule"], self.binding_values))
         except Exception as exc:
             log.error("host.timer_invalid function=%s error=%s", fn.name, exc)
             return
@@ -352,7 +358,7 @@ class LocalHost:
             self._spawn(f"manual-{name}", self.run_timer, (name,))
         elif fn.kind == "serviceBusTrigger":
             # The real host hands the input to the trigger as a message body.
-            queue = self.bus.queue(resolve(fn.trigger["queueName"], self.settings))
+            queue = self.bus.queue(resolve(fn.trigger["queueName"], self.binding_values))
             queue.send([Message(body=payload.encode(), message_id=secrets.token_hex(16))])
         else:
             raise ValueError(f"{name} is an HTTP function: call it at its route")

@@ -1,0 +1,321 @@
+"""Burst: N webhook notifications posted to the local Functions host while Dataverse throttles.
+
+1. Record: a tenant of contacts in two mapped lists is loaded into the Dataverse sandbox; a marketer
+   makes N changes through the Web API ($batch), a third each of: a topic opt-out in RTM (R2), a
+   list unsubscribe in OBM (R1), a global opt-out flag (R3). The sandbox's real webhooks go to a
+   recorder, so the notifications are exactly what Dataverse would send.
+2. Burst: the recorded notifications (shuffled, a share posted twice as Dataverse retries do) are
+   POSTed concurrently to the host's /api/dataverse/webhook while the sandbox answers a share of
+   requests with 429 (Retry-After) and injected 5xx. The sync's own writes cause echo webhooks,
+   delivered by the sandbox to the host as well.
+3. Check: every accepted event is accounted for (processed, duplicate, echo, no effect, parked
+   with a reason, dead-lettered with a reason, or dropped by duplicate detection: none vanished);
+   the sandbox equals the expected closure; no email address in anything the run logged.
+
+``python -m bench.burst [--events 10000] [--throttle 0.05] [--errors 0.03]``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+from sandbox.demo.stack import DemoStack
+from shared.telemetry import EMAIL
+
+NS = uuid.UUID("0b8e1c55-4a0c-4e8e-8d7a-5f2b9a6c1d22")
+EMAIL_CH, PURPOSE_T, TOPIC_T, OPTED_IN, OPTED_OUT = 534120000, 534120000, 534120001, 534120001, 534120002
+MARKETER = "burst-marketer"
+
+
+def gid(name: str) -> str:
+    return str(uuid.uuid5(NS, name))
+
+
+PURPOSE, T1, T2, L1, L2 = gid("purpose"), gid("t1"), gid("t2"), gid("l1"), gid("l2")
+MAPPINGS = {"mode": "single-brand", "brands": [{
+    "name": "Contoso", "purposes": ["Contoso marketing"], "opt_out_list": None,
+    "lists": [{"list": "News", "topic": "News"}, {"list": "Offers", "topic": "Offers"}]}]}
+
+
+@dataclass
+class Tenant:
+    n: int
+    second_email_share: float = 0.3
+    seed: int = 11
+    emails: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    kind: dict[int, str] = field(default_factory=dict)  # contact -> topic | list | flag | control
+
+    def build(self) -> dict:
+        rng = random.Random(self.seed)
+        contacts, consents = [], []
+        for i in range(self.n):
+            emails = (f"p{i}@burst.test",) + ((f"p{i}.alt@home.test",) if rng.random() < self.second_email_share else ())
+            self.emails[i] = emails
+            # most contacts change once; a control share must stay untouched
+            self.kind[i] = "control" if rng.random() < 0.04 else ("topic", "list", "flag")[i % 3]
+            row = {"contactid": gid(f"c{i}"), "lastname": f"P{i}", "donotbulkemail": False}
+            for k, e in enumerate(emails, 1):
+                row[f"emailaddress{k}"] = e
+            contacts.append(row)
+            consents.append({"msdynmkt_contactpointconsent4id": gid(f"r{i}"), "msdynmkt_contactpointvalue": emails[0],
+                             "msdynmkt_contactpointtype": EMAIL_CH, "msdynmkt_contactpointconsenttype": TOPIC_T,
+                             "msdynmkt_value": OPTED_IN, "_msdynmkt_purposeid_value": PURPOSE,
+                             "_msdynmkt_topicid_value": T1, "modifiedon": "2026-01-01T00:00:00Z"})
+        ids = [c["contactid"] for c in contacts]
+        return {
+            "purposes": [{"msdynmkt_purposeid": PURPOSE, "msdynmkt_name": "Contoso marketing", "msdynmkt_type": 534120000}],
+            "topics": [{"msdynmkt_topicid": T1, "msdynmkt_name": "News", "_msdynmkt_purposeid_value": PURPOSE},
+                       {"msdynmkt_topicid": T2, "msdynmkt_name": "Offers", "_msdynmkt_purposeid_value": PURPOSE}],
+            "lists": [{"listid": lid, "listname": name, "createdfromcode": 2, "type": False, "msdyncrm_issubscription": True}
+                      for lid, name in ((L1, "News"), (L2, "Offers"))],
+            "contacts": contacts, "consents": consents, "list_members": {L1: ids, L2: list(ids)},
+        }
+
+    def of(self, kind: str) -> list[int]:
+        return [i for i, k in self.kind.items() if k == kind]
+
+    def expected(self) -> tuple[set, dict[str, set], set]:
+        """(opted-out (email, purpose, topic) keys, list -> members, contacts flagged): the closure."""
+        out: set = set()
+        members = {L1: set(), L2: set()}
+        flagged = set()
+        for i, kind in self.kind.items():
+            cid, emails = gid(f"c{i}"), self.emails[i]
+            in_l1, in_l2 = True, True
+            if kind == "topic":  # R2: leaves News; R1: every address of the contact opted out of News
+                in_l1 = False
+                out.update((e, PURPOSE, T1) for e in emails)
+            elif kind == "list":  # left Offers; R1: every address opted out of Offers
+                in_l2 = False
+                out.update((e, PURPOSE, T2) for e in emails)
+            elif kind == "flag":  # R3: every address opted out of the purpose (single-brand keeps lists)
+                flagged.add(cid)
+                out.update((e, PURPOSE, None) for e in emails)
+            if in_l1:
+                members[L1].add(cid)
+            if in_l2:
+                members[L2].add(cid)
+        return out, members, flagged
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        headers = {k: v for k, v in self.headers.items() if k.lower().startswith(("x-ms-", "content-type"))}
+        with self.server.lock:  # type: ignore[attr-defined]
+            self.server.bodies.append((headers, body))  # type: ignore[attr-defined]
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Capture(logging.Handler):
+    """Keeps the structured records the accounting needs, and scans every line for addresses."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.DEBUG)
+        self.file = path.open("w")
+        self.lock2 = threading.Lock()
+        self.batches: list[dict] = []
+        self.applied: list[tuple[float, str]] = []
+        self.parked: list[str] = []
+        self.lines = 0
+        self.addresses = 0
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        with self.lock2:
+            self.lines += 1
+            if "@" in line and EMAIL.search(line):
+                self.addresses += 1
+            self.file.write(line + "\n")
+            event = getattr(record, "event", None)
+            if event == "process.batch":
+                self.batches.append({k[9:]: v for k, v in record.__dict__.items() if k.startswith("straddle_")})
+            elif event == "sync.applied":
+                self.applied.append((record.created, record.__dict__.get("straddle_event_id")))
+            elif event == "sync.parked":
+                self.parked.append(record.__dict__.get("straddle_event_id"))
+
+
+def record_notifications(stack: DemoStack, tenant: Tenant) -> list[tuple[dict, bytes]]:
+    """The marketer's N changes through the Web API; the sandbox's webhooks go to a recorder."""
+    from shared.adapters.dataverse.auth import StaticToken
+    from shared.adapters.dataverse.client import DataverseClient
+
+    rec = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    rec.bodies, rec.lock = [], threading.Lock()  # type: ignore[attr-defined]
+    threading.Thread(target=rec.serve_forever, daemon=True).start()
+    from shared.admin import register_webhooks
+
+    client = stack.container.dataverse()
+    register_webhooks(client, f"http://127.0.0.1:{rec.server_address[1]}/api/dataverse/webhook", function_key="rec")
+    marketer = DataverseClient(stack.sandbox.url, StaticToken(MARKETER), batch_size=1000)
+    marketer.update_consent_rows([(gid(f"r{i}"), {"msdynmkt_value": OPTED_OUT}) for i in tenant.of("topic")])
+    marketer.remove_list_members([(L2, "contact", gid(f"c{i}")) for i in tenant.of("list")])
+    marketer.set_member_flags([("contact", gid(f"c{i}"), {"donotbulkemail": True}) for i in tenant.of("flag")])
+    stack.sandbox.wait_for_webhooks(timeout=300)
+    rec.shutdown()
+    # Back to the host for what follows (the sync's own writes notify it, as in production).
+    register_webhooks(client, f"{stack.host.url}/api/dataverse/webhook", function_key=stack.host.function_key)
+    return list(rec.bodies)  # type: ignore[attr-defined]
+
+
+def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, duplicates: float = 0.03,
+        concurrency: int = 16, azurite_connection: str | None = None, log_path: Path | None = None,
+        timeout: float = 600.0, quiet: bool = False) -> dict:
+    from shared.telemetry import install_redaction
+
+    install_redaction()
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    tenant = Tenant(int(events / 0.96) + 1)
+    seed = tenant.build()
+    log_path = log_path or Path(tempfile.mkdtemp(prefix="straddle-burst-")) / "burst.log"
+    capture = _Capture(log_path)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)  # everything, urllib3's request lines included, goes through the scan
+    settings = {"MAX_ATTEMPTS": "5", "RETRY_DELAY_SECONDS": "2", "DATAVERSE_RETRY_BUDGET_SECONDS": "10",
+                "DATAVERSE_ACCESS_TOKEN": "burst-sync"}
+    stack = DemoStack(settings, seed=seed, azurite_connection=azurite_connection, time_scale=0.25,
+                      mappings_doc=MAPPINGS)
+    try:
+        stack.start()
+        t = time.monotonic()
+        notes = record_notifications(stack, tenant)
+        say(f"recorded {len(notes)} notifications from {len(tenant.kind)} contacts in {time.monotonic() - t:.1f} s")
+        rng = random.Random(5)
+        posts = notes + [n for n in notes if rng.random() < duplicates]
+        rng.shuffle(posts)
+        stack.sandbox.stats.reset()
+        stack.sandbox.set_faults({"error_share": {"429": throttle, "500": errors / 2, "503": errors / 2},
+                                  "retry_after_seconds": 1, "seed": 42})
+        url = f"{stack.host.url}/api/dataverse/webhook"
+        statuses: Counter = Counter()
+        posted_at: dict[str, float] = {}
+        local = threading.local()
+
+        def post(note: tuple[dict, bytes]) -> None:
+            s = getattr(local, "s", None) or requests.Session()
+            local.s = s
+            headers, body = note
+            sent = time.time()
+            r = s.post(url, data=body, headers=headers, params={"code": stack.host.function_key}, timeout=60)
+            statuses[r.status_code] += 1
+            if r.status_code == 202:
+                posted_at.setdefault(r.json()["event_id"], sent)
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(post, posts))
+        posted = time.monotonic() - started
+        say(f"posted {len(posts)} notifications in {posted:.1f} s: {dict(statuses)}")
+        settled = stack.settle(timeout)
+        elapsed = time.monotonic() - started
+        stack.sandbox.set_faults({})
+        stats = stack.sandbox.stats.snapshot()
+
+        # --- accounting: none vanished --------------------------------------------------------
+        total = Counter()
+        for b in capture.batches:
+            for k in ("messages", "processed", "duplicates", "echoes", "no_effect", "retried", "parked"):
+                total[k] += int(b.get(k) or 0)
+        q = {x["name"]: x for x in (qq.stats() for qq in stack.host.bus.queues())}
+        changes, parked_q = q[stack.host.bus.changes_queue], q[stack.host.bus.parked_queue]
+        echo_202 = sum(1 for n in stack.sandbox.notifications()
+                       if n.get("status") == 202 and str(n.get("url", "")).startswith(stack.host.url))
+        accepted = statuses[202] + echo_202
+        terminal = total["processed"] + total["duplicates"] + total["echoes"] + total["no_effect"] + total["parked"]
+        dead = stack.host.bus.queue(stack.host.bus.changes_queue).deadletter + \
+            stack.host.bus.queue(stack.host.bus.parked_queue).deadletter
+        reasons = Counter((m.dead_letter_reason, (m.dead_letter_description or "")[:60]) for m in dead)
+        accounted = terminal + changes["duplicates_dropped"] + changes["deadletter"]
+
+        # --- the closure ----------------------------------------------------------------------
+        want_out, want_members, want_flagged = tenant.expected()
+        store = stack.sandbox.store
+        got_out = {((r.get("msdynmkt_contactpointvalue") or "").strip().lower(), r.get("_msdynmkt_purposeid_value"),
+                    r.get("_msdynmkt_topicid_value")) for r in store.data["msdynmkt_contactpointconsent4"].rows.values()
+                   if r.get("msdynmkt_value") == OPTED_OUT}
+        got_members = {lid: set(store.members["listcontact_association"].get(lid, set())) for lid in (L1, L2)}
+        got_flagged = {cid for cid, r in store.data["contact"].rows.items() if r.get("donotbulkemail")}
+        # parked events legitimately leave their effect to the nightly run; none are expected here
+        closure_ok = got_out == want_out and got_members == want_members and got_flagged == want_flagged
+
+        delays = _delays(capture.applied, posted_at)
+        unique = len(posted_at)
+        result = {
+            "notifications_posted": len(posts), "http_statuses": dict(statuses), "accepted_202": statuses[202],
+            "echo_webhooks_202": echo_202, "accepted_total": accepted, "outcomes": dict(total),
+            "queue_duplicates_dropped": changes["duplicates_dropped"], "dead_lettered": changes["deadletter"]
+            + parked_q["deadletter"], "dead_letter_reasons": {f"{a}: {b}": n for (a, b), n in reasons.items()},
+            "accounted": accounted, "none_vanished": settled and accounted == accepted and
+            all(m.dead_letter_reason for m in dead),
+            "closure_ok": closure_ok, "closure_diff": {
+                "opted_out_missing": len(want_out - got_out), "opted_out_extra": len(got_out - want_out),
+                "members_wrong": sum(len(want_members[k] ^ got_members[k]) for k in want_members),
+                "flags_wrong": len(want_flagged ^ got_flagged)},
+            "seconds": round(elapsed, 2), "events_per_second": round(unique / elapsed, 1),
+            "dataverse_requests": stats["total"], "requests_per_event": round(stats["total"] / max(unique, 1), 3),
+            "throttled_429": stats.get("throttled", 0), "faults_injected": stats["faults_injected"],
+            "propagation_ms_p50": delays[0], "propagation_ms_p99": delays[1],
+            "log_lines": capture.lines, "log_lines_with_an_address": capture.addresses, "log_file": str(log_path),
+        }
+        return result
+    finally:
+        stack.close()
+        root.removeHandler(capture)
+        root.setLevel(old_level)
+        capture.file.close()
+
+
+def _delays(applied: list[tuple[float, str]], posted_at: dict[str, float]) -> tuple[int | None, int | None]:
+    """Per event: from its notification's POST to the last write it caused (the effect complete)."""
+    last: dict[str, float] = {}
+    for when, event_id in applied:
+        if event_id in posted_at:
+            last[event_id] = max(last.get(event_id, 0.0), when)
+    d = sorted((last[e] - posted_at[e]) * 1000 for e in last)
+    if not d:
+        return None, None
+    return int(statistics.median(d)), int(d[min(len(d) - 1, int(len(d) * 0.99))])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=10_000)
+    p.add_argument("--throttle", type=float, default=0.05, help="share of Dataverse requests answered 429")
+    p.add_argument("--errors", type=float, default=0.03, help="share answered 500/503")
+    p.add_argument("--duplicates", type=float, default=0.03, help="share of notifications posted twice")
+    p.add_argument("--concurrency", type=int, default=16)
+    args = p.parse_args()
+    r = run(args.events, args.throttle, args.errors, args.duplicates, args.concurrency)
+    print(json.dumps(r, indent=2))
+    ok = r["none_vanished"] and r["closure_ok"] and r["log_lines_with_an_address"] == 0
+    print(f"burst: {r['events_per_second']} events/s, {r['requests_per_event']} Dataverse requests/event, "
+          f"propagation p50 {r['propagation_ms_p50']} ms p99 {r['propagation_ms_p99']} ms; "
+          f"none vanished: {r['none_vanished']}; closure: {r['closure_ok']}; addresses in logs: "
+          f"{r['log_lines_with_an_address']} -> {'PASS' if ok else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
