@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-scale", type=float, default=1.0, help="multiplies scheduled-retry delays (tests: 0.01)")
     p.add_argument("--function-key", help="default: generated once, kept in sandbox/host/.state/keys.json")
     p.add_argument("--master-key")
+    p.add_argument("--instances", type=int, default=1,
+                   help="concurrent batch loops per Service Bus function (what scale-out to N instances does)")
     p.add_argument("--no-timers", action="store_true", help="do not run timer functions on their schedule")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-file", type=Path)
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     host = LocalHost(function_app.app, settings, port=args.port, function_key=args.function_key or function_key,
                      master_key=args.master_key or master_key, time_scale=args.time_scale, export_env=True,
-                     run_timers=not args.no_timers, state_dir=STATE_DIR)
+                     run_timers=not args.no_timers, state_dir=STATE_DIR, instances=args.instances)
     try:
         host.start()
         print(f"Straddle local host on {host.url} (Ctrl-C stops)")

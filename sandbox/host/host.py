@@ -110,6 +110,7 @@ class Function:
     invocations: int = 0
     failures: int = 0
     last_error: str | None = None
+    statuses: dict = field(default_factory=dict)  # HTTP functions: responses by status code
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -123,9 +124,16 @@ class Function:
                 self.failures += 1
                 self.last_error = f"{type(error).__name__}: {error}"[:500]
 
+    def answered(self, status: int) -> None:
+        with self.lock:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
     def describe(self) -> dict:
-        return {"name": self.name, "trigger": self.trigger, "invocations": self.invocations,
-                "failures": self.failures, "last_error": self.last_error}
+        out = {"name": self.name, "trigger": self.trigger, "invocations": self.invocations,
+               "failures": self.failures, "last_error": self.last_error}
+        if self.kind == "httpTrigger":
+            out["statuses"] = {str(k): v for k, v in sorted(self.statuses.items())}
+        return out
 
 
 def _route_regex(route: str) -> re.Pattern:
@@ -149,7 +157,7 @@ class LocalHost:
                  bind: str = "127.0.0.1", function_key: str | None = None, master_key: str | None = None,
                  time_scale: float = 1.0, container: Any = None, export_env: bool = False,
                  host_json: Path = REPO / "host.json", batch_wait: float | None = None, run_timers: bool = True,
-                 state_dir: Path | None = None):
+                 state_dir: Path | None = None, instances: int = 1):
         self.app = app
         self.settings = dict(settings)
         self.bind, self.port = bind, port
@@ -158,6 +166,7 @@ class LocalHost:
         self.sb = service_bus_options(host_json)
         self.batch_wait = timespan_seconds(self.sb["maxBatchWaitTime"]) if batch_wait is None else batch_wait
         self.run_timers = run_timers
+        self.instances = max(1, instances)  # receive loops per Service Bus function: scale-out, locally
         self.state_dir = state_dir
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -210,7 +219,8 @@ class LocalHost:
         self._spawn("host-http", self._httpd.serve_forever, kwargs={"poll_interval": 0.1})
         for fn in self.functions.values():
             if fn.kind == "serviceBusTrigger":
-                self._spawn(f"sb-{fn.name}", self._service_bus_loop, (fn,))
+                for i in range(self.instances):
+                    self._spawn(f"sb-{fn.name}-{i}", self._service_bus_loop, (fn,))
             elif fn.kind == "timerTrigger" and self.run_timers:
                 self._spawn(f"timer-{fn.name}", self._timer_loop, (fn,))
         self._write_state()
@@ -407,12 +417,15 @@ class LocalHost:
                 with self._busy_lock:
                     self._busy -= 1
             if error is not None:
+                fn.answered(500)
                 return 500, {}, b""
             resp = result.get("response")
             if resp is None:
+                fn.answered(204)
                 return 204, {}, b""
             if not isinstance(resp, func.HttpResponse):
                 resp = func.HttpResponse(str(resp))
+            fn.answered(resp.status_code)
             out_headers = dict(resp.headers.items())
             if not any(k.lower() == "content-type" for k in out_headers) and resp.mimetype:
                 out_headers["Content-Type"] = f"{resp.mimetype}; charset={resp.charset}"
