@@ -98,7 +98,13 @@ def indexed_functions(app: func.FunctionApp) -> list:
     """``app.get_functions()`` once per app object (a second call fails on duplicate names)."""
     with _INDEX_LOCK:
         if id(app) not in _INDEXED:
-            _INDEXED[id(app)] = (app, app.get_functions())
+            if getattr(app, "functions_bindings", None):
+                # Indexed already by someone else (a test, another host): the builders give the same
+                # Function objects without the duplicate-name bookkeeping that refuses a second call.
+                functions = [b.build(app.auth_level) for b in app._function_builders]
+            else:
+                functions = app.get_functions()
+            _INDEXED[id(app)] = (app, functions)
         return _INDEXED[id(app)][1]
 
 

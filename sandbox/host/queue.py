@@ -249,9 +249,14 @@ class LocalServiceBus:
     # --- RetryQueue ------------------------------------------------------------------------------
 
     def send_later(self, event: ChangeEvent, delay_seconds: int, attempt: int) -> None:
-        # Own MessageId per attempt, as the Service Bus adapter: duplicate detection would drop a repeat.
-        at = self.clock() + delay_seconds * self.time_scale
-        self.queue(self.changes_queue).send([event_message(event, attempt, f"{event.id}.{attempt}")], at=at)
+        # The adapter's MessageId (event id, attempt, due time): duplicate detection would drop a repeat.
+        now = self.clock()
+        mid = f"{event.id}.{attempt}.{int(now + delay_seconds)}"
+        self.queue(self.changes_queue).send([event_message(event, attempt, mid)], at=now + delay_seconds * self.time_scale)
+
+    def send_raw(self, queue_name: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """(MessageId, JSON body) pairs to another queue, as the adapter (the reconciliation's chunks)."""
+        self.queue(queue_name).send([Message(body=body, message_id=mid) for mid, body in messages])
 
     def park(self, body: bytes, reason: str, attempt: int, message_id: str | None = None) -> None:
         # As the adapter: onto the parking queue, then received there and dead-lettered with the reason.

@@ -74,7 +74,7 @@ def test_scheduled_messages_wait_for_their_time():
     assert q.receive(1, 0.0, wait_for_first=0.0) == []
     clock.now += 0.2  # 30 s scaled by 0.5
     (m,) = q.receive(1, 0.0, wait_for_first=0.0)
-    assert m.message_id == f"{e.id}.2" and m.application_properties["attempt"] == 2
+    assert m.message_id == f"{e.id}.2.{int(1_000_000 + 30)}" and m.application_properties["attempt"] == 2
 
 
 def test_scheduled_delivery_in_real_time():
@@ -93,6 +93,13 @@ def test_send_matches_the_service_bus_adapter():
     assert m.message_id == e.id and m.body == e.to_json().encode()
     assert m.application_properties == event_message(e).application_properties
     assert m.application_properties["attempt"] == 1
+
+
+def test_send_raw_goes_to_the_named_queue():
+    bus = LocalServiceBus("changes", "changes-parked")
+    bus.send_raw("straddle-reconcile", [("run-1.0", b'{"chunk": 0}'), ("run-1.0", b'{"chunk": 0}')])
+    (m,) = bus.queue("straddle-reconcile").receive(10, 0.0)
+    assert (m.message_id, m.body) == ("run-1.0", b'{"chunk": 0}')
 
 
 def test_park_dead_letters_on_the_parking_queue_and_replay_resubmits_a_first_attempt():
