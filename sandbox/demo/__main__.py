@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args.log_file.parent.mkdir(parents=True, exist_ok=True)
     args.log_file.write_text("")
     configure_logging("INFO", args.log_file)  # the app's logs (redacted) go to the file, the story to the terminal
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background with SIGINT ignored
+        signal.signal(sig, _interrupt)
 
     from sandbox.demo.scenario import Marketer, play, steps, table
     from sandbox.demo.stack import DemoStack
