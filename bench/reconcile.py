@@ -84,7 +84,7 @@ def main() -> None:
     args = p.parse_args()
 
     proc, url, info = start_tenant(args)
-    azurite = ensure_azurite()
+    azurite = ensure_azurite(reuse=False)  # its own: another run stopping a shared Azurite would break this one
     try:
         env = {"DATAVERSE_URL": url, "DATAVERSE_ACCESS_TOKEN": "straddle-sync-app-user",
                "AzureWebJobsStorage": azurite.connection_string, "TABLE_PREFIX": "bench" + uuid.uuid4().hex[:8],
