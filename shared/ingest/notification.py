@@ -64,6 +64,9 @@ def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = No
         raise NotificationError("body", f"malformed JSON ({exc})") from None
     if not isinstance(ctx, dict):
         raise NotificationError("body", f"expected a JSON object, got {_type_name(ctx)}")
+    raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    if _SURROGATE_ESCAPE.search(raw):  # rare: only then walk every string (the fast path skips it)
+        _reject_lone_surrogates(ctx, "")
     return reduce_context(ctx, (headers or {}).get(SIZE_EXCEEDED_HEADER, "").strip().lower() == "true")
 
 
@@ -117,10 +120,10 @@ def _event_id(origin: Origin, identity: tuple, table: str, record_id: str, messa
     Dataverse's one retry (and any duplicate delivery) carries the same body, so it gets the same
     id, and Service Bus duplicate detection on MessageId collapses it.
     """
-    basis = "|".join(map(str, (origin.organization_id, origin.correlation_id, origin.time, origin.depth,
-                               origin.initiating_user_id, *identity, table, record_id, message, change.kind,
-                               json.dumps(change_dict(change)))))
-    h = hashlib.sha256(basis.encode()).hexdigest()
+    # repr of the frozen change dataclass: deterministic for these plain values, and cheaper than JSON.
+    basis = f"{origin.organization_id}|{origin.correlation_id}|{origin.time}|{origin.depth}|" \
+            f"{origin.initiating_user_id}|{identity}|{table}|{record_id}|{message}|{change!r}"
+    h = hashlib.blake2b(basis.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
@@ -136,18 +139,20 @@ def _reread(table: str, message: str) -> RereadRecord | Irrelevant:
 def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any]) -> ContactChanged | Irrelevant:
     target = _entity(inputs.get("Target"), "InputParameters.Target", required=True)
     state = {**post, **target}  # Target holds the newest values of what changed
-    changed = tuple(c for c in CONTACT_COLUMNS if c in target)
-    flags = {f: _bool(state.get(f), f) for f in OPT_OUT_FLAGS}
-    emails = {c: _optional_text(state.get(c), c) for c in EMAIL_COLUMNS if c in state}
+    changed = tuple([c for c in CONTACT_COLUMNS if c in target])
+    dnb = _bool(state.get("donotbulkemail"), "donotbulkemail")
+    dne = _bool(state.get("donotemail"), "donotemail")
+    emails = {c: _optional_text(state[c], c) for c in EMAIL_COLUMNS if c in state}
     if message == "Update":
         if not changed:
             return Irrelevant("Update changed no email column and no opt-out flag")
-        if not any(c in EMAIL_COLUMNS for c in changed) and not any(flags[f] for f in OPT_OUT_FLAGS if f in target):
+        email_changed = "emailaddress1" in target or "emailaddress2" in target or "emailaddress3" in target
+        flag_set = (dnb and "donotbulkemail" in target) or (dne and "donotemail" in target)
+        if not email_changed and not flag_set:
             return Irrelevant("Update only cleared opt-out flags; the sync never propagates an opt-in")
     elif not any(emails.values()):
         return Irrelevant("Create of a record without an email address")
-    return ContactChanged(changed=changed, donotbulkemail=flags["donotbulkemail"],
-                          donotemail=flags["donotemail"], emails=emails)
+    return ContactChanged(changed, dnb, dne, emails)
 
 
 def _consent(inputs: dict[str, Any], post: dict[str, Any]) -> ConsentChanged | Irrelevant:
@@ -217,8 +222,13 @@ def _collection(value: Any, path: str) -> dict[str, Any]:
         return {}
     if type(value) is list:
         try:  # fast path for well-formed input; the checked loop below names the first problem
-            out = {pair["key"]: pair["value"] for pair in value}
-            if all(type(k) is str for k in out):
+            out = {}
+            for pair in value:
+                key = pair["key"]
+                if type(key) is not str:
+                    break
+                out[key] = pair["value"]
+            else:
                 return out
         except (TypeError, KeyError):
             pass
@@ -283,14 +293,14 @@ def _required_str(ctx: dict[str, Any], name: str) -> str:
         raise NotificationError(name, "is missing")
     if not isinstance(value, str) or not value:
         raise NotificationError(name, f"expected a non-empty string, got {_type_name(value)}")
-    return _unicode(value, name)
+    return value
 
 
 def _optional_str(ctx: dict[str, Any], name: str) -> str | None:
     value = ctx.get(name)
     if value is not None and not isinstance(value, str):
         raise NotificationError(name, f"expected a string, got {_type_name(value)}")
-    return _unicode(value, name)
+    return value
 
 
 def _optional_int(ctx: dict[str, Any], name: str) -> int | None:
@@ -318,7 +328,7 @@ def _date(value: Any, path: str) -> str | None:
     if m is None:
         raise NotificationError(path, f"expected a date like /Date(1506384247000)/, got {_describe(value)}")
     try:
-        millis = int(m.group(1))  # ValueError past 4300 digits
+        millis = int(m.group(1))
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
     except (OverflowError, OSError, ValueError):
         raise NotificationError(path, "date is out of range") from None
@@ -333,7 +343,7 @@ def _bool(value: Any, path: str) -> bool | None:
 
 def _optional_text(value: Any, path: str) -> str | None:
     if value is None or isinstance(value, str):
-        return _unicode(value, path)
+        return value
     raise NotificationError(path, f"expected a string, got {_type_name(value)}")
 
 
@@ -351,15 +361,31 @@ def _reference(value: Any, path: str) -> str | None:
     return _guid(_unwrap_id(value), path)
 
 
-def _unicode(value: str | None, path: str) -> str | None:
-    # JSON may escape a lone surrogate (\\ud800); such text cannot be encoded as UTF-8, so it must not
-    # reach a change event (the queue message could not be built: a 400, not a 503 on every retry).
-    if value is not None:
+#: A JSON escape of a UTF-16 surrogate (\\ud800-\\udfff): the only way a lone surrogate gets in.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _reject_lone_surrogates(value: Any, path: str) -> None:
+    """A lone surrogate is not Unicode text: it could not be put on the queue, so it is the
+    notification's fault (400), not a reason to answer 503 to every retry. Paths name a
+    key/value pair by its key, as the other errors do."""
+    if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise NotificationError(path, "contains an unpaired surrogate (not valid Unicode text)") from None
-    return value
+            raise NotificationError(path or "body", "contains an unpaired surrogate (not valid Unicode text)") from None
+    elif isinstance(value, dict):
+        key = value.get("key")
+        if isinstance(key, str) and "value" in value and set(value) <= {"key", "value", "__type"}:
+            _reject_lone_surrogates(key, path)
+            _reject_lone_surrogates(value["value"], key)
+            return
+        for k, v in value.items():
+            _reject_lone_surrogates(k, path)
+            _reject_lone_surrogates(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_lone_surrogates(v, f"{path}[{i}]")
 
 
 def _type_name(value: Any) -> str:
