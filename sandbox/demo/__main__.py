@@ -8,7 +8,6 @@ report; stops everything it started (``--keep``: leaves it running until Ctrl-C)
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and str(report.get("status")) == "succeeded"
         queues = {q["name"]: q for q in (q.stats() for q in stack.host.bus.queues())}
         dead = sum(q["deadletter"] for q in queues.values())
-        print(f"\nQueues: " + "; ".join(f"{n}: {q['completed']} completed, {q['deadletter']} dead-lettered"
+        print("\nQueues: " + "; ".join(f"{n}: {q['completed']} completed, {q['deadletter']} dead-lettered"
                                      for n, q in queues.items()))
         ok = ok and dead == 0
         print(f"App log (no email addresses): {args.log_file}")

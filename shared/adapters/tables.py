@@ -25,7 +25,6 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from azure.core import MatchConditions
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableClient, TableServiceClient, TableTransactionError, UpdateMode
 

@@ -24,7 +24,6 @@ from shared.domain.events import (
     Origin,
     RecordDeleted,
     RereadRecord,
-    change_dict,
 )
 
 CONSENT_TABLE = "msdynmkt_contactpointconsent4"
