@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import pytest
 
+from sandbox.azurite import DEFAULT_PORT, AzuriteUnavailable, accepts, ensure_azurite
 from shared.domain.events import ChangeEvent
 from shared.ports import QueueUnavailable
 
@@ -69,3 +71,19 @@ def app_container():
 
     yield install
     bootstrap.reset_container(None)
+
+
+@pytest.fixture(scope="session")
+def azurite_tables() -> Iterator[str]:
+    """A Table Storage connection string for Azurite (found on :10002 or started for the session)."""
+    if os.environ.get("STRADDLE_AZURITE") == "running" and not accepts(DEFAULT_PORT):
+        pytest.fail(f"STRADDLE_AZURITE=running but nothing accepts connections on 127.0.0.1:{DEFAULT_PORT}",
+                    pytrace=False)
+    try:
+        azurite = ensure_azurite()
+    except AzuriteUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield azurite.connection_string
+    finally:
+        azurite.stop()

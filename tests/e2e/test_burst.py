@@ -9,9 +9,9 @@ from bench.burst import run
 pytestmark = pytest.mark.integration
 
 
-def test_a_throttled_burst_loses_nothing_and_logs_no_address(azurite_connection):
+def test_a_throttled_burst_loses_nothing_and_logs_no_address(azurite_tables):
     # Higher fault shares than the bench: with 300 events there are only a few dozen requests.
-    r = run(300, throttle=0.15, errors=0.1, duplicates=0.05, azurite_connection=azurite_connection, timeout=60,
+    r = run(300, throttle=0.15, errors=0.1, duplicates=0.05, azurite_connection=azurite_tables, timeout=60,
             quiet=True)
     assert r["accepted_202"] == r["notifications_posted"]
     assert r["none_vanished"], r

@@ -12,8 +12,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(azurite_connection):
-    s = DemoStack({}, seed=generate(contacts=400, seed=3), azurite_connection=azurite_connection,
+def stack(azurite_tables):
+    s = DemoStack({}, seed=generate(contacts=400, seed=3), azurite_connection=azurite_tables,
                   function_key="e2e-function-key", master_key="e2e-master-key").start()
     yield s
     s.close()

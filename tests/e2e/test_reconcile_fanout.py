@@ -13,9 +13,9 @@ from sandbox.demo.tenant import generate
 pytestmark = pytest.mark.integration
 
 
-def test_the_timer_fans_out_and_the_chunks_heal_the_drift(azurite_connection):
+def test_the_timer_fans_out_and_the_chunks_heal_the_drift(azurite_tables):
     settings = {"RECONCILE_FANOUT_ABOVE": "1", "RECONCILE_CHUNK_SIZE": "3"}
-    stack = DemoStack(settings, seed=generate(contacts=300, seed=9), azurite_connection=azurite_connection,
+    stack = DemoStack(settings, seed=generate(contacts=300, seed=9), azurite_connection=azurite_tables,
                       master_key="fanout-master-key").start()
     try:
         from shared.reconcile import run_reconciliation

@@ -1,37 +1,15 @@
-"""Integration fixtures: Azurite (Table Storage) for the table adapters.
-
-``azurite_tables`` uses the Azurite that CI (or a developer) already runs on 127.0.0.1:10002, or
-starts ``node_modules/.bin/azurite-table`` itself for the session. Integration tests never skip:
-if Azurite can be neither found nor started the fixture fails and says how to fix it.
-"""
+"""Integration fixtures: per-test table prefixes and stores on Azurite (``azurite_tables`` is in
+tests/conftest.py, shared with the end-to-end tests)."""
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Iterator
 
 import pytest
 
-from sandbox.azurite import DEFAULT_PORT, AzuriteUnavailable, accepts, ensure_azurite
 from shared.adapters.tables import TableStore, table_names
 
 LEDGER_KEY = b"integration-test-ledger-key-0123456789"
-
-
-@pytest.fixture(scope="session")
-def azurite_tables() -> Iterator[str]:
-    """A Table Storage connection string for Azurite (found on :10002 or started for the session)."""
-    if os.environ.get("STRADDLE_AZURITE") == "running" and not accepts(DEFAULT_PORT):
-        pytest.fail(f"STRADDLE_AZURITE=running but nothing accepts connections on 127.0.0.1:{DEFAULT_PORT}",
-                    pytrace=False)
-    try:
-        azurite = ensure_azurite()
-    except AzuriteUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield azurite.connection_string
-    finally:
-        azurite.stop()
 
 
 @pytest.fixture
