@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 import os
 import re
 import threading
@@ -25,7 +26,8 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (HttpResponseError, ResourceExistsError, ResourceModifiedError,
+                                   ResourceNotFoundError, ServiceRequestError, ServiceResponseError)
 from azure.data.tables import EdmType, EntityProperty, TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from shared.adapters.settings import SettingsError
@@ -287,11 +289,30 @@ def _submit_all(client: TableClient, transactions: list[list[tuple]]) -> None:
     a batch of events touches hundreds of ledger partitions, and each is its own round trip."""
     if len(transactions) <= 1:
         for ops in transactions:
-            _submit(client, ops)
+            _submit_retrying(client, ops)
         return
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(transactions))) as pool:
-        for _ in pool.map(lambda ops: _submit(client, ops), transactions):
+        for _ in pool.map(lambda ops: _submit_retrying(client, ops), transactions):
             pass  # re-raises the first failure
+
+
+def _submit_retrying(client: TableClient, operations: list[tuple], attempts: int = 3) -> None:
+    """The SDK does not retry a transaction (a POST) that failed in flight; these writes are
+    safe to repeat (upserts, or creates whose "already exists" on a repeat means done), and a
+    lost ledger write after the Dataverse writes succeeded would leave a gap in the audit trail."""
+    for attempt in range(1, attempts + 1):
+        try:
+            _submit(client, operations)
+            return
+        except (ResourceExistsError, TableTransactionError) as exc:
+            if attempt > 1 and "AlreadyExists" in str(getattr(exc, "error_code", "") or exc):
+                return  # the earlier attempt landed
+            raise
+        except (ServiceRequestError, ServiceResponseError, HttpResponseError) as exc:
+            status = getattr(exc, "status_code", None)
+            if attempt == attempts or (status is not None and status < 500 and status != 429):
+                raise
+            time.sleep(0.2 * 4 ** (attempt - 1))
 
 
 def _delete_rows(client: TableClient, keys: Iterable[tuple[str, str]]) -> int:

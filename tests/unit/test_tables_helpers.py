@@ -164,3 +164,32 @@ def test_report_encoding_round_trips():
 def test_report_keys_must_be_property_names(key):
     with pytest.raises(ValueError):
         t.encode_report({key: 1})
+
+
+class _FlakyClient:
+    """Fails the first transaction in flight; on the retry answers "already exists" if asked to."""
+
+    def __init__(self, landed: bool):
+        self.calls = 0
+        self.landed = landed
+
+    def submit_transaction(self, operations):
+        from azure.core.exceptions import ResourceExistsError, ServiceResponseError
+
+        self.calls += 1
+        if self.calls == 1:
+            raise ServiceResponseError("connection reset")
+        if self.landed:
+            raise ResourceExistsError("EntityAlreadyExists")
+        return []
+
+
+def test_a_transaction_lost_in_flight_is_retried(monkeypatch):
+    from shared.adapters import tables
+
+    monkeypatch.setattr(tables.time, "sleep", lambda s: None)
+    ops = [("create", {"PartitionKey": "p", "RowKey": "a"}), ("create", {"PartitionKey": "p", "RowKey": "b"})]
+    for landed in (False, True):  # the first attempt failed before, or after, it landed
+        client = _FlakyClient(landed)
+        tables._submit_retrying(client, ops)
+        assert client.calls == 2
