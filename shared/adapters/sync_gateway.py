@@ -56,7 +56,8 @@ class DataverseSyncGateway:
         cols = mappings.email_columns
         ops: list[tuple[str, BatchOp]] = []  # (what, op)
         for table, ids in member_ids.items():
-            for chunk in chunk_values(sorted(guid(i) for i in ids)):
+            # An id that is not a GUID names no row: it ends up "missing", it does not fail the batch.
+            for chunk in chunk_values(sorted(g for g in map(_guid_or_none, ids) if g)):
                 ops.append((table, self._member_query(table, cols, in_function(f"{table}id", chunk))))
         wanted = sorted(emails)
         if wanted:
@@ -92,8 +93,8 @@ class DataverseSyncGateway:
                     out.members.append((m, frozenset(lists & relevant)))
         for table, ids in member_ids.items():
             for i in ids:
-                if (table, guid(i)) not in seen_members:
-                    out.missing_members.add((table, guid(i)))
+                if (table, _guid_or_none(i) or i) not in seen_members:
+                    out.missing_members.add((table, i))
         return out
 
     def _member_query(self, table: str, cols: Sequence[str], flt: str) -> BatchOp:
@@ -117,7 +118,7 @@ class DataverseSyncGateway:
     def consent_rows_by_ids(self, row_ids: Collection[str]) -> list[ConsentRow]:
         out: list[ConsentRow] = []
         with _transient():
-            for chunk in chunk_values(sorted(guid(i) for i in row_ids)):
+            for chunk in chunk_values(sorted(g for g in map(_guid_or_none, row_ids) if g)):
                 params = {"$select": CONSENT_SELECT, "$filter": in_function("msdynmkt_contactpointconsent4id", chunk)}
                 out.extend(consent_from_row(r) for r in self.client.query_rows(CONSENT_SET, params))
         return out
@@ -167,6 +168,13 @@ class DataverseSyncGateway:
         if isinstance(a, AddToOptOutList):
             return add_member_op(self.client.api_url, a.list_id, *a.member), ADD_MEMBER_OK
         raise TypeError(f"unknown action {type(a).__name__}")
+
+
+def _guid_or_none(value: str) -> str | None:
+    try:
+        return guid(value)
+    except (ValueError, AttributeError):
+        return None
 
 
 def _target_id(a: Action) -> str | None:

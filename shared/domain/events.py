@@ -170,16 +170,18 @@ def event_from_json(raw: bytes | str) -> ChangeEvent:
     try:
         change: Change
         if kind == ContactChanged.kind:
-            change = ContactChanged(tuple(c["changed"]), c["donotbulkemail"], c["donotemail"], dict(c["emails"]))
+            change = ContactChanged(tuple(_field(c, "changed", list)), c["donotbulkemail"], c["donotemail"],
+                                    dict(_field(c, "emails", dict)))
         elif kind == MembershipChanged.kind:
-            change = MembershipChanged(c["action"], tuple(c["list_ids"]), tuple(c["member_ids"]), c["member_table"])
+            change = MembershipChanged(c["action"], tuple(_field(c, "list_ids", list)),
+                                       tuple(_field(c, "member_ids", list)), c["member_table"])
         elif kind == ConsentChanged.kind:
             change = ConsentChanged(**{k: c[k] for k in ConsentChanged.__dataclass_fields__})
         elif kind == RereadRecord.kind:
             change = RereadRecord(c["reason"])
         else:
             change = RecordDeleted()
-        return ChangeEvent(
+        event = ChangeEvent(
             id=_field(data, "id", str),
             table=_field(data, "table", str),
             record_id=_field(data, "record_id", str),
@@ -187,10 +189,49 @@ def event_from_json(raw: bytes | str) -> ChangeEvent:
             origin=Origin(**{k: origin[k] for k in Origin.__dataclass_fields__}),
             change=change,
         )
-    except EventFormatError:
-        raise
+        _check_types(event)
+        return event
+    except EventFormatError as exc:
+        if str(exc).startswith(kind):
+            raise
+        raise EventFormatError(f"{kind} event: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:  # ValueError: e.g. dict() of a string
         raise EventFormatError(f"{kind} event is missing or mistypes {exc}") from None
+
+
+_TEXT = (str, type(None))
+_OPTION = (int, type(None))
+
+
+def _check_types(e: ChangeEvent) -> None:
+    """What the schema says, for the values the sync acts on: a hand-edited or foreign message
+    must be parked at once, not fail the batch it arrived in over and over."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise EventFormatError(f"{e.kind} event: {what}")
+
+    need(bool(e.record_id), "record_id is empty")
+    o = e.origin
+    need(all(isinstance(v, _TEXT) for v in (o.time, o.user_id, o.initiating_user_id, o.correlation_id,
+                                            o.organization_id)), "origin values must be strings or null")
+    need(o.depth is None or (isinstance(o.depth, int) and not isinstance(o.depth, bool)), "origin.depth must be a number")
+    c = e.change
+    if isinstance(c, ContactChanged):
+        need(all(isinstance(x, str) for x in c.changed), "changed must list column names")
+        need(all(isinstance(v, (bool, type(None))) for v in (c.donotbulkemail, c.donotemail)), "flags must be booleans")
+        need(all(isinstance(k, str) and isinstance(v, _TEXT) for k, v in c.emails.items()), "emails must map columns to text")
+    elif isinstance(c, MembershipChanged):
+        need(c.action in ("added", "removed"), "action must be added or removed")
+        need(bool(c.list_ids) and bool(c.member_ids), "list_ids and member_ids must not be empty")
+        need(all(isinstance(i, str) and i for i in (*c.list_ids, *c.member_ids)), "ids must be non-empty strings")
+        need(c.member_table in ("contact", "lead", None), "member_table must be contact, lead or null")
+    elif isinstance(c, ConsentChanged):
+        need(all(isinstance(v, _TEXT) for v in (c.contact_point_value, c.reason)), "texts must be strings or null")
+        need(all(isinstance(v, _OPTION) and not isinstance(v, bool)
+                 for v in (c.contact_point_type, c.consent_type, c.value, c.source)), "option values must be numbers")
+        need(all(isinstance(v, _TEXT) for v in (c.purpose_id, c.topic_id)), "purpose_id and topic_id must be text or null")
+    elif isinstance(c, RereadRecord):
+        need(isinstance(c.reason, str), "reason must be text")
 
 
 def _field(data: dict[str, Any], name: str, kind: type) -> Any:

@@ -162,3 +162,29 @@ def test_decoding_a_damaged_event_raises_only_event_format_error(change, path_ke
     except EventFormatError:
         return
     assert isinstance(event, ChangeEvent)
+
+
+@pytest.mark.parametrize("change", [
+    {"action": "removed", "list_ids": "abc", "member_ids": ["m"], "member_table": None},
+    {"action": "removed", "list_ids": [1], "member_ids": ["m"], "member_table": None},
+    {"action": "moved", "list_ids": ["l"], "member_ids": ["m"], "member_table": None},
+    {"action": "added", "list_ids": ["l"], "member_ids": ["m"], "member_table": "account"},
+])
+def test_a_mistyped_membership_event_is_a_format_error(change):
+    # Parked at once by the engine, instead of failing its whole batch on every redelivery.
+    body = {"v": 1, "id": "e", "kind": "membership_changed", "table": "list", "record_id": "r",
+            "message": "RemoveMember", "origin": {k: None for k in ("time", "user_id", "initiating_user_id",
+                                                                    "correlation_id", "organization_id", "depth")},
+            "change": change}
+    with pytest.raises(EventFormatError):
+        event_from_json(json.dumps(body))
+
+
+def test_a_mistyped_consent_event_is_a_format_error():
+    body = {"v": 1, "id": "e", "kind": "consent_changed", "table": "msdynmkt_contactpointconsent4", "record_id": "r",
+            "message": "Update", "origin": {k: None for k in ("time", "user_id", "initiating_user_id",
+                                                              "correlation_id", "organization_id", "depth")},
+            "change": {"contact_point_value": "a@b.c", "contact_point_type": "email", "consent_type": None,
+                       "value": 534120002, "purpose_id": None, "topic_id": None, "source": None, "reason": None}}
+    with pytest.raises(EventFormatError, match="option values"):
+        event_from_json(json.dumps(body))
