@@ -68,7 +68,7 @@ def sync_steps(email_columns: tuple[str, ...] | list[str] = ("emailaddress1", "e
         steps += [StepSpec("Create", table, image_attributes=member_columns),
                   StepSpec("Update", table, filtering_attributes=member_columns, image_attributes=member_columns),
                   StepSpec("Delete", table)]
-    consent = "msdynmkt_contactpointconsent4"
+    from shared.domain.consent import CONSENT_TABLE as consent
     steps += [StepSpec("Create", consent, image_attributes=consent_columns),
               StepSpec("Update", consent, filtering_attributes=("msdynmkt_value", "msdynmkt_contactpointvalue"),
                        image_attributes=consent_columns)]
@@ -304,10 +304,8 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
         OptOutConsent,
         RemoveFromList,
         SetDoNotBulkEmail,
-        State,
         Trigger,
         effective_opt_outs,
-        plan,
     )
 
     e = normalise_email(email) or ""
@@ -355,30 +353,10 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
     complete = True
     if mappings is not None:
         gateway = gateway or _gateway(client)
-        state = State()
-        triggers = [Trigger("inspect_email", "explain", email=e)]
-        current = plan(state, mappings, triggers)
-        rounds = 0
-        while not current.complete and rounds < max_rounds:
-            rounds += 1
-            wanted: dict[str, set[str]] = {}
-            for (table, member_id) in current.frontier_members:
-                wanted.setdefault(table, set()).add(member_id)
-            emails = set(current.frontier_emails)
-            read = gateway.read(wanted, emails, mappings)
-            for m, lists in read.members:
-                state.add_member(m, lists)
-            for k in current.frontier_members:
-                if k not in state.members:
-                    state.missing_members.add(k)
-            by_email: dict[str, list] = {x: [] for x in emails}
-            for row in read.consent_rows:
-                x = normalise_email(row.contact_point_value)
-                if x in by_email:
-                    by_email[x].append(row)
-            for x, xs in by_email.items():
-                state.add_email(x, xs)
-            current = plan(state, mappings, triggers)
+        from shared.sync.engine import plan_in_rounds
+
+        state, current, _, _ = plan_in_rounds(gateway, mappings, [Trigger("inspect_email", "explain", email=e)],
+                                              max_rounds)
         complete = current.complete
         mine = {k for k, m in state.members.items() if e in m.contact_points(mappings.email_columns)}
         touched: set[tuple[str, str]] = set()  # ("list"|"topic"|"purpose", id)

@@ -42,6 +42,9 @@ class PurposeType(IntEnum):
     TRACKING = 534120002
 
 
+#: The Real-time marketing consent table (logical name).
+CONSENT_TABLE = "msdynmkt_contactpointconsent4"
+
 DEFAULT_COMMERCIAL_PURPOSE_ID = "10000000-0000-0000-0000-000000000003"
 
 #: Contact/lead columns that hold a contact point; which of them count is set in the mappings.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.domain.consent import ConsentValue, ContactPointType, normalise_email
+from shared.domain.consent import CONSENT_TABLE, ConsentValue, ContactPointType, normalise_email
 from shared.domain.events import (
     ChangeEvent,
     ConsentChanged,
@@ -20,7 +20,6 @@ from shared.domain.events import (
 from shared.domain.mappings import Mappings
 from shared.domain.planner import Trigger
 
-CONSENT_TABLE = "msdynmkt_contactpointconsent4"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from shared.domain.consent import EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
+from shared.domain.consent import CONSENT_TABLE, EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
 from shared.domain.events import (
     Change,
     ChangeEvent,
@@ -26,7 +26,6 @@ from shared.domain.events import (
     RereadRecord,
 )
 
-CONSENT_TABLE = "msdynmkt_contactpointconsent4"
 MEMBER_TABLES = ("contact", "lead")
 MEMBERSHIP_RELATIONSHIPS = {"listcontact_association": "contact", "listlead_association": "lead"}
 ADD_MESSAGES = ("AddMember", "AddListMembers")

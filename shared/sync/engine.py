@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Sequence
 
-from shared.domain.consent import ConsentType, ConsentValue
+from shared.domain.consent import CONSENT_TABLE, ConsentType, ConsentValue, normalise_email
 from shared.domain.events import ChangeEvent, EventFormatError, event_from_json
 from shared.domain.ledger import LedgerEntry
 from shared.domain.mappings import Mappings
@@ -192,7 +192,7 @@ class SyncEngine:
             row = rows.get(n.row_id)
             # Only a row that is Opted out now propagates; a deleted or opted-in row has nothing to say.
             if row and row.opted_out and row.contact_point_value:
-                out.append(Trigger("inspect_email", n.cause, email=row.contact_point_value.strip().lower()))
+                out.append(Trigger("inspect_email", n.cause, email=normalise_email(row.contact_point_value)))
         return out
 
     def apply_rules(self, triggers: list[Trigger], mappings: Mappings, *, dry_run: bool = False) -> "Applied":
@@ -205,36 +205,7 @@ class SyncEngine:
         return Applied(state, final, results, rounds, incomplete)
 
     def _plan_in_rounds(self, triggers: list[Trigger], mappings: Mappings) -> tuple[State, Plan, int, bool]:
-        state = State()
-        rounds = 0
-        current = plan(state, mappings, triggers)
-        while not current.complete:
-            if rounds >= MAX_ROUNDS:
-                # What was found is still written; the nightly reconciliation finishes the rest.
-                emit(log, "sync.closure_incomplete", logging.WARNING, rounds=rounds,
-                     emails=len(current.frontier_emails), members=len(current.frontier_members))
-                return state, current, rounds, True
-            rounds += 1
-            wanted_members: dict[str, set[str]] = {}
-            for (table, member_id) in current.frontier_members:
-                wanted_members.setdefault(table, set()).add(member_id)
-            emails = set(current.frontier_emails)
-            read = self.gateway.read(wanted_members, emails, mappings)
-            for m, lists in read.members:
-                key = (m.table, m.id)
-                state.add_member(m, lists, current.frontier_members.get(key))
-            for key in current.frontier_members:
-                if key not in state.members:
-                    state.missing_members.add(key)
-            by_email: dict[str, list] = {e: [] for e in emails}
-            for row in read.consent_rows:
-                e = (row.contact_point_value or "").strip().lower()
-                if e in by_email:
-                    by_email[e].append(row)
-            for e, rows in by_email.items():
-                state.add_email(e, rows, current.frontier_emails.get(e))
-            current = plan(state, mappings, triggers)
-        return state, current, rounds, False
+        return plan_in_rounds(self.gateway, mappings, triggers)
 
     # --- evidence -------------------------------------------------------------------------------
 
@@ -269,6 +240,42 @@ class SyncEngine:
         return EventOutcome(event.id, msg.message_id, "retry", reason)
 
 
+def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trigger],
+                   max_rounds: int = MAX_ROUNDS) -> tuple[State, Plan, int, bool]:
+    """Reads what the planner's frontier asks for (for all triggers at once) and plans again,
+    until the plan is complete or ``max_rounds`` reads were made: (state, plan, rounds, incomplete)."""
+    state = State()
+    rounds = 0
+    current = plan(state, mappings, triggers)
+    while not current.complete:
+        if rounds >= max_rounds:
+            # What was found is still written; the nightly reconciliation finishes the rest.
+            emit(log, "sync.closure_incomplete", logging.WARNING, rounds=rounds,
+                 emails=len(current.frontier_emails), members=len(current.frontier_members))
+            return state, current, rounds, True
+        rounds += 1
+        wanted_members: dict[str, set[str]] = {}
+        for (table, member_id) in current.frontier_members:
+            wanted_members.setdefault(table, set()).add(member_id)
+        emails = set(current.frontier_emails)
+        read = gateway.read(wanted_members, emails, mappings)
+        for m, lists in read.members:
+            key = (m.table, m.id)
+            state.add_member(m, lists, current.frontier_members.get(key))
+        for key in current.frontier_members:
+            if key not in state.members:
+                state.missing_members.add(key)
+        by_email: dict[str, list] = {e: [] for e in emails}
+        for row in read.consent_rows:
+            e = normalise_email(row.contact_point_value)
+            if e in by_email:
+                by_email[e].append(row)
+        for e, rows in by_email.items():
+            state.add_email(e, rows, current.frontier_emails.get(e))
+        current = plan(state, mappings, triggers)
+    return state, current, rounds, False
+
+
 def _delay_ms(origin_time: str | None, now: float) -> int | None:
     if not origin_time:
         return None
@@ -285,7 +292,7 @@ def describe(action: Action) -> tuple[str, str, str, str | None, str, str]:
         what = (f"opt out of topic {action.topic_id}" if action.consent_type == ConsentType.TOPIC
                 else f"opt out of purpose {action.purpose_id}")
         before = "no row" if action.row_id is None else _value_name(action.before)
-        return "rtm", "msdynmkt_contactpointconsent4", what, action.row_id, before, "Opted out"
+        return "rtm", CONSENT_TABLE, what, action.row_id, before, "Opted out"
     if isinstance(action, SetDoNotBulkEmail):
         return "obm", action.member[0], "set donotbulkemail", action.member[1], "false", "true"
     if isinstance(action, RemoveFromList):
