@@ -57,14 +57,32 @@ def process_changes(messages: Sequence[func.ServiceBusMessage]) -> None:
         engine = bootstrap.container().sync_engine()
     except SettingsError as exc:
         emit(log, "process.misconfigured", logging.ERROR, problem=str(exc), messages=len(incoming))
+        _pause_before_abandon(messages)
         raise
     started = time.monotonic()
-    report = engine.process(incoming)
+    try:
+        report = engine.process(incoming)
+    except Exception as exc:  # not even a retry could be scheduled: the queue itself failed
+        emit(log, "process.abandoned", logging.ERROR, error=type(exc).__name__, messages=len(incoming))
+        _pause_before_abandon(messages)
+        raise
     emit(log, "process.batch", messages=len(incoming), processed=report.count("processed"),
          duplicates=report.count("duplicate"), echoes=report.count("echo"), no_effect=report.count("no_effect"),
          retried=report.count("retry"), parked=report.count("parked"), applied=report.actions_applied,
          failed=report.actions_failed, rounds=report.rounds, incomplete=report.incomplete,
          duration_ms=int((time.monotonic() - started) * 1000))
+
+
+#: Longest pause before abandoning a batch; well inside Service Bus's default 1-minute lock.
+ABANDON_PAUSE_MAX_SECONDS = 30.0
+
+
+def _pause_before_abandon(messages: Sequence[func.ServiceBusMessage]) -> None:
+    """Abandoning makes Service Bus redeliver at once; without a pause a lasting failure would
+    use up the delivery count (and dead-letter the batch) within a second. Doubles with the
+    delivery count: 1 s, 2 s, 4 s ... up to ABANDON_PAUSE_MAX_SECONDS."""
+    deliveries = max((getattr(m, "delivery_count", None) or 1 for m in messages), default=1)
+    time.sleep(min(ABANDON_PAUSE_MAX_SECONDS, 2.0 ** (deliveries - 1)))
 
 
 def _attempt(message: func.ServiceBusMessage) -> int:

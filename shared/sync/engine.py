@@ -35,7 +35,7 @@ from shared.domain.planner import (
 )
 from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for
 from shared.ports import LedgerPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
-from shared.telemetry import emit
+from shared.telemetry import emit, redact
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,19 @@ class SyncEngine:
             return report
         try:
             self._process_events(events, report)
-        except TransientError as exc:
-            # Dataverse or storage is unavailable: every event not yet settled is retried later.
+        except Exception as exc:
+            # Whatever failed (Dataverse refusing or unavailable past its retry budget, storage, the
+            # mappings), every event not yet settled is retried later with backoff and parked only
+            # after max_attempts. Raising instead would abandon the batch, and the broker redelivers
+            # at once: a lasting failure (a 403) would burn the delivery count in a burst.
+            reason = failure_reason(exc)
             settled = {o.event_id for o in report.outcomes}
+            emit(log, "sync.batch_failed", logging.ERROR, reason=reason,
+                 unsettled=sum(1 for _, e in events if e.id not in settled))
             for msg, event in events:
                 if event.id not in settled:
-                    report.outcomes.append(self._retry(msg, event, str(exc)))
+                    settled.add(event.id)
+                    report.outcomes.append(self._retry(msg, event, reason))
         return report
 
     def _process_events(self, events: list[tuple[Incoming, ChangeEvent]], report: BatchReport) -> None:
@@ -238,6 +245,19 @@ class SyncEngine:
         self.retries.send_later(event, delay, msg.attempt + 1)
         emit(log, "sync.retry_scheduled", logging.WARNING, event_id=event.id, attempt=msg.attempt + 1, delay_s=delay)
         return EventOutcome(event.id, msg.message_id, "retry", reason)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for the retry log and the parking reason: what failed, without a message that
+    could quote data (Dataverse's messages can echo a filter value, an address)."""
+    if isinstance(exc, TransientError):
+        return redact(str(exc))
+    status = getattr(exc, "status", None) or getattr(exc, "status_code", None)  # Dataverse / Azure SDK
+    code, kind = getattr(exc, "code", None), getattr(exc, "kind", None)
+    if status or kind:
+        bits = " ".join(str(b) for b in (status, code) if b)
+        return f"{kind or 'request'} failed" + (f" ({bits})" if bits else "") + f" [{type(exc).__name__}]"
+    return f"{type(exc).__name__}"
 
 
 def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trigger],

@@ -220,6 +220,42 @@ def test_dataverse_outage_retries_the_whole_batch(world):
     assert [a for _, _, a in engine.retries.later] == [2, 2, 2] and not engine.processed.ids
 
 
+def test_a_refused_read_is_retried_with_backoff_then_parked_not_raised(world):
+    # A 403 is not transient, but raising would abandon the batch and burn the delivery count.
+    from shared.adapters.dataverse.errors import DataverseAuthError
+
+    dv, engine = world
+    dv.raise_on_read = DataverseAuthError("Principal user (Id=x@y.test) is missing prvReadContact",
+                                          status=403, code="0x80040220", kind="$batch read")
+    e = consent_out("hal@x.test")
+    delays = []
+    for attempt in (1, 2):
+        report = engine.process([msg(e, attempt)])
+        assert report.outcomes[0].disposition == "retry"
+        delays.append(engine.retries.later[-1][1])
+    assert delays == [10, 20] and not engine.processed.ids
+    report = engine.process([msg(e, 3)])
+    assert report.outcomes[0].disposition == "parked"
+    (_, reason, attempt), = engine.retries.parked
+    assert attempt == 3 and "403" in reason and "0x80040220" in reason and "@" not in reason
+
+
+class BrokenStorage(FakeProcessed):
+    def seen(self, ids):
+        raise ConnectionError("storage unreachable")
+
+
+def test_a_storage_failure_retries_every_event_of_the_batch():
+    dv = FakeDataverse()
+    engine = SyncEngine(dv, single_brand, BrokenStorage(), FakeLedger(), FakeRetries(),
+                        EngineConfig(max_attempts=3, retry_delay_seconds=10))
+    events = [consent_out(f"q{i}@x.test") for i in range(2)]
+    report = engine.process([msg(events[0]), msg(events[1], 2)])
+    assert [o.disposition for o in report.outcomes] == ["retry", "retry"]
+    assert engine.retries.later == [(events[0].id, 10, 2), (events[1].id, 20, 3)]
+    assert "ConnectionError" in report.outcomes[0].detail
+
+
 def test_undecodable_message_is_parked_at_once(world):
     _, engine = world
     report = engine.process([Incoming(b'{"v": 7}', "m-1")])

@@ -102,11 +102,21 @@ def test_process_changes_hands_the_batch_to_the_engine(app_container, caplog):
     assert any("process.batch messages=2" in r.getMessage() for r in caplog.records)
 
 
-def test_process_changes_without_configuration_abandons_the_batch(app_container):
-    # Raising makes the host abandon the messages: Service Bus redelivers them, nothing is lost.
+def test_process_changes_without_configuration_abandons_the_batch_after_a_pause(app_container, monkeypatch):
+    # Raising makes the host abandon the messages: Service Bus redelivers them, nothing is lost;
+    # the pause (doubling with the delivery count) keeps that from becoming a tight loop.
+    import shared.entry
+
+    pauses = []
+    monkeypatch.setattr(shared.entry.time, "sleep", pauses.append)
     app_container({})
     with pytest.raises(SettingsError, match="AzureWebJobsStorage"):
         function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id)])
+    with pytest.raises(SettingsError):
+        function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, delivery_count=4)])
+    with pytest.raises(SettingsError):
+        function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, delivery_count=9)])
+    assert pauses == [1.0, 8.0, shared.entry.ABANDON_PAUSE_MAX_SECONDS]
 
 
 def test_process_changes_accepts_every_produced_event(fake_queue, app_container):
