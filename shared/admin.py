@@ -462,16 +462,80 @@ def _check(name: str, status: str, detail: str = "", fix: str = "") -> dict[str,
 
 def _failure(exc: BaseException) -> str:
     """One line naming the failure without a message that could quote data."""
-    from shared.adapters.dataverse.errors import DataverseError
+    return describe_failure(exc)[0]
 
-    if isinstance(exc, DataverseError):
-        bits = [type(exc).__name__, exc.kind, str(exc.status) if exc.status else None, exc.code]
-        return " ".join(b for b in bits if b)
+
+LOCAL_STACK_HINT = "locally: start the stack with make keep"
+
+
+def describe_failure(exc: BaseException, storage_url: str | None = None) -> tuple[str, str]:
+    """(what failed, what to do) in the administrator's words, for the CLI's one-line errors and
+    the doctor's checks. Never Dataverse's own message text: it can quote a filter value (an
+    address); the request kind, status and error code say enough."""
+    from shared.adapters.dataverse.errors import (DataverseAmbiguous, DataverseAuthError, DataverseBadRequest,
+                                                  DataverseError, DataverseNotFound, DataverseThrottled,
+                                                  DataverseUnavailable, DataverseUnreachable)
     from shared.adapters.settings import SettingsError
 
     if isinstance(exc, SettingsError):
-        return str(exc)
-    return type(exc).__name__
+        return str(exc), "fix the app setting named (environment or local.settings.json; see README 'Configuration')"
+    if isinstance(exc, DataverseError):
+        what = exc.kind or "a request"
+        code = f", code {exc.code}" if exc.code else ""
+        if isinstance(exc, DataverseUnreachable):
+            return (f"cannot reach Dataverse at {exc.url} ({exc.reason})",
+                    f"check DATAVERSE_URL and the network; {LOCAL_STACK_HINT}")
+        if isinstance(exc, DataverseAuthError) and exc.status == 403:
+            return (f"Dataverse denied {what} (HTTP 403{code})",
+                    "the application user's security role lacks a privilege (docs/dataverse-setup.md)")
+        if isinstance(exc, DataverseAuthError):
+            got = f"rejected the token for {what} (HTTP {exc.status})" if exc.status else "gave no token"
+            return (f"Dataverse {got}",
+                    "check DATAVERSE_CLIENT_ID, DATAVERSE_TENANT_ID and DATAVERSE_CLIENT_SECRET (or the managed "
+                    "identity); a static DATAVERSE_ACCESS_TOKEN may have expired")
+        if isinstance(exc, DataverseThrottled):
+            return (f"Dataverse kept throttling {what} (HTTP 429) past DATAVERSE_RETRY_BUDGET_SECONDS",
+                    "try again later, or raise DATAVERSE_RETRY_BUDGET_SECONDS")
+        if isinstance(exc, DataverseUnavailable):
+            why = f"HTTP {exc.status}" if exc.status else "no answer in time"
+            return (f"Dataverse failed {what} ({why}) until the retry budget ran out",
+                    "try again later; check the environment's health (Power Platform admin center), "
+                    "DATAVERSE_TIMEOUT_SECONDS and DATAVERSE_RETRY_BUDGET_SECONDS")
+        if isinstance(exc, (DataverseNotFound, DataverseAmbiguous)) and exc.status is None:
+            return exc.message, "check the name or id given"  # our own message, naming what was asked
+        if isinstance(exc, DataverseNotFound):
+            return (f"Dataverse has no {what} (HTTP 404{code})",
+                    "check DATAVERSE_URL (the environment's URL) and that Customer Insights - Journeys is installed")
+        if isinstance(exc, DataverseBadRequest):
+            return f"Dataverse rejected {what} (HTTP {exc.status}{code})", "run with --verbose and check the input"
+        return f"Dataverse failed {what}" + (f" (HTTP {exc.status}{code})" if exc.status else ""), ""
+    module = type(exc).__module__
+    if module.startswith("azure.") or isinstance(exc, ConnectionError):
+        where = f"Table Storage at {storage_url}" if storage_url else "Azure storage"
+        status = getattr(exc, "status_code", None)
+        name = type(exc).__name__
+        if name in ("ServiceRequestError", "ServiceRequestTimeoutError") or isinstance(exc, ConnectionError):
+            return (f"cannot reach {where}",
+                    f"check AzureWebJobsStorage (or AzureWebJobsStorage__tableServiceUri); {LOCAL_STACK_HINT}")
+        if name == "ClientAuthenticationError" or status in (401, 403):
+            return (f"{where} refused access" + (f" (HTTP {status})" if status else ""),
+                    "check the account key in AzureWebJobsStorage, or the identity's 'Storage Table Data "
+                    "Contributor' role")
+        if name == "CredentialUnavailableError":
+            return "no Azure identity is available to sign in with", "run az login, or set the connection strings"
+        return (f"{where} failed" + (f" (HTTP {status})" if status else f" ({name})"),
+                "try again; if it persists run with --verbose")
+    return f"unexpected failure ({type(exc).__name__})", "run with --verbose; report it with the command you ran"
+
+
+def _fix_unless_auth(exc: BaseException, auth_fix: str, also: type | None = None) -> str:
+    """The check's own fix when Dataverse refused (a privilege, a user), else the failure's
+    (an unreachable URL is not solved by adding an application user)."""
+    from shared.adapters.dataverse.errors import DataverseAuthError
+
+    if isinstance(exc, DataverseAuthError) or (also is not None and isinstance(exc, also)):
+        return auth_fix
+    return describe_failure(exc)[1]
 
 
 def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None, *, webhook_url: str | None = None,
@@ -517,18 +581,18 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
             tokens.token()
         checks.append(_check("dataverse token", "pass", auth))
     except Exception as exc:
-        checks.append(_check("dataverse token", "fail", _failure(exc),
-                             "check DATAVERSE_CLIENT_ID/DATAVERSE_TENANT_ID/DATAVERSE_CLIENT_SECRET, or the managed "
-                             "identity, and that the app registration exists in the tenant"))
+        checks.append(_check("dataverse token", "fail", _failure(exc), _fix_unless_auth(
+            exc, "check DATAVERSE_CLIENT_ID/DATAVERSE_TENANT_ID/DATAVERSE_CLIENT_SECRET, or the managed "
+                 "identity, and that the app registration exists in the tenant")))
         client = None
     if client is not None:
         try:
             user = client.who_am_i()
             checks.append(_check("whoami", "pass", f"application user {user}"))
         except Exception as exc:
-            checks.append(_check("whoami", "fail", _failure(exc),
-                                 "add the app registration as an application user in the environment "
-                                 "(Power Platform admin center > Users > App users) and give it a security role"))
+            checks.append(_check("whoami", "fail", _failure(exc), _fix_unless_auth(
+                exc, "add the app registration as an application user in the environment "
+                     "(Power Platform admin center > Users > App users) and give it a security role")))
             client = None
     reads_ok = client is not None
     for name, entity_set, key in DOCTOR_READS:
@@ -540,9 +604,10 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
             checks.append(_check(name, "pass"))
         except Exception as exc:
             reads_ok = False
-            checks.append(_check(name, "fail", _failure(exc),
-                                 f"grant the app user's security role Read on {entity_set} (organization scope); "
-                                 "for consent rows, purposes and topics Customer Insights - Journeys must be installed"))
+            checks.append(_check(name, "fail", _failure(exc), _fix_unless_auth(
+                exc, f"grant the app user's security role Read on {entity_set} (organization scope); "
+                     "for consent rows, purposes and topics Customer Insights - Journeys must be installed",
+                also=DataverseNotFound)))
     for name, method, path, body, fix in DOCTOR_WRITES:
         if client is None:
             checks.append(_check(name, "skip", "no Dataverse connection"))
@@ -554,10 +619,8 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
             checks.append(_check(name, "pass", "accepted (a probe id answered 2xx)"))
         except DataverseNotFound:
             checks.append(_check(name, "pass", "404 for a row that does not exist: the write path is open"))
-        except DataverseAuthError as exc:
-            checks.append(_check(name, "fail", _failure(exc), fix))
         except Exception as exc:
-            checks.append(_check(name, "fail", _failure(exc), fix))
+            checks.append(_check(name, "fail", _failure(exc), _fix_unless_auth(exc, fix)))
 
     store = None
     try:
@@ -574,10 +637,9 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         probe_client.delete_entity(row["PartitionKey"], row["RowKey"])
         checks.append(_check("table storage", "pass", f"created, read and deleted a probe row in {store.prefix}processed"))
     except Exception as exc:
+        what, fix = describe_failure(exc, getattr(getattr(store, "service", None), "url", None))
         store = None
-        checks.append(_check("table storage", "fail", _failure(exc),
-                             "check AzureWebJobsStorage (or the tableServiceUri and the identity's "
-                             "'Storage Table Data Contributor' role); locally, start Azurite"))
+        checks.append(_check("table storage", "fail", what, fix))
 
     if store is None:
         checks.append(_check("mappings", "skip", "no Table Storage"))

@@ -27,6 +27,8 @@ class Container:
         self._tables: Any = None
         self._engine: Any = None
         self._mappings: tuple[float, Any] | None = None
+        #: Set by the CLI: storage gives up on an unreachable endpoint within seconds.
+        self.interactive = False
 
     @property
     def webhook_config(self) -> WebhookConfig:
@@ -51,7 +53,7 @@ class Container:
         storage is not configured (and its ``.ledger`` when LEDGER_KEY is missing)."""
         with self._lock:
             if self._tables is None:
-                self._tables = build_table_store(self.settings)
+                self._tables = build_table_store(self.settings, fail_fast=self.interactive)
             return self._tables
 
     def mappings(self) -> Any:
@@ -140,15 +142,17 @@ def build_dataverse_client(settings: Settings) -> Any:
     return DataverseClient.from_settings(settings)
 
 
-def build_table_store(settings: Settings) -> Any:
-    from shared.adapters.tables import TableStore
+def build_table_store(settings: Settings, fail_fast: bool = False) -> Any:
+    from shared.adapters.tables import FAIL_FAST, TableStore
 
     settings.require_tables()
+    options = FAIL_FAST if fail_fast else {}
     if settings.storage_connection_string:
         return TableStore.from_connection_string(
-            settings.storage_connection_string, prefix=settings.table_prefix, ledger_key=settings.ledger_key)
+            settings.storage_connection_string, prefix=settings.table_prefix, ledger_key=settings.ledger_key,
+            **options)
     return TableStore.from_endpoint(settings.storage_table_uri, azure_credential(settings.storage_client_id),
-                                    prefix=settings.table_prefix, ledger_key=settings.ledger_key)
+                                    prefix=settings.table_prefix, ledger_key=settings.ledger_key, **options)
 
 
 def export_telemetry(settings: Settings) -> None:

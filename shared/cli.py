@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -29,8 +30,18 @@ class CommandFailed(Exception):
     """The outside world failed (Dataverse, Azure, the local host): one line, exit 1."""
 
 
+#: Where each app setting the command sees came from: "environment" or a local.settings.json path
+#: (``doctor`` lists it, and the static-token refusal names it).
+SETTING_SOURCES: dict[str, str] = {}
+
+
 def load_local_settings(path: Path = Path("local.settings.json")) -> None:
-    """Fills the environment from local.settings.json "Values" (the environment wins), as Core Tools does."""
+    """Fills the environment from local.settings.json "Values" (the environment wins), as Core Tools
+    does, and records where each app setting came from."""
+    from shared.adapters.settings import SETTINGS
+
+    SETTING_SOURCES.clear()
+    SETTING_SOURCES.update({st.name: "environment" for st in SETTINGS if os.environ.get(st.name, "").strip()})
     if not path.is_file():
         return
     try:
@@ -38,14 +49,48 @@ def load_local_settings(path: Path = Path("local.settings.json")) -> None:
     except (OSError, ValueError) as exc:
         raise CommandError(f"{path} is not valid JSON: {exc}") from None
     for key, value in values.items():
-        if isinstance(value, str) and value != "":
-            os.environ.setdefault(key, value)
+        if isinstance(value, str) and value != "" and key not in os.environ:
+            os.environ[key] = value
+            if key in {st.name for st in SETTINGS}:
+                SETTING_SOURCES[key] = str(path.resolve())
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+_ALLOW_STATIC_TOKEN = False
+
+
+def is_local_url(url: str) -> bool:
+    host = (urlparse(url).hostname or "").lower()
+    return host in LOCAL_HOSTS or host.endswith(".localhost")
+
+
+def refuse_dev_token(settings: Any) -> None:
+    """A static token is a development shortcut: against a real environment it is almost always a
+    local stack's settings picked up by mistake, so it needs --allow-static-token."""
+    if _ALLOW_STATIC_TOKEN or not (settings.dataverse_access_token and settings.dataverse_url):
+        return
+    if is_local_url(settings.dataverse_url):
+        return
+    source = SETTING_SOURCES.get("DATAVERSE_ACCESS_TOKEN", "the environment")
+    raise CommandError(
+        f"DATAVERSE_ACCESS_TOKEN (a static development token, from {source}) is set while DATAVERSE_URL is "
+        f"{settings.dataverse_url}, not a local sandbox: unset it to sign in with Entra ID "
+        "(client secret or managed identity), or pass --allow-static-token if you mean it")
+
+
+_CONTAINER: Any = None
 
 
 def _container():
+    """The app's container, with storage failing fast: an administrator at a terminal should hear
+    within seconds that an endpoint is unreachable, not after the SDK's two-minute retry budget."""
+    global _CONTAINER
     from shared import bootstrap
 
-    return bootstrap.container()
+    _CONTAINER = bootstrap.container()
+    _CONTAINER.interactive = True
+    refuse_dev_token(_CONTAINER.settings)
+    return _CONTAINER
 
 
 def _print_json(data: Any) -> None:
@@ -326,7 +371,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     try:
         c = _container()
-    except SettingsError as exc:
+    except (SettingsError, CommandError) as exc:
         checks = doctor(None, None, None, settings_error=str(exc))
     else:
         checks = doctor(c.settings, c.dataverse, c.tables, lambda: _dead_letters(c), webhook_url=args.url,
@@ -335,14 +380,26 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         check["detail"], check["fix"] = redact(check["detail"]), redact(check["fix"])
     failed = any(ch["status"] == "fail" for ch in checks)
     if args.json:
-        _print_json({"ok": not failed, "checks": checks})
+        _print_json({"ok": not failed, "checks": checks, "settings_sources": dict(sorted(SETTING_SOURCES.items()))})
     else:
         for ch in checks:
             print(f"{ch['status'].upper():<4}  {ch['check']}" + (f": {ch['detail']}" if ch["detail"] else ""))
             if ch["status"] == "fail" and ch["fix"]:
                 print(f"      fix: {ch['fix']}")
+        _print_sources()
         print("all checks passed" if not failed else f"{sum(ch['status'] == 'fail' for ch in checks)} check(s) failed")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_sources() -> None:
+    """Which file or the environment each setting came from (the rest are defaults or unset)."""
+    by_source: dict[str, list[str]] = {}
+    for name, source in sorted(SETTING_SOURCES.items()):
+        by_source.setdefault(source, []).append(name)
+    if not by_source:
+        print("settings from: none set (defaults only)")
+    for source, names in by_source.items():
+        print(f"settings from {source}: {', '.join(names)}")
 
 
 # --- the parser ----------------------------------------------------------------------------------
@@ -388,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="straddle", description="Straddle: one opt-out for Dynamics 365 Outbound and Real-time marketing.")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--verbose", action="store_true", help="log requests and retries on standard error")
+    parser.add_argument("--allow-static-token", action="store_true",
+                        help="use DATAVERSE_ACCESS_TOKEN (a development token) against a non-local DATAVERSE_URL")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     # --json and --verbose also after the command (`straddle doctor --json`); SUPPRESS keeps a
     # sub-command's default from hiding the global flag.
@@ -500,8 +559,6 @@ def _progress_line():
 def _configure_logging(verbose: bool) -> None:
     """Quiet by default: the adapters' warnings (retries) would otherwise reach stderr through
     logging's last-resort handler and break the one-line error promise."""
-    import logging
-
     from shared.telemetry import install_redaction
 
     install_redaction()
@@ -514,6 +571,33 @@ def _configure_logging(verbose: bool) -> None:
         root.setLevel(logging.INFO)
     elif not root.handlers:
         root.addHandler(logging.NullHandler())
+    dataverse_log = logging.getLogger("straddle.dataverse")
+    if not verbose and sys.stderr.isatty() and not any(isinstance(h, WaitNotice) for h in dataverse_log.handlers):
+        dataverse_log.addHandler(WaitNotice(sys.stderr))
+
+
+class WaitNotice(logging.Handler):
+    """On a terminal, one line each time a command legitimately waits (Dataverse throttling or
+    failing, retried within DATAVERSE_RETRY_BUDGET_SECONDS), so a wait never looks like a hang."""
+
+    MIN_DELAY = 1.0  # shorter back-offs pass unnoticed
+
+    def __init__(self, stream: Any):
+        super().__init__(logging.WARNING)  # the transport logs each retry at that level
+        self.stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "event", None) != "dataverse.retry":
+            return
+        delay = float(getattr(record, "straddle_delay", 0) or 0)
+        if delay < self.MIN_DELAY:
+            return
+        reason = str(getattr(record, "straddle_reason", ""))
+        why = ("is throttling" if reason in ("429", "part throttled") else
+               f"answered {reason}" if reason.isdigit() else f"did not answer ({reason})")
+        self.stream.write(f"waiting {delay:.0f} s: Dataverse {why} ({getattr(record, 'straddle_kind', '')}); "
+                          "retrying (Ctrl-C stops)\n")
+        self.stream.flush()
 
 
 def _fail(message: str, code: int) -> int:
@@ -536,20 +620,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
         return int(exc.code or 0)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    global _ALLOW_STATIC_TOKEN
+    _ALLOW_STATIC_TOKEN = args.allow_static_token
     _configure_logging(args.verbose)
     try:
         load_local_settings()
         return handler(args)
     except (CommandError, SettingsError, MappingsError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except DataverseError as exc:
-        # Dataverse's message can quote a filter value (an address): kind, status and code only.
-        return _fail(f"Dataverse: {exc.status or ''} {exc.code or ''} {exc.kind or ''} {type(exc).__name__}"
-                     .replace("  ", " ").strip(), EXIT_FAILED)
-    except (CommandFailed, DeadLettersUnavailable, TransientError) as exc:
+    except (CommandFailed, DeadLettersUnavailable) as exc:
         return _fail(str(exc), EXIT_FAILED)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # Azure SDK and network errors: the type, never a traceback
-        where = "Table Storage" if "azure.data.tables" in type(exc).__module__ or "azure.core" in type(exc).__module__ else "error"
-        return _fail(f"{where}: {type(exc).__name__}", EXIT_FAILED)
+    except BrokenPipeError:
+        return _stdout_closed()
+    except Exception as exc:  # Dataverse, Azure SDK and network errors: what failed and what to do
+        if isinstance(exc, TransientError) and isinstance(exc.__cause__, DataverseError):
+            exc = exc.__cause__
+        return _fail(_explain_failure(exc), EXIT_FAILED)
+
+
+def _explain_failure(exc: BaseException) -> str:
+    """One line: what failed (which URL or setting) and what to do (``shared.admin.describe_failure``)."""
+    from shared.admin import describe_failure
+
+    what, fix = describe_failure(exc, _storage_url())
+    return f"{what}; {fix}" if fix else what
+
+
+def _storage_url() -> str | None:
+    """The Table Storage endpoint the command used, when it got as far as building it."""
+    tables = getattr(_CONTAINER, "_tables", None)
+    try:
+        return tables.service.url.rstrip("/") if tables is not None else None
+    except Exception:  # an error message must not fail on its way out
+        return None
+
+
+def _stdout_closed() -> int:
+    """The reader went away (``straddle dlq list | head``): stop quietly, as Unix tools do."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    except (OSError, ValueError):
+        pass
+    return EXIT_OK

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sandbox.host", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=7071)
     p.add_argument("--settings", type=Path, default=REPO / "local.settings.json",
-                   help="local.settings.json (created from local.settings.sample.json when absent)")
+                   help="local.settings.json (local.settings.sample.json's values when absent)")
     p.add_argument("--time-scale", type=float, default=1.0, help="multiplies scheduled-retry delays (tests: 0.01)")
     p.add_argument("--function-key", help="default: generated once, kept in sandbox/host/.state/keys.json")
     p.add_argument("--master-key")

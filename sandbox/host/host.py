@@ -39,14 +39,15 @@ _EXPR = re.compile(r"%([^%]+)%")
 
 def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = None,
                   sample: Path = REPO / "local.settings.sample.json") -> dict[str, str]:
-    """local.settings.json "Values" (created from the sample when absent) overlaid by the environment."""
+    """local.settings.json "Values" (the sample's when absent) overlaid by the environment.
+
+    The sample is read, never copied into the checkout: a local.settings.json left behind would
+    hand the local stack's static token and ledger key to every later CLI run from this folder."""
     path = path or REPO / "local.settings.json"
-    if not path.exists() and sample.exists():
-        path.write_text(sample.read_text())
-        log.info("host.settings_created path=%s", path.name)
+    source = path if path.exists() else sample
     values: dict[str, str] = {}
-    if path.exists():
-        values = {k: str(v) for k, v in json.loads(path.read_text()).get("Values", {}).items() if v is not None}
+    if source.exists():
+        values = {k: str(v) for k, v in json.loads(source.read_text()).get("Values", {}).items() if v is not None}
     env = os.environ if environ is None else environ
     for key in list(values):
         if key in env:

@@ -45,6 +45,9 @@ DEFAULT_PREFIX = "straddle"
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 AZURITE_TABLE_PORT = 10002
+#: azure-core retry options for a person at a terminal (the CLI): one quick retry of a connection
+#: that cannot be made and a 10 s connect timeout, instead of the SDK's ten retries over minutes.
+FAIL_FAST = {"retry_connect": 1, "retry_backoff_factor": 0.2, "connection_timeout": 10}
 
 MAX_BATCH = 100  # operations per transaction
 MAX_BATCH_BYTES = 3 * 1024 * 1024  # stay clear of the 4 MiB transaction payload limit
@@ -801,17 +804,18 @@ class TableStore:
 
     @classmethod
     def from_connection_string(cls, connection_string: str, prefix: str = DEFAULT_PREFIX,
-                               ledger_key: bytes | None = None) -> "TableStore":
+                               ledger_key: bytes | None = None, **client_options: Any) -> "TableStore":
         try:
-            service = TableServiceClient.from_connection_string(expand_connection_string(connection_string))
+            service = TableServiceClient.from_connection_string(expand_connection_string(connection_string),
+                                                                **client_options)
         except ValueError as exc:
             raise SettingsError(f"AzureWebJobsStorage is malformed: {str(exc).split(':')[0]}") from None
         return cls(service, prefix, ledger_key)
 
     @classmethod
     def from_endpoint(cls, endpoint: str, credential: Any, prefix: str = DEFAULT_PREFIX,
-                      ledger_key: bytes | None = None) -> "TableStore":
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix, ledger_key)
+                      ledger_key: bytes | None = None, **client_options: Any) -> "TableStore":
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential, **client_options), prefix, ledger_key)
 
     @property
     def service(self) -> TableServiceClient:

@@ -376,7 +376,9 @@ def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypat
     code, out, _ = cli("doctor")
     assert code == 1
     assert "FAIL  settings: missing ServiceBusConnection__fullyQualifiedNamespace" in out
-    assert "FAIL  whoami: DataverseUnavailable" in out and "SKIP  read contacts" in out
+    assert "FAIL  whoami: cannot reach Dataverse at http://127.0.0.1:9 (connection refused)" in out
+    assert "fix: check DATAVERSE_URL" in out and "application user" not in out  # not an access problem
+    assert "SKIP  read contacts" in out
     assert "PASS  table storage" in out and "FAIL  mappings: no mappings imported" in out
     assert "SKIP  service bus: not configured" in out
     monkeypatch.setenv("STRADDLE_LOCAL_HOST", local_host.url)  # the local host stands in for Service Bus

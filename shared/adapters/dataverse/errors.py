@@ -47,6 +47,16 @@ class DataverseUnavailable(DataverseError):
     """5xx, timeouts or connection errors outlasted the retry budget."""
 
 
+class DataverseUnreachable(DataverseUnavailable):
+    """No connection could be made at all (refused, the name does not resolve, no answer to the
+    connect): not a throttle, so it is given up on within seconds. ``url`` is the service root
+    (no query: it never holds data), ``reason`` says which of the three it was."""
+
+    def __init__(self, url: str, reason: str, *, kind: str | None = None):
+        super().__init__(f"cannot reach Dataverse at {url} ({reason})", kind=kind)
+        self.url, self.reason = url, reason
+
+
 class DataverseBadRequest(DataverseError):
     """400/412 and other 4xx that retrying cannot fix."""
 

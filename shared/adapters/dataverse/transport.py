@@ -2,7 +2,10 @@
 
 Retry policy (every retry is counted under ``"retry"``):
 - 429 and 503 wait ``Retry-After`` seconds when given (429s are also counted as ``"throttled"``);
-- other 5xx, timeouts and connection errors back off exponentially with full jitter;
+- other 5xx, timeouts and dropped connections back off exponentially with full jitter;
+- a connection that cannot be made at all (refused, DNS, connect timeout) is retried only within
+  ``CONNECT_BUDGET_SECONDS`` and then raises ``DataverseUnreachable``: an endpoint that is down or
+  mistyped is not a throttle, and an administrator at a terminal should hear so within seconds;
 - all within ``retry_budget`` seconds of wall time per call; a wait that would overrun it raises
   ``DataverseThrottled`` (429) or ``DataverseUnavailable`` (5xx / network) at once, so a caller
   (the queue) can reschedule instead of blocking a worker.
@@ -22,12 +25,13 @@ import time
 from collections import Counter
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from shared.adapters.dataverse.auth import TokenProvider
-from shared.adapters.dataverse.errors import DataverseError, DataverseUnavailable, error_for
+from shared.adapters.dataverse.errors import DataverseError, DataverseUnavailable, DataverseUnreachable, error_for
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, build_batch, parse_batch, path_kind, query_string
 from shared.telemetry import emit
 
@@ -36,6 +40,8 @@ log = logging.getLogger("straddle.dataverse")
 API_PATH = "/api/data/v9.2"
 MAX_PAGE_SIZE = 5000
 MAX_BATCH = 1000
+#: How long a connection that cannot be made is retried (a blip), instead of the whole retry budget.
+CONNECT_BUDGET_SECONDS = 3.0
 #: Counter keys that are not HTTP requests.
 META_KINDS = ("retry", "throttled", "server_error", "network_error", "auth_refresh")
 
@@ -65,6 +71,29 @@ def retry_after_seconds(value: str | None, now: Callable[[], float] = time.time)
         return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def connect_failure(exc: BaseException) -> str | None:
+    """Why no connection could be made ("connection refused", "host name not found", "no answer
+    to connect"), or None when the failure came after connecting (a dropped or slow response)."""
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return "no answer to connect"
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:  # requests wraps urllib3's MaxRetryError, which holds the reason
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, NameResolutionError):
+            return "host name not found"
+        if isinstance(e, NewConnectionError):
+            return "connection refused"
+        stack.extend([getattr(e, "reason", None), e.__cause__, e.__context__, *[a for a in getattr(e, "args", ())
+                                                                             if isinstance(a, BaseException)]])
+    return None
 
 
 class RequestCounter:
@@ -148,6 +177,12 @@ class DataverseTransport:
         qs = query_string(params) if params else ""
         return f"{url}{'&' if '?' in url else '?'}{qs}" if qs else url
 
+    @property
+    def base_url(self) -> str:
+        """The environment's URL as configured (scheme and host, no path or query)."""
+        parts = urlsplit(self.api_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
     def _backoff(self, attempt: int) -> float:
         return self._rng.uniform(0, min(self._backoff_cap, self._backoff_base * (2 ** attempt)))
 
@@ -162,6 +197,7 @@ class DataverseTransport:
             data = jsonlib.dumps(json, separators=(",", ":")).encode("utf-8")
         timeout = timeout or self.timeout
         deadline = self._clock() + self.retry_budget
+        connect_deadline: float | None = None
         attempt, refreshed = 0, False
         while True:
             self._counts.add(kind)
@@ -170,7 +206,13 @@ class DataverseTransport:
             except (requests.Timeout, requests.ConnectionError) as exc:
                 self._counts.add("network_error")
                 delay = self._backoff(attempt)
-                if self._clock() + delay > deadline:
+                unreachable = connect_failure(exc)
+                if unreachable:
+                    if connect_deadline is None:
+                        connect_deadline = self._clock() + CONNECT_BUDGET_SECONDS
+                    if self._clock() + delay > min(deadline, connect_deadline):
+                        raise DataverseUnreachable(self.base_url, unreachable, kind=kind) from None
+                elif self._clock() + delay > deadline:
                     raise DataverseUnavailable(f"Dataverse unreachable: {type(exc).__name__}", kind=kind) from None
                 self._wait(kind, delay, type(exc).__name__)
                 attempt += 1
