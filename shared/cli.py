@@ -33,6 +33,7 @@ class CommandFailed(Exception):
 #: Where each app setting the command sees came from: "environment" or a local.settings.json path
 #: (``doctor`` lists it, and the static-token refusal names it).
 SETTING_SOURCES: dict[str, str] = {}
+_LOADED: dict[str, str] = {}
 
 
 def load_local_settings(path: Path = Path("local.settings.json")) -> None:
@@ -40,6 +41,10 @@ def load_local_settings(path: Path = Path("local.settings.json")) -> None:
     does, and records where each app setting came from."""
     from shared.adapters.settings import SETTINGS
 
+    for key, value in _LOADED.items():  # a second run in one process (tests): the file's, not the environment's
+        if os.environ.get(key) == value:
+            del os.environ[key]
+    _LOADED.clear()
     SETTING_SOURCES.clear()
     SETTING_SOURCES.update({st.name: "environment" for st in SETTINGS if os.environ.get(st.name, "").strip()})
     if not path.is_file():
@@ -50,7 +55,7 @@ def load_local_settings(path: Path = Path("local.settings.json")) -> None:
         raise CommandError(f"{path} is not valid JSON: {exc}") from None
     for key, value in values.items():
         if isinstance(value, str) and value != "" and key not in os.environ:
-            os.environ[key] = value
+            os.environ[key] = _LOADED[key] = value
             if key in {st.name for st in SETTINGS}:
                 SETTING_SOURCES[key] = str(path.resolve())
 
@@ -625,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         load_local_settings()
-        return handler(args)
+        return _flushed(handler(args))
     except (CommandError, SettingsError, MappingsError, ValueError) as exc:
         return _fail(str(exc), EXIT_USAGE)
     except (CommandFailed, DeadLettersUnavailable) as exc:
@@ -655,6 +660,12 @@ def _storage_url() -> str | None:
         return tables.service.url.rstrip("/") if tables is not None else None
     except Exception:  # an error message must not fail on its way out
         return None
+
+
+def _flushed(code: int) -> int:
+    """Flushes standard output now, so a reader that went away is noticed here, not at exit."""
+    sys.stdout.flush()
+    return code
 
 
 def _stdout_closed() -> int:

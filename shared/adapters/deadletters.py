@@ -148,8 +148,17 @@ class ServiceBusDeadLetters:
                 return work(client)
         except DeadLettersUnavailable:
             raise
-        except Exception as exc:  # SDK errors can carry the namespace's URL; the type says enough
-            raise DeadLettersUnavailable(f"Service Bus: {type(exc).__name__}") from None
+        except Exception as exc:  # SDK errors can carry a connection string's parts: say what to check
+            name = type(exc).__name__
+            if "Auth" in name or "Unauthorized" in name:
+                why = ("refused access: check the identity's 'Azure Service Bus Data Receiver' and 'Data Sender' "
+                       "roles, or the key in ServiceBusConnection")
+            elif "EntityNotFound" in name or "MessagingEntityNotFound" in name:
+                why = "has no such queue: check CHANGES_QUEUE and PARKED_QUEUE"
+            else:
+                why = ("could not be reached: check ServiceBusConnection (or ServiceBusConnection__fullyQualifiedNamespace) "
+                       "and the network")
+            raise DeadLettersUnavailable(f"Service Bus {why} ({name})") from None
 
     def list(self, max_count: int) -> list[DeadLetter]:
         def work(client: Any) -> list[DeadLetter]:
@@ -241,7 +250,8 @@ class LocalHostDeadLetters:
             resp = self._session.request(method, f"{self.base_url}{path}", headers=self._headers,
                                          timeout=self._timeout, **kw)
         except requests.RequestException as exc:
-            raise DeadLettersUnavailable(f"local host at {self.base_url} unreachable ({type(exc).__name__})") from None
+            raise DeadLettersUnavailable(f"local host at {self.base_url} unreachable: is the local stack running "
+                                         "(make keep)? Check STRADDLE_LOCAL_HOST") from None
         if resp.status_code in (401, 403):
             raise DeadLettersUnavailable(f"local host refused the master key (HTTP {resp.status_code})")
         if resp.status_code == 404:

@@ -31,22 +31,30 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _number(raw: str, kind: type, wanted: str) -> Any:
+    """int() or float() with an error that says what was expected, not Python's own wording."""
+    try:
+        return kind(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be {wanted}, got {raw.strip()!r}") from None
+
+
 def _positive_int(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "a positive whole number")
     if value <= 0:
         raise ValueError("must be a positive whole number")
     return value
 
 
 def _non_negative_int(raw: str) -> int:
-    value = int(raw)
+    value = _number(raw, int, "a whole number, 0 or more")
     if value < 0:
         raise ValueError("must be a whole number, 0 or more")
     return value
 
 
 def _positive_float(raw: str) -> float:
-    value = float(raw)
+    value = _number(raw, float, "a positive number (seconds)")
     if value <= 0:
         raise ValueError("must be a positive number")
     return value

@@ -487,3 +487,19 @@ def test_retry_after_forms():
     assert retry_after_seconds("12") == 12.0 and retry_after_seconds(None) is None
     assert retry_after_seconds("junk") is None
     assert 29 <= retry_after_seconds("Thu, 01 Jan 2026 00:00:30 GMT", now=lambda: 1767225600.0) <= 30
+
+
+def test_a_connection_that_cannot_be_made_is_told_apart_from_a_dropped_one():
+    import requests
+    from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError
+
+    from shared.adapters.dataverse.transport import connect_failure
+
+    def wrapped(reason):
+        return requests.ConnectionError(MaxRetryError(None, "/api/data/v9.2/WhoAmI", reason))
+
+    assert connect_failure(wrapped(NewConnectionError(None, "refused"))) == "connection refused"
+    assert connect_failure(wrapped(NameResolutionError("org.example", None, OSError("nope")))) == "host name not found"
+    assert connect_failure(requests.ConnectTimeout("connect")) == "no answer to connect"
+    assert connect_failure(requests.ConnectionError(ProtocolError("Connection aborted."))) is None
+    assert connect_failure(requests.ReadTimeout("read")) is None
