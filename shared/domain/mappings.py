@@ -7,6 +7,7 @@ passed in, so an unknown name is an error naming it and nothing is half-imported
 """
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
@@ -33,6 +34,7 @@ class MappingsError(ValueError):
 class ListSpec:
     list: str  # name or id
     topic: str  # name or id
+    shared: bool = False  # the list or the topic is in another pair too, on purpose
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,13 @@ def parse_mappings_file(doc: Any) -> MappingsSpec:
             problems.append(f"{where}: lists must be a list of {{\"list\": ..., \"topic\": ...}}")
             lists_raw = []
         for j, m in enumerate(lists_raw):
-            if (not isinstance(m, dict) or set(m) != {"list", "topic"}
-                    or not all(isinstance(m[k], str) and m[k].strip() for k in ("list", "topic"))):
-                problems.append(f"{where}: lists[{j}] must be {{\"list\": name or id, \"topic\": name or id}}")
+            if (not isinstance(m, dict) or not {"list", "topic"} <= set(m) <= {"list", "topic", "shared"}
+                    or not all(isinstance(m[k], str) and m[k].strip() for k in ("list", "topic"))
+                    or not isinstance(m.get("shared", False), bool)):
+                problems.append(f"{where}: lists[{j}] must be {{\"list\": name or id, \"topic\": name or id}}"
+                                " (and optionally \"shared\": true)")
                 continue
-            lists.append(ListSpec(m["list"].strip(), m["topic"].strip()))
+            lists.append(ListSpec(m["list"].strip(), m["topic"].strip(), m.get("shared", False)))
         brands.append(BrandSpec(name.strip(), tuple(p.strip() for p in purposes), opt_out.strip() if opt_out else None,
                                 tuple(lists)))
     names = [b.name.lower() for b in brands]
@@ -231,9 +235,14 @@ class Mappings:
             "email_attributes": list(self.email_columns),
             "brands": [{"name": b.name, "purposes": [p.name for p in b.purposes],
                         "opt_out_list": b.opt_out_list.list_name if b.opt_out_list else None,
-                        "lists": [{"list": m.list_name, "topic": m.topic_name} for m in b.lists]}
+                        "lists": [{"list": m.list_name, "topic": m.topic_name,
+                                   **({"shared": True} if self._is_shared(m) else {})} for m in b.lists]}
                        for b in self.brands],
         }
+
+    def _is_shared(self, m: ListTopic) -> bool:
+        """The pair's list is on another topic, or its topic on another list (imported as intended)."""
+        return len(self.topics_of_list.get(m.list_id, ())) > 1 or len(self.lists_of_topic.get(m.topic_id, ())) > 1
 
 
 def resolve_mappings(spec: MappingsSpec, lists: Iterable[SubscriptionList], topics: Iterable[Topic],
@@ -271,9 +280,48 @@ def resolve_mappings(spec: MappingsSpec, lists: Iterable[SubscriptionList], topi
                 continue
             mapped.append(ListTopic(row.id, row.name, row.member_table, topic.id, topic.name, topic.purpose_id))
         brands.append(Brand(b.name, tuple(brand_purposes), opt_out, tuple(mapped)))
+    if not problems:
+        problems.extend(_pairing_problems(spec, brands))
     if problems:
         raise MappingsError(problems)
     return Mappings(spec.mode, spec.email_attributes, tuple(brands))
+
+
+def _pairing_problems(spec: MappingsSpec, brands: list[Brand]) -> list[str]:
+    """The mistakes a careful person still makes: the same pair twice, a list on two topics or a
+    topic on two lists without saying so (``"shared": true`` on each such pair), and, with several
+    brands, a topic of a purpose that belongs to another brand (its opt-outs would reach the
+    wrong brand's lists)."""
+    problems: list[str] = []
+    pairs = [(b, m, ls.shared) for b, bs in zip(brands, spec.brands) for m, ls in zip(b.lists, bs.lists)]
+    seen: set[tuple[str, str]] = set()
+    for b, m, _ in pairs:
+        if (m.list_id, m.topic_id) in seen:
+            problems.append(f"brand {b.name!r}: list {m.list_name!r} and topic {m.topic_name!r} are paired twice; "
+                            "remove the repeat")
+        seen.add((m.list_id, m.topic_id))
+    for key, other, what, others in (("list_id", "topic_name", "list", "topics"),
+                                     ("topic_id", "list_name", "topic", "lists")):
+        groups: dict[str, list[tuple[Brand, ListTopic, bool]]] = {}
+        for pair in pairs:
+            groups.setdefault(getattr(pair[1], key), []).append(pair)
+        for group in groups.values():
+            names = sorted({getattr(m, other) for _, m, _ in group})
+            if len(names) > 1 and not all(shared for _, _, shared in group):
+                m = group[0][1]
+                name = m.list_name if what == "list" else m.topic_name
+                problems.append(f"{what} {name!r} is paired with {len(names)} {others} "
+                                f"({', '.join(repr(n) for n in names)}); if that is intended, add "
+                                f"\"shared\": true to each of these pairs, else keep one")
+    if spec.mode == "multi-brand":
+        owner = {p.id: b for b in brands for p in b.purposes}
+        for b, m, _ in pairs:
+            theirs = owner.get(m.purpose_id)
+            if m.purpose_id not in b.purpose_ids and theirs is not None:
+                purpose = next(p.name for p in theirs.purposes if p.id == m.purpose_id)
+                problems.append(f"brand {b.name!r}: topic {m.topic_name!r} is of purpose {purpose!r}, which belongs "
+                                f"to brand {theirs.name!r}; map it there, or pick a topic of this brand's purposes")
+    return problems
 
 
 def _finder(kind: str, rows: Iterable[Any], problems: list[str]):
@@ -290,7 +338,9 @@ def _finder(kind: str, rows: Iterable[Any], problems: list[str]):
         if len(found) == 1:
             return found[0]
         if not found:
-            problems.append(f"{where}: unknown {kind} {ref!r}")
+            close = difflib.get_close_matches(ref.strip().lower(), list(by_name), n=1, cutoff=0.8)
+            hint = f" (did you mean {by_name[close[0]][0].name.strip()!r}?)" if close else ""
+            problems.append(f"{where}: unknown {kind} {ref!r}{hint}")
         else:
             problems.append(f"{where}: {kind} name {ref!r} is ambiguous ({len(found)} rows); use its id")
         return None

@@ -119,7 +119,8 @@ def test_parse_trims_and_keeps_order():
     ({"mode": "multi-brand", "brands": [{"name": "A", "purposes": ["p"], "lists": [
         {"list": "x", "topic": "y"}, {"list": "x"}, {"list": "x", "topic": "y", "z": 1}, {"list": " ", "topic": "y"},
         "x"]}]},
-     [f'brand \'A\': lists[{j}] must be {{"list": name or id, "topic": name or id}}' for j in (1, 2, 3, 4)]),
+     [f'brand \'A\': lists[{j}] must be {{"list": name or id, "topic": name or id}} (and optionally "shared": true)'
+      for j in (1, 2, 3, 4)]),
     ({"mode": "multi-brand", "brands": [{"name": "Acme", "purposes": ["p"]}, {"name": "ACME", "purposes": ["q"]}]},
      ["brand names must be unique"]),
     ({"mode": "single-brand", "brands": [{"name": "A", "purposes": ["p"]}, {"name": "B", "purposes": ["q"]}]},
@@ -139,7 +140,7 @@ def test_parse_lists_every_problem_at_once():
         "mode must be 'single-brand' or 'multi-brand', got 'x'",
         "brand 'A': unknown field(s) logo",
         "brand 'A': purposes must be a non-empty list of purpose names or ids",
-        'brand \'A\': lists[0] must be {"list": name or id, "topic": name or id}',
+        'brand \'A\': lists[0] must be {"list": name or id, "topic": name or id} (and optionally "shared": true)',
         "brand 'a': opt_out_list must be a list name, id or null",
         "brand names must be unique",
     ]
@@ -226,15 +227,51 @@ def test_indexes():
     assert a.list_ids == {L_A1, L_A2} and a.purpose_ids == {P_A, P_SHARED}
 
 
-def test_one_list_for_two_topics_and_one_topic_for_two_lists():
+def test_one_list_for_two_topics_and_one_topic_for_two_lists_only_when_said_so():
     doc = {"mode": "multi-brand", "brands": [
         {"name": "Acme", "purposes": ["Acme Commercial"], "lists": [
             {"list": "Acme News", "topic": "Newsletter"}, {"list": "Acme News", "topic": "Events"}]},
         {"name": "Beta", "purposes": ["Acme Commercial"], "lists": [{"list": "Beta News", "topic": "Newsletter"}]}]}
+    assert problems_of(doc, resolve_too=True) == [
+        "list 'Acme News' is paired with 2 topics ('Events', 'Newsletter'); if that is intended, add "
+        "\"shared\": true to each of these pairs, else keep one",
+        "topic 'Newsletter' is paired with 2 lists ('Acme News', 'Beta News'); if that is intended, add "
+        "\"shared\": true to each of these pairs, else keep one"]
+    for b in doc["brands"]:
+        for pair in b["lists"]:
+            pair["shared"] = True
     m = resolve(doc)
     assert [lt.topic_id for lt in m.topics_of_list[gid(1)]] == [gid(11), gid(12)]
     assert m.lists_of_topic[gid(11)] == {gid(1), gid(4)}
     assert [b.name for b in m.brands_of_purpose[gid(21)]] == ["Acme", "Beta"]
+    assert m.to_file()["brands"][1]["lists"] == [{"list": "Beta News", "topic": "Newsletter", "shared": True}]
+    assert resolve(m.to_file()) == m  # export and import again keeps the intent
+
+
+def test_the_same_pair_twice_is_an_error():
+    doc = {**SINGLE, "brands": [{"name": "Acme", "purposes": ["Acme Commercial"], "lists": [
+        {"list": "Acme News", "topic": "Newsletter"}, {"list": "acme news", "topic": gid(11), "shared": True}]}]}
+    assert problems_of(doc, resolve_too=True) == [
+        "brand 'Acme': list 'Acme News' and topic 'Newsletter' are paired twice; remove the repeat"]
+
+
+def test_a_topic_of_another_brands_purpose_is_an_error():
+    doc = {"mode": "multi-brand", "brands": [
+        {"name": "Acme", "purposes": ["Acme Commercial"], "lists": [{"list": "Acme News", "topic": "Newsletter"}]},
+        {"name": "Beta", "purposes": ["Beta Commercial"], "lists": [{"list": "Beta News", "topic": "Events"}]}]}
+    assert problems_of(doc, resolve_too=True) == [
+        "brand 'Beta': topic 'Events' is of purpose 'Acme Commercial', which belongs to brand 'Acme'; map it there, "
+        "or pick a topic of this brand's purposes"]
+
+
+def test_a_name_close_to_an_existing_one_is_suggested():
+    doc = {**SINGLE, "brands": [{"name": "Acme", "purposes": ["Acme Comercial"], "lists": [
+        {"list": "Acme Newz", "topic": "Newsleter"}, {"list": "Completely different", "topic": "Events"}]}]}
+    assert problems_of(doc, resolve_too=True) == [
+        "brand 'Acme': unknown purpose 'Acme Comercial' (did you mean 'Acme Commercial'?)",
+        "brand 'Acme': unknown list 'Acme Newz' (did you mean 'Acme News'?)",
+        "brand 'Acme': unknown topic 'Newsleter' (did you mean 'Newsletter'?)",
+        "brand 'Acme': unknown list 'Completely different'"]
 
 
 # --- round trips -----------------------------------------------------------------------------------------
