@@ -40,6 +40,40 @@ def import_mappings(doc: Any, catalog: Catalog, store: MappingsDocuments | None)
     return mappings
 
 
+def mappings_changes(old: Mappings | None, new: Mappings) -> list[str]:
+    """What importing ``new`` changes against the stored ``old``, one line each (empty: nothing)."""
+    if old is None:
+        return ["first import: " + summary(new)]
+    out: list[str] = []
+    if old.mode != new.mode:
+        out.append(f"mode {old.mode} -> {new.mode}")
+    if old.email_columns != new.email_columns:
+        out.append(f"email columns {', '.join(old.email_columns)} -> {', '.join(new.email_columns)}")
+    before, after = {b.name.lower(): b for b in old.brands}, {b.name.lower(): b for b in new.brands}
+    for key in before.keys() - after.keys():
+        out.append(f"- brand {before[key].name!r} (and its {len(before[key].lists)} pair(s))")
+    for key in after.keys() - before.keys():
+        out.append(f"+ brand {after[key].name!r} with {len(after[key].lists)} pair(s)")
+    for key in (k for k in after if k in before):
+        a, b = before[key], after[key]
+        where = f"[{b.name}]"
+        purposes_a, purposes_b = {p.id: p.name for p in a.purposes}, {p.id: p.name for p in b.purposes}
+        out += [f"{where} - purpose {purposes_a[i]!r}" for i in purposes_a.keys() - purposes_b.keys()]
+        out += [f"{where} + purpose {purposes_b[i]!r}" for i in purposes_b.keys() - purposes_a.keys()]
+        oo_a = a.opt_out_list.list_id if a.opt_out_list else None
+        oo_b = b.opt_out_list.list_id if b.opt_out_list else None
+        if oo_a != oo_b:
+            def name(o: Any) -> str:
+                return repr(o.list_name) if o else "none"
+
+            out.append(f"{where} opt-out list {name(a.opt_out_list)} -> {name(b.opt_out_list)}")
+        pairs_a = {(m.list_id, m.topic_id): m for m in a.lists}
+        pairs_b = {(m.list_id, m.topic_id): m for m in b.lists}
+        out += [f"{where} - {pairs_a[k].list_name!r} -> {pairs_a[k].topic_name!r}" for k in pairs_a if k not in pairs_b]
+        out += [f"{where} + {pairs_b[k].list_name!r} -> {pairs_b[k].topic_name!r}" for k in pairs_b if k not in pairs_a]
+    return out
+
+
 def export_mappings(store: MappingsDocuments) -> dict | None:
     """The stored mappings in file form (by name), or None when nothing was imported."""
     doc = store.load()
@@ -95,6 +129,31 @@ def register_webhooks(client: Any, url: str, *, function_key: str | None = None,
     if not function_key:
         raise ValueError("a function key (or WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET) is needed to register the webhook")
     return client.register_webhook(url, name=name, auth="WebhookKey", auth_value=function_key, steps=steps)
+
+
+def webhook_changes(status: dict[str, Any], url: str, auth: str) -> list[dict[str, str]]:
+    """What ``register_webhooks`` would change, from ``webhook_status`` of the endpoint by name
+    (as register finds it): each a dict with action (create/update/leave), what and detail."""
+    out: list[dict[str, str]] = []
+    e = status["endpoint"]
+    if e is None:
+        out.append({"action": "create", "what": f"endpoint {WEBHOOK_NAME}", "detail": f"{url.split('?')[0]} ({auth})"})
+    else:
+        moved = (e["url"] or "").rstrip("/").lower() != url.split("?")[0].rstrip("/").lower()
+        out.append({"action": "update", "what": f"endpoint {e['name']}",
+                    "detail": (f"URL {e['url']} -> {url.split('?')[0]}; " if moved else "")
+                    + f"authentication rewritten ({auth}; a key cannot be read back to compare)"})
+    with_image = {f"{sp.message} {sp.table or '(any table)'}" for sp in sync_steps() if sp.image_attributes}
+    for s in status["steps"]:
+        if s["state"] == "missing":
+            out.append({"action": "create", "what": f"step {s['step']}",
+                        "detail": "with its image" if s["step"] in with_image else ""})
+        elif s["state"] == "attribute mismatch":
+            out.append({"action": "update", "what": f"step {s['step']}", "detail": s["detail"] or ""})
+        elif s["state"] == "disabled":
+            out.append({"action": "leave", "what": f"step {s['step']}",
+                        "detail": "disabled: register does not enable it; enable it in Dataverse if it should run"})
+    return out
 
 
 # --- webhook status ----------------------------------------------------------------------------

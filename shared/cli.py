@@ -115,7 +115,7 @@ def _stored_mappings(c: Any, required: bool = False) -> Any:
 # --- mappings ------------------------------------------------------------------------------------
 
 def cmd_mappings_import(args: argparse.Namespace) -> int:
-    from shared.admin import import_mappings, summary
+    from shared.admin import import_mappings, mappings_changes, summary
 
     try:
         doc = json.loads(Path(args.file).read_text())
@@ -124,13 +124,26 @@ def cmd_mappings_import(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(f"{args.file} is not valid JSON: {exc}") from None
     c = _container()
+    before = _stored_mappings(c)
     store = None if args.dry_run else c.tables().mappings
     mappings = import_mappings(doc, c.dataverse(), store)
+    changes = mappings_changes(before, mappings)
     if args.json:
-        _print_json({"imported": not args.dry_run, "mappings": mappings.to_dict()})
+        _print_json({"imported": not args.dry_run, "mappings": mappings.to_dict(), "changes": changes})
     else:
         print(("checked (dry run): " if args.dry_run else "imported: ") + summary(mappings))
+        _print_changes(changes, "against the stored mappings" + (" (nothing stored)" if args.dry_run else ""),
+                       "same as the stored mappings")
     return EXIT_OK
+
+
+def _print_changes(changes: Sequence[str], heading: str, nothing: str) -> None:
+    if not changes:
+        print(f"  {nothing}")
+        return
+    print(f"  changes {heading}:")
+    for line in changes:
+        print(f"    {line}")
 
 
 def cmd_mappings_export(args: argparse.Namespace) -> int:
@@ -220,7 +233,7 @@ def _email_columns(c: Any) -> tuple[str, ...] | None:
 
 
 def cmd_webhooks_register(args: argparse.Namespace) -> int:
-    from shared.admin import register_webhooks, webhook_status
+    from shared.admin import register_webhooks, webhook_changes, webhook_status
 
     c = _container()
     key = args.function_key or os.environ.get("STRADDLE_FUNCTION_KEY")
@@ -230,6 +243,16 @@ def cmd_webhooks_register(args: argparse.Namespace) -> int:
                            "(or set WEBHOOK_SECRET_HEADER and WEBHOOK_SECRET)")
     columns = _email_columns(c)
     client = c.dataverse()
+    if args.dry_run:
+        auth = "HttpHeader" if (s.webhook_secret_header and s.webhook_secret) else "WebhookKey"
+        changes = webhook_changes(webhook_status(client, email_columns=columns), args.url, auth)
+        if args.json:
+            _print_json({"registered": False, "dry_run": True, "changes": changes})
+        else:
+            print("dry run: nothing written; register would:" if changes else "dry run: nothing to change")
+            for ch in changes:
+                print(f"  {ch['action']:<7} {ch['what']}" + (f"  ({ch['detail']})" if ch["detail"] else ""))
+        return EXIT_OK
     result = register_webhooks(client, args.url, function_key=key, secret_header=s.webhook_secret_header,
                                secret=s.webhook_secret, email_columns=columns)
     status = webhook_status(client, args.url, email_columns=columns)
@@ -259,9 +282,27 @@ def cmd_webhooks_status(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_remove(args: argparse.Namespace) -> int:
-    from shared.admin import WEBHOOK_NAME
+    from shared.admin import WEBHOOK_NAME, webhook_status
 
-    removed = _container().dataverse().remove_webhook(args.url or WEBHOOK_NAME)
+    client = _container().dataverse()
+    if not args.yes:
+        # Removing stops the sync: say what goes, then ask (or refuse without a terminal).
+        status = webhook_status(client, args.url)
+        e = status["endpoint"]
+        if e is None:
+            print("nothing registered")
+            return EXIT_OK
+        steps = sum(1 for st in status["steps"] if st["state"] != "missing") + len(status["extra_steps"])
+        what = (f"endpoint {e['name']} ({e['url'] or 'no URL'}) and its {steps} step(s) with their images; "
+                "Dataverse stops sending changes, so the sync stops until webhooks register")
+        if not sys.stdin.isatty():
+            raise CommandError(f"webhooks remove deletes the {what}: pass --yes to confirm")
+        print(f"This deletes the {what}.", file=sys.stderr)
+        answer = input("Remove? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("not removed", file=sys.stderr)
+            return EXIT_FAILED
+    removed = client.remove_webhook(args.url or WEBHOOK_NAME)
     if args.json:
         _print_json({"removed_rows": removed})
     else:
@@ -356,6 +397,25 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
 def cmd_dlq_replay(args: argparse.Namespace) -> int:
     c = _container()
     port = _dead_letters(c)
+    if args.dry_run:
+        # The selection replay makes: queue by queue, oldest first, up to --max change events;
+        # what is not a change event is left in place and does not count.
+        items, would = [], []
+        for d in port.list(args.max + 1000):
+            if len(would) >= args.max:
+                break
+            items.append(d)
+            if d.kind:
+                would.append(d)
+        if args.json:
+            _print_json({"dry_run": True, "to": c.settings.changes_queue, "would_replay": [d.to_dict() for d in would],
+                         "would_skip": len(items) - len(would)})
+            return EXIT_OK
+        print(f"dry run: would replay {len(would)} message(s) to {c.settings.changes_queue}"
+              + (f"; {len(items) - len(would)} left in place (not change events)" if len(items) > len(would) else ""))
+        for d in would:
+            print(f"  {d.queue}  {d.message_id}  {d.kind}  {d.reason or '-'}")
+        return EXIT_OK
     report = port.replay(args.max)
     if args.json:
         _print_json({**report.to_dict(), "to": c.settings.changes_queue})
@@ -485,12 +545,14 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--url", type=_url, required=True, help="the dataverse_webhook function's URL")
     reg.add_argument("--function-key", help="the function key (default: env STRADDLE_FUNCTION_KEY); "
                                             "not needed with WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET")
+    reg.add_argument("--dry-run", action="store_true", help="show what would be created or updated; write nothing")
     reg.set_defaults(handler=cmd_webhooks_register)
     st = hooks_cmds.add_parser(parents=[common], name="status", help="show what is registered and what is missing (exit 1 if anything is)")
     st.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
     st.set_defaults(handler=cmd_webhooks_status)
     rm = hooks_cmds.add_parser(parents=[common], name="remove", help="delete the service endpoint, its steps and images")
     rm.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
+    rm.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal): removing stops the sync")
     rm.set_defaults(handler=cmd_webhooks_remove)
 
     ex = commands.add_parser(parents=[common], name="explain", help="one person's state in both systems, the rules' verdict, their ledger")
@@ -504,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(handler=cmd_dlq_list)
     rp = dlq_cmds.add_parser(parents=[common], name="replay", help="resubmit dead letters to the changes queue (after a fix)")
     rp.add_argument("--max", type=_positive, default=100, help="at most this many (default 100)")
+    rp.add_argument("--dry-run", action="store_true", help="list what would be replayed; move nothing")
     rp.set_defaults(handler=cmd_dlq_replay)
 
     doc = commands.add_parser(parents=[common], name="doctor", help="check settings, Dataverse access, mappings, webhooks and storage")

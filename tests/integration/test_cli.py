@@ -245,7 +245,7 @@ def test_webhooks_register_status_remove(cli, stack):
     assert "disabled           Delete lead" in out
     code, out, _ = cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
     assert "1 updated" in out  # the filter is put back; a disabled step is left for a person to decide
-    code, out, _ = cli("--json", "webhooks", "remove")
+    code, out, _ = cli("--json", "webhooks", "remove", "--yes")
     assert code == 0 and json.loads(out)["removed_rows"] >= 14
     code, out, _ = cli("webhooks", "remove", "--url", HOOK_URL)
     assert code == 0 and "nothing registered" in out
@@ -356,7 +356,7 @@ def test_doctor_passes_on_a_healthy_stack_and_says_what_to_fix(cli, local_host):
                                                                                             "detail", "fix"}
     code, out, _ = cli("doctor")
     assert code == 0 and out.count("PASS") == 16 and "all checks passed" in out
-    cli("webhooks", "remove")
+    cli("webhooks", "remove", "--yes")
 
 
 def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypatch, azurite_tables, local_host):
