@@ -116,4 +116,5 @@ def reconcile_chunk(message: func.ServiceBusMessage) -> None:
         run_chunk(bootstrap.container(), message.get_body())
     except Exception as exc:
         emit(log, "reconcile.chunk_failed", logging.ERROR, message_id=message.message_id, error=type(exc).__name__)
+        _pause_before_abandon([message])  # a lasting failure must not use up the deliveries at once
         raise
