@@ -604,7 +604,7 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
     ``local_host``: the local Functions host stands in for Service Bus (STRADDLE_LOCAL_HOST)."""
     import uuid
 
-    from shared.adapters.dataverse.errors import DataverseAuthError, DataverseNotFound
+    from shared.adapters.dataverse.errors import DataverseNotFound
     from shared.domain.mappings import Mappings
 
     checks: list[dict[str, Any]] = []

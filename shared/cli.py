@@ -552,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(handler=cmd_webhooks_status)
     rm = hooks_cmds.add_parser(parents=[common], name="remove", help="delete the service endpoint, its steps and images")
     rm.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
-    rm.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal): removing stops the sync")
+    rm.add_argument("--yes", action="store_true",
+                    help="do not ask (needed when not at a terminal): removing stops the sync")
     rm.set_defaults(handler=cmd_webhooks_remove)
 
     ex = commands.add_parser(parents=[common], name="explain", help="one person's state in both systems, the rules' verdict, their ledger")

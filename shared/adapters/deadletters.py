@@ -156,8 +156,8 @@ class ServiceBusDeadLetters:
             elif "EntityNotFound" in name or "MessagingEntityNotFound" in name:
                 why = "has no such queue: check CHANGES_QUEUE and PARKED_QUEUE"
             else:
-                why = ("could not be reached: check ServiceBusConnection (or ServiceBusConnection__fullyQualifiedNamespace) "
-                       "and the network")
+                why = ("could not be reached: check ServiceBusConnection (or "
+                       "ServiceBusConnection__fullyQualifiedNamespace) and the network")
             raise DeadLettersUnavailable(f"Service Bus {why} ({name})") from None
 
     def list(self, max_count: int) -> list[DeadLetter]:

@@ -220,6 +220,18 @@ def test_mappings_import_and_export(cli, tmp_path):
 
 # --- webhooks ------------------------------------------------------------------------------------
 
+def narrow_and_disable_steps(stack) -> str:
+    """Someone narrows the Update contact step's filtering attributes and disables Delete lead;
+    returns the Update step's id."""
+    steps = stack.rows("sdkmessageprocessingstep")
+    update_contact = next(s for s in steps.values() if s["name"].endswith("Update of contact"))
+    delete_lead = next(s for s in steps.values() if s["name"].endswith("Delete of lead"))
+    stack.api("PATCH", f"sdkmessageprocessingsteps({update_contact['sdkmessageprocessingstepid']})",
+              {"filteringattributes": "emailaddress1"})
+    stack.api("PATCH", f"sdkmessageprocessingsteps({delete_lead['sdkmessageprocessingstepid']})", {"statecode": 1})
+    return update_contact["sdkmessageprocessingstepid"]
+
+
 def test_webhooks_register_status_remove(cli, stack):
     code, out, _ = cli("webhooks", "status")
     assert code == 1 and "endpoint: not registered" in out and "missing            Create contact" in out
@@ -232,13 +244,7 @@ def test_webhooks_register_status_remove(cli, stack):
     assert code == 0 and status["ok"] is True and status["endpoint"]["url"] == HOOK_URL
     assert status["endpoint"]["auth_type"] == "WebhookKey" and len(status["steps"]) == 13
     assert set(status["steps"][0]) == {"step", "message", "table", "state", "detail"}
-    # Someone narrows an Update step's filtering attributes and disables another.
-    steps = stack.rows("sdkmessageprocessingstep")
-    update_contact = next(s for s in steps.values() if s["name"].endswith("Update of contact"))
-    delete_lead = next(s for s in steps.values() if s["name"].endswith("Delete of lead"))
-    stack.api("PATCH", f"sdkmessageprocessingsteps({update_contact['sdkmessageprocessingstepid']})",
-              {"filteringattributes": "emailaddress1"})
-    stack.api("PATCH", f"sdkmessageprocessingsteps({delete_lead['sdkmessageprocessingstepid']})", {"statecode": 1})
+    narrow_and_disable_steps(stack)
     code, out, _ = cli("webhooks", "status")
     assert code == 1
     assert "attribute mismatch Update contact  (filtering attributes differ)" in out

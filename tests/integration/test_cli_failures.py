@@ -108,7 +108,8 @@ def test_a_malformed_number_setting_says_what_was_expected(run, monkeypatch):
     bootstrap.reset_container(None)
     monkeypatch.setenv("MAX_ATTEMPTS", "five")
     code, out, err, _ = run(None, "mappings", "export")
-    assert code == 2 and err.strip() == "straddle: MAX_ATTEMPTS is malformed: must be a positive whole number, got 'five'"
+    assert code == 2
+    assert err.strip() == "straddle: MAX_ATTEMPTS is malformed: must be a positive whole number, got 'five'"
 
 
 def test_a_static_dev_token_against_a_real_environment_needs_asking(run):
@@ -127,7 +128,8 @@ def test_a_static_dev_token_against_a_real_environment_needs_asking(run):
         refuse_dev_token(Settings.from_env(real))
     finally:
         cli._ALLOW_STATIC_TOKEN = False
-    code, _, err, _ = run({**real, "DATAVERSE_URL": "http://localhost:7070"}, "--allow-static-token", "mappings", "export")
+    local = {**real, "DATAVERSE_URL": "http://localhost:7070"}
+    code, _, err, _ = run(local, "--allow-static-token", "mappings", "export")
     assert "static development token" not in err  # a local sandbox, or asked explicitly: allowed
 
 
@@ -180,3 +182,15 @@ def test_wait_notice_says_why_a_command_waits():
     assert stream.getvalue().splitlines() == [
         "waiting 12 s: Dataverse is throttling (GET contacts); retrying (Ctrl-C stops)",
         "waiting 3 s: Dataverse answered 503 (POST $batch); retrying (Ctrl-C stops)"]
+
+
+def test_the_local_stack_keeps_its_settings_to_itself(tmp_path):
+    # make run / make keep / the local host: the sample's values for the stack, no file left behind
+    # for a later CLI run to pick up the dev token and ledger key from.
+    from sandbox.host.host import load_settings
+
+    target = tmp_path / "local.settings.json"
+    values = load_settings(target, environ={})
+    sample = json.loads((REPO / "local.settings.sample.json").read_text())["Values"]
+    assert not target.exists()
+    assert values["DATAVERSE_ACCESS_TOKEN"] == sample["DATAVERSE_ACCESS_TOKEN"] and values["LEDGER_KEY"]
