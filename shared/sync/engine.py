@@ -256,8 +256,8 @@ def failure_reason(exc: BaseException) -> str:
     code, kind = getattr(exc, "code", None), getattr(exc, "kind", None)
     if status or kind:
         bits = " ".join(str(b) for b in (status, code) if b)
-        return f"{kind or 'request'} failed" + (f" ({bits})" if bits else "") + f" [{type(exc).__name__}]"
-    return f"{type(exc).__name__}"
+        return f"{kind or 'a request'} failed" + (f" ({bits})" if bits else "")
+    return f"unexpected {type(exc).__name__}"  # a bug or an SDK error without a status: its type is the clue
 
 
 def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trigger],
