@@ -76,7 +76,8 @@ def refuse_dev_token(settings: Any) -> None:
         return
     if is_local_url(settings.dataverse_url):
         return
-    source = SETTING_SOURCES.get("DATAVERSE_ACCESS_TOKEN", "the environment")
+    source = SETTING_SOURCES.get("DATAVERSE_ACCESS_TOKEN", "environment")
+    source = "the environment" if source == "environment" else source
     raise CommandError(
         f"DATAVERSE_ACCESS_TOKEN (a static development token, from {source}) is set while DATAVERSE_URL is "
         f"{settings.dataverse_url}, not a local sandbox: unset it to sign in with Entra ID "
