@@ -12,6 +12,7 @@ a ``$filter`` at most 15 discrete comparisons.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import time
@@ -414,11 +415,14 @@ class Ledger:
     fields is masked before writing.
     """
 
-    def __init__(self, tables: _Tables, key: bytes | None, now: Callable[[], datetime] | None = None):
+    def __init__(self, tables: _Tables, key: bytes | None, now: Callable[[], datetime] | None = None,
+                 previous_key: bytes | None = None):
         if not key:
             raise SettingsError("missing app setting LEDGER_KEY (needed for the ledger)")
         self._tables = tables
         self._key = key
+        # After a deliberate rotation the old key is only read, so history written before stays findable.
+        self._previous_key = previous_key if previous_key and previous_key != key else None
         self._clock = _Clock(now)
 
     def partition_for(self, email: str) -> str:
@@ -454,12 +458,13 @@ class Ledger:
         """The person's entries, newest first; ``email`` is filled in with the address given."""
         if limit is not None and limit <= 0:
             return []
-        pk = self.partition_for(email)
         client = self._tables.client("ledger")
-        pages = client.query_entities("PartitionKey eq @pk", parameters={"pk": pk},
-                                      results_per_page=min(limit or 1000, 1000))
+        keys = [self._key] + ([self._previous_key] if self._previous_key else [])
+        # Each partition is newest first by RowKey; merging them keeps that order across a rotation.
+        partitions = [client.query_entities("PartitionKey eq @pk", parameters={"pk": ledger_partition(k, email)},
+                                            results_per_page=min(limit or 1000, 1000)) for k in keys]
         out: list[LedgerEntry] = []
-        for e in pages:
+        for e in heapq.merge(*partitions, key=lambda row: row["RowKey"]):
             out.append(LedgerEntry(email=email, **{n: _plain(e.get(n)) for n in _LEDGER_FIELDS}))
             if limit is not None and len(out) >= limit:
                 break
@@ -793,25 +798,29 @@ class TableStore:
     """Every table adapter over one shared service client; adapters are built on first use, so a
     missing LEDGER_KEY only fails the code that needs the ledger."""
 
-    def __init__(self, service: TableServiceClient, prefix: str = DEFAULT_PREFIX, ledger_key: bytes | None = None):
+    def __init__(self, service: TableServiceClient, prefix: str = DEFAULT_PREFIX, ledger_key: bytes | None = None,
+                 previous_ledger_key: bytes | None = None):
         self._tables = _Tables(service, prefix)
         self._ledger_key = ledger_key
+        self._previous_ledger_key = previous_ledger_key
         self._lock = threading.Lock()
         self._built: dict[str, Any] = {}
 
     @classmethod
     def from_connection_string(cls, connection_string: str, prefix: str = DEFAULT_PREFIX,
-                               ledger_key: bytes | None = None) -> "TableStore":
+                               ledger_key: bytes | None = None, previous_ledger_key: bytes | None = None
+                               ) -> "TableStore":
         try:
             service = TableServiceClient.from_connection_string(expand_connection_string(connection_string))
         except ValueError as exc:
             raise SettingsError(f"AzureWebJobsStorage is malformed: {str(exc).split(':')[0]}") from None
-        return cls(service, prefix, ledger_key)
+        return cls(service, prefix, ledger_key, previous_ledger_key)
 
     @classmethod
     def from_endpoint(cls, endpoint: str, credential: Any, prefix: str = DEFAULT_PREFIX,
-                      ledger_key: bytes | None = None) -> "TableStore":
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix, ledger_key)
+                      ledger_key: bytes | None = None, previous_ledger_key: bytes | None = None) -> "TableStore":
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential), prefix, ledger_key,
+                   previous_ledger_key)
 
     @property
     def service(self) -> TableServiceClient:
@@ -833,7 +842,8 @@ class TableStore:
 
     @property
     def ledger(self) -> Ledger:
-        return self._get("ledger", lambda: Ledger(self._tables, self._ledger_key))
+        return self._get("ledger", lambda: Ledger(self._tables, self._ledger_key,
+                                                  previous_key=self._previous_ledger_key))
 
     @property
     def mappings(self) -> MappingsStore:
