@@ -12,6 +12,7 @@ from azure.core.exceptions import ResourceModifiedError
 from shared.adapters import tables as t
 from shared.adapters.settings import Settings
 from shared.bootstrap import Container
+from tests.integration.conftest import LEDGER_KEY
 from shared.domain.ledger import LedgerEntry
 
 pytestmark = pytest.mark.integration
@@ -294,3 +295,24 @@ def test_a_fanned_out_runs_final_report_is_written_once(table_store):
     assert runs.save_final(final) is True
     assert runs.save_final({**final, "drift_fixed": 99}) is False  # the other last chunk loses
     assert runs.get(header["run_id"])["drift_fixed"] == 3
+
+
+def test_a_rotated_ledger_key_keeps_the_older_history_readable(azurite_tables, table_prefix, table_store):
+    from shared.adapters.tables import TableStore
+
+    ann = "ann.rotated@contoso.com"
+    table_store.ledger.record([_entry(ann, 1), _entry(ann, 2)])  # under the old key
+    rotated = TableStore.from_connection_string(azurite_tables, prefix=table_prefix,
+                                                ledger_key=b"the-new-ledger-key-0123456789",
+                                                previous_ledger_key=LEDGER_KEY)
+    rotated.ledger.record([_entry(ann, 3)])
+    assert rotated.ledger.partition_for(ann) != table_store.ledger.partition_for(ann)  # new writes, new partition
+    # newest first across both keys; the old key only reads
+    assert [e.origin_event_id for e in rotated.ledger.history(ann)] == ["ev-3", "ev-2", "ev-1"]
+    assert [e.origin_event_id for e in rotated.ledger.history(ann, limit=2)] == ["ev-3", "ev-2"]
+    # without the previous key the older entries cannot be found by address
+    alone = TableStore.from_connection_string(azurite_tables, prefix=table_prefix,
+                                              ledger_key=b"the-new-ledger-key-0123456789")
+    assert [e.origin_event_id for e in alone.ledger.history(ann)] == ["ev-3"]
+    rotated.close()
+    alone.close()
