@@ -65,7 +65,7 @@ def safe_url(url: str) -> str:
     return redact(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
 
 
-_otel: Any = None  # (trace module, suppress_http_instrumentation), False without OpenTelemetry
+_otel: Any = None  # (trace module, tracer, suppress_http_instrumentation), False without OpenTelemetry
 
 
 def _opentelemetry() -> Any:
@@ -74,7 +74,8 @@ def _opentelemetry() -> Any:
         try:
             from opentelemetry import trace
             from opentelemetry.instrumentation.utils import suppress_http_instrumentation
-            _otel = (trace, suppress_http_instrumentation)
+            # A proxy until a provider is configured (by the worker or by us), then that provider's.
+            _otel = (trace, trace.get_tracer("straddle.dataverse"), suppress_http_instrumentation)
         except ImportError:  # the exporter is optional locally: then there is nothing to keep private
             _otel = False
     return _otel
@@ -95,10 +96,10 @@ def http_dependency(method: str, url: str, name: str) -> Iterator[Any]:
     if not otel:
         yield _NoSpan()
         return
-    trace, suppress = otel
-    clean = safe_url(url)
-    attributes = {"http.request.method": method, "url.full": clean, "server.address": urlsplit(clean).hostname or ""}
-    tracer = trace.get_tracer("straddle.dataverse")
+    trace, tracer, suppress = otel
+    parts = urlsplit(url)
+    attributes = {"http.request.method": method, "server.address": parts.hostname or "",
+                  "url.full": redact(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))}
     with tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes,
                                       record_exception=False, set_status_on_exception=False) as span:
         try:
