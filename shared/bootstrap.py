@@ -75,7 +75,7 @@ class Container:
         if self._engine is not None:
             return self._engine
         tables, dataverse = self.tables(), self.dataverse()
-        tables.ledger  # fails now, naming LEDGER_KEY, rather than after the first write
+        tables.ledger.check_key()  # fails now, naming LEDGER_KEY, rather than after the first write
         with self._lock:
             if self._engine is None:
                 self._engine = SyncEngine(

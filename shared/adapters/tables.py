@@ -172,6 +172,14 @@ def ledger_partition(key: bytes, email: str) -> str:
     return hmac.new(key, normalised.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+_KEYS_PARTITION = "ledger-keys"  # never an HMAC (64 hex digits): no person's partition
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names a ledger key without revealing it (an HMAC under the key of a fixed label)."""
+    return hmac.new(key, b"straddle ledger key fingerprint", hashlib.sha256).hexdigest()[:32]
+
+
 def ledger_row_key(moment: datetime, suffix: str | None = None) -> str:
     return f"{inverted_micros(moment)}-{suffix or os.urandom(4).hex()}"
 
@@ -424,6 +432,35 @@ class Ledger:
         # After a deliberate rotation the old key is only read, so history written before stays findable.
         self._previous_key = previous_key if previous_key and previous_key != key else None
         self._clock = _Clock(now)
+        self._key_checked = False
+        self._key_lock = threading.Lock()
+
+    def check_key(self) -> None:
+        """Refuses a LEDGER_KEY that changed behind the operator's back (another machine, a new
+        deployment): the ledger keeps the fingerprints of the keys it was written with, and a new
+        key is accepted only with the one before it in LEDGER_KEY_PREVIOUS. Once per process."""
+        if self._key_checked:
+            return
+        with self._key_lock:
+            if self._key_checked:
+                return
+            client = self._tables.client("ledger")
+            known = {e["RowKey"] for e in client.query_entities("PartitionKey eq @pk", parameters={"pk": _KEYS_PARTITION},
+                                                                select=["RowKey"])}
+            mine = key_fingerprint(self._key)
+            if mine not in known:
+                previous = key_fingerprint(self._previous_key) if self._previous_key else None
+                if known and previous not in known:
+                    raise SettingsError(
+                        "LEDGER_KEY is not a key this ledger was written with: a new key would silently start new "
+                        "ledger partitions and hide the history. Restore the key, or rotate deliberately by setting "
+                        "the key in use so far as LEDGER_KEY_PREVIOUS (docs/runbook.md, LEDGER_KEY)")
+                try:
+                    client.create_entity({"PartitionKey": _KEYS_PARTITION, "RowKey": mine,
+                                          "since": _iso(datetime.now(timezone.utc))})
+                except ResourceExistsError:
+                    pass  # another instance recorded it at the same moment
+            self._key_checked = True
 
     def partition_for(self, email: str) -> str:
         return ledger_partition(self._key, email)
@@ -447,6 +484,7 @@ class Ledger:
         """
         if not entries:
             return
+        self.check_key()
         groups: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:
             entity = self._entity(entry, self._clock.next())
