@@ -609,8 +609,12 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
 
     checks: list[dict[str, Any]] = []
     if settings_error or settings is None:
-        checks.append(_check("settings", "fail", settings_error or "settings could not be read",
-                             "fix the app settings named (local.settings.json or the Function App's configuration)"))
+        fix = "fix the app settings named (local.settings.json or the Function App's configuration)"
+        if settings_error and "unresolved Key Vault reference" in settings_error:
+            fix = ("grant the app's identity Key Vault Secrets User on the vault (infra/modules/access.bicep) or fix "
+                   "the vault/secret name in the reference, wait for the role to take effect, restart the app "
+                   "(az functionapp restart) and run doctor again")
+        checks.append(_check("settings", "fail", settings_error or "settings could not be read", fix))
         return checks
     missing = []
     if not settings.dataverse_url:

@@ -77,7 +77,7 @@ class Container:
         if self._engine is not None:
             return self._engine
         tables, dataverse = self.tables(), self.dataverse()
-        tables.ledger  # fails now, naming LEDGER_KEY, rather than after the first write
+        tables.ledger.check_key()  # fails now, naming LEDGER_KEY, rather than after the first write
         with self._lock:
             if self._engine is None:
                 self._engine = SyncEngine(
@@ -150,20 +150,30 @@ def build_table_store(settings: Settings, fail_fast: bool = False) -> Any:
     if settings.storage_connection_string:
         return TableStore.from_connection_string(
             settings.storage_connection_string, prefix=settings.table_prefix, ledger_key=settings.ledger_key,
-            **options)
+            previous_ledger_key=settings.ledger_key_previous, **options)
     return TableStore.from_endpoint(settings.storage_table_uri, azure_credential(settings.storage_client_id),
-                                    prefix=settings.table_prefix, ledger_key=settings.ledger_key, **options)
+                                    prefix=settings.table_prefix, ledger_key=settings.ledger_key,
+                                    previous_ledger_key=settings.ledger_key_previous, **options)
 
 
-def export_telemetry(settings: Settings) -> None:
+_telemetry_configured = False
+
+
+def export_telemetry(settings: Settings) -> bool:
     """Sends logs (with their structured fields) and traces to Application Insights through the
-    Azure Monitor OpenTelemetry distro, as the Functions docs prescribe for the Python worker in
-    OpenTelemetry mode. Locally there is no connection string and nothing is exported."""
-    if not settings.appinsights_connection_string:
-        return
+    Azure Monitor OpenTelemetry distro. Returns whether this call configured it: not locally (no
+    connection string), not when the Functions Python worker already did
+    (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: a second configuration would export everything
+    twice), and only once per process. Either way, Dataverse spans carry no query string
+    (shared.telemetry.http_dependency)."""
+    global _telemetry_configured
+    if _telemetry_configured or not settings.appinsights_connection_string or settings.worker_exports_telemetry:
+        return False
     from azure.monitor.opentelemetry import configure_azure_monitor
 
     configure_azure_monitor(connection_string=settings.appinsights_connection_string)
+    _telemetry_configured = True
+    return True
 
 
 _container: Container | None = None

@@ -5,12 +5,19 @@ Functions host's OpenTelemetry mode, they arrive as ``customDimensions``. As a s
 library that might log a URL or body holding an address (urllib3 logs request lines at DEBUG,
 and Dataverse filters carry addresses), ``install_redaction`` masks anything email-shaped in every
 record before any handler sees it.
+
+Spans are private by construction too: a Dataverse call never reaches the HTTP libraries'
+OpenTelemetry instrumentation (whose dependency spans carry the full URL, and GET lookups carry
+addresses in ``$filter``). ``http_dependency`` suppresses it and records one client span of its own
+whose URL has no query string, whoever configured the exporter (the Functions worker or us).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 MASK = "<email>"
@@ -49,3 +56,56 @@ def install_redaction() -> None:
 
     logging.setLogRecordFactory(factory)
     _installed = True
+
+
+def safe_url(url: str) -> str:
+    """``scheme://host/path`` with the query and fragment dropped and anything email-shaped masked:
+    OData queries (``$filter``) and alternate keys can hold addresses."""
+    parts = urlsplit(url)
+    return redact(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+
+
+_otel: Any = None  # (trace module, tracer, suppress_http_instrumentation), False without OpenTelemetry
+
+
+def _opentelemetry() -> Any:
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import trace
+            from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+            # A proxy until a provider is configured (by the worker or by us), then that provider's.
+            _otel = (trace, trace.get_tracer("straddle.dataverse"), suppress_http_instrumentation)
+        except ImportError:  # the exporter is optional locally: then there is nothing to keep private
+            _otel = False
+    return _otel
+
+
+class _NoSpan:
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_dependency(method: str, url: str, name: str) -> Iterator[Any]:
+    """Around one HTTP call: a client span named ``name`` (e.g. ``GET contacts``) with a query-free
+    URL, and the HTTP libraries' own instrumentation suppressed inside it. Yields the span, for
+    ``set_attribute("http.response.status_code", ...)``. Exceptions are recorded by type only: a
+    requests error message quotes the full URL."""
+    otel = _opentelemetry()
+    if not otel:
+        yield _NoSpan()
+        return
+    trace, tracer, suppress = otel
+    parts = urlsplit(url)
+    attributes = {"http.request.method": method, "server.address": parts.hostname or "",
+                  "url.full": redact(urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))}
+    with tracer.start_as_current_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes,
+                                      record_exception=False, set_status_on_exception=False) as span:
+        try:
+            with suppress():
+                yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            span.set_status(trace.Status(trace.StatusCode.ERROR))
+            raise

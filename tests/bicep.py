@@ -589,3 +589,157 @@ def load(path: Path | str) -> BicepFile:
 def load_tree(root: Path | str) -> dict[Path, BicepFile]:
     """Every .bicep file under ``root``, by path."""
     return {p: load(p) for p in sorted(Path(root).rglob("*.bicep"))}
+
+
+# --- checking templates against Azure's type graphs ---------------------------------------------
+
+# Bicep keywords inside a resource body that are not properties of the resource type.
+_BICEP_KEYWORDS = {"parent", "scope", "dependsOn"}
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def types_dir(start: Path) -> Path | None:
+    """The shared ``azure-types`` folder beside the checkout (or beside one of its parents)."""
+    for folder in [start, *start.parents]:
+        candidate = folder / "shared" / "azure-types"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class TypeGraph:
+    """One ``Type@version`` file of the Bicep type graphs (see the folder's README)."""
+
+    def __init__(self, doc: dict):
+        self.resource = doc["resource"]
+        self.types = doc["types"]
+        self.root = self.types[doc["root"]]
+
+    @classmethod
+    def load(cls, folder: Path, rtype: str, version: str) -> "TypeGraph | None":
+        path = folder / f"{rtype.replace('/', '.')}@{version}.json"
+        if not path.exists():
+            return None
+        import json
+
+        return cls(json.loads(path.read_text(encoding="utf-8")))
+
+    def at(self, ref: dict) -> dict:
+        return self.types[int(ref["$ref"].split("/")[-1])]
+
+    def check_body(self, body: dict, variables: dict[str, Any]) -> list[str]:
+        problems: list[str] = []
+        self._check(body, self.root["body"], "", variables, problems, skip=_BICEP_KEYWORDS)
+        return problems
+
+    def _check(self, value: Any, ref: dict, path: str, variables: dict[str, Any], problems: list[str],
+               skip: set[str] = frozenset()) -> None:
+        t = self.at(ref)
+        kind = t["$type"]
+        if isinstance(value, Expr):
+            if _IDENT.match(value.text) and value.text in variables:  # a var: check what it holds
+                self._check(variables[value.text], ref, path, variables, problems, skip)
+            else:  # an expression: check the literals inside it (e.g. both arms of a ternary)
+                for part in value.parts:
+                    if isinstance(part, (dict, list)):
+                        self._check(part, ref, path, variables, problems, skip)
+            return
+        if isinstance(value, ForLoop):
+            if kind == "ArrayType":
+                self._check(value.body, t["itemType"], f"{path}[]", variables, problems)
+            else:
+                self._check(value.body, ref, path, variables, problems, skip)
+            return
+        if kind == "AnyType":
+            return
+        if kind == "ObjectType":
+            self._object(value, t.get("properties", {}), t.get("additionalProperties"), path, variables, problems, skip)
+        elif kind == "DiscriminatedObjectType":
+            if not isinstance(value, dict):
+                problems.append(f"{path}: expected an object")
+                return
+            props = dict(t.get("baseProperties", {}))
+            chosen = value.get(t["discriminator"])
+            elements = t["elements"]
+            if isinstance(chosen, str) and "${" not in chosen:
+                match = next((k for k in elements if k.lower() == chosen.lower()), None)
+                if match is None:
+                    problems.append(f"{path}.{t['discriminator']}: {chosen!r} is not one of {sorted(elements)}")
+                    return
+                props.update(self.at(elements[match]).get("properties", {}))
+            else:
+                for ref_ in elements.values():
+                    props.update(self.at(ref_).get("properties", {}))
+            self._object(value, props, None, path, variables, problems, skip)
+        elif kind == "StringType":
+            if not isinstance(value, str):
+                problems.append(f"{path}: expected a string, got {value!r}")
+            elif "${" not in value:
+                if "minLength" in t and len(value) < t["minLength"]:
+                    problems.append(f"{path}: {value!r} is shorter than {t['minLength']}")
+                if "maxLength" in t and len(value) > t["maxLength"]:
+                    problems.append(f"{path}: {value!r} is longer than {t['maxLength']}")
+                if "pattern" in t and not re.search(t["pattern"], value):
+                    problems.append(f"{path}: {value!r} does not match {t['pattern']}")
+        elif kind == "StringLiteralType":
+            if not (isinstance(value, str) and ("${" in value or value.lower() == t["value"].lower())):
+                problems.append(f"{path}: {value!r} is not {t['value']!r}")
+        elif kind == "UnionType":
+            options = [self.at(e) for e in t["elements"]]
+            if all(o["$type"] == "StringLiteralType" for o in options):
+                allowed = [o["value"] for o in options]
+                if not (isinstance(value, str) and ("${" in value or value.lower() in {a.lower() for a in allowed})):
+                    problems.append(f"{path}: {value!r} is not one of {allowed}")
+                return
+            for e in t["elements"]:
+                trial: list[str] = []
+                self._check(value, e, path, variables, trial, skip)
+                if not trial:
+                    return
+            problems.append(f"{path}: {value!r} fits none of the allowed types")
+        elif kind == "IntegerType":
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{path}: expected an integer, got {value!r}")
+            elif value < t.get("minValue", value) or value > t.get("maxValue", value):
+                problems.append(f"{path}: {value} is outside {t.get('minValue')}..{t.get('maxValue')}")
+        elif kind == "BooleanType":
+            if not isinstance(value, bool):
+                problems.append(f"{path}: expected true or false, got {value!r}")
+        elif kind == "ArrayType":
+            if not isinstance(value, list):
+                problems.append(f"{path}: expected an array, got {value!r}")
+                return
+            if len(value) < t.get("minLength", 0) or len(value) > t.get("maxLength", len(value)):
+                problems.append(f"{path}: {len(value)} items, outside the allowed length")
+            for i, item in enumerate(value):
+                self._check(item, t["itemType"], f"{path}[{i}]", variables, problems)
+        elif kind == "NullType":
+            if value is not None:
+                problems.append(f"{path}: expected null")
+
+    def _object(self, value: Any, props: dict, additional: dict | None, path: str, variables: dict[str, Any],
+                problems: list[str], skip: set[str]) -> None:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected an object, got {value!r}")
+            return
+        by_lower = {k.lower(): k for k in props}
+        for key, item in value.items():
+            if key in skip:
+                continue
+            where = f"{path}.{key}" if path else key
+            name = by_lower.get(key.lower())
+            if name is None:
+                if additional is not None:
+                    self._check(item, additional, where, variables, problems)
+                else:
+                    problems.append(f"{where}: unknown property (known: {sorted(props)})")
+                continue
+            if name != key:
+                problems.append(f"{where}: spelt {key!r}, the type says {name!r}")
+            flags = props[name].get("flags", 0)
+            if flags & 2 and not flags & 1:
+                problems.append(f"{where}: read-only, a template must not set it")
+            self._check(item, props[name]["type"], where, variables, problems)
+        for name, prop in props.items():
+            if prop.get("flags", 0) & 1 and not prop.get("flags", 0) & 2 and name.lower() not in {k.lower() for k in value}:
+                problems.append(f"{path}.{name}: required, missing" if path else f"{name}: required, missing")

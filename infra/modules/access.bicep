@@ -1,5 +1,6 @@
 // Role assignments, least privilege: data-plane roles only, each at the narrowest scope the code
-// allows. No Owner/Contributor, no Service Bus Data Owner, no keys.
+// allows. No Owner/Contributor, no keys. Service Bus Data Owner only on the two trigger queues, for
+// the scale controller (docs/architecture.md#scaling-rights), never on the namespace.
 param appPrincipalId string
 @description('The person running azd (AZURE_PRINCIPAL_ID): data access for the admin CLI. Empty: none.')
 param operatorPrincipalId string = ''
@@ -16,6 +17,7 @@ param appInsightsName string
 var roles = {
   serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39'
   serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0'
+  serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419'
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -115,6 +117,30 @@ resource appReconcileReceiver 'Microsoft.Authorization/roleAssignments@2022-04-0
   scope: reconcileQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Scaling with the backlog: the Functions scale controller reads each trigger queue's message count
+// as the app's identity, which needs Manage rights on the entity; Microsoft's Service Bus binding
+// docs list Data Owner for triggers. Scoped to exactly the two trigger queues (process_changes,
+// reconcile_chunk): never the parking queue, never the namespace.
+resource appChangesOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(changesQueue.id, appPrincipalId, roles.serviceBusDataOwner)
+  scope: changesQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource appReconcileOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(reconcileQueue.id, appPrincipalId, roles.serviceBusDataOwner)
+  scope: reconcileQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
   }

@@ -77,12 +77,14 @@ resource deadLetterAlerts 'Microsoft.Insights/metricAlerts@2018-03-01' = [for qu
   }
 }]
 
-// A successful run is a reconcile.report record that is not a dry run. The window is two days so
-// the query can look back 26 hours (a nightly run plus slack).
+// A successful run is a reconcile.report with status "succeeded" that is not a dry run: a report of
+// no_mappings or failed_writes is a run that did not do its job and must not keep the alert quiet.
+// The window is two days so the query can look back 26 hours (a nightly run plus slack).
 var noReconcileQuery = '''
 traces
 | where timestamp > ago(26h)
 | where message startswith "reconcile.report"
+| where tostring(customDimensions.straddle_status) == "succeeded"
 | where tolower(tostring(customDimensions.straddle_dry_run)) != "true"
 | summarize runs = count()
 | where runs == 0
@@ -123,7 +125,7 @@ resource noReconcileAlert 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = 
   kind: 'LogAlert'
   properties: {
     displayName: 'Straddle: no successful reconciliation in 26 hours'
-    description: 'nightly_reconcile has not logged a reconcile.report (not a dry run) for 26 hours. See docs/runbook.md#no-reconciliation.'
+    description: 'No reconcile.report with status succeeded (not a dry run) for 26 hours: no run, or runs that failed writes or found no mappings. See docs/runbook.md#no-reconciliation.'
     severity: 1
     enabled: true
     scopes: [

@@ -12,6 +12,7 @@ param deploymentContainerName string
 param appInsightsName string
 param keyVaultName string
 param hasDataverseClientSecret bool = false
+param hasLedgerKeyPrevious bool = false
 param serviceBusNamespaceName string
 param changesQueueName string
 param parkedQueueName string
@@ -62,6 +63,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 // Versionless references: a new secret version is picked up without redeploying (docs/runbook.md).
 var ledgerKeyReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=ledger-key)'
 var webhookSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=webhook-secret)'
+var ledgerKeyPreviousReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=ledger-key-previous)'
 var dataverseClientSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=dataverse-client-secret)'
 
 var appSettings = {
@@ -104,6 +106,7 @@ var appSettings = {
   RECONCILE_FANOUT_ABOVE: string(reconcileFanoutAbove)
   TABLE_PREFIX: tablePrefix
   LEDGER_KEY: ledgerKeyReference
+  LEDGER_KEY_PREVIOUS: hasLedgerKeyPrevious ? ledgerKeyPreviousReference : ''
   PROCESSED_RETENTION_DAYS: string(processedRetentionDays)
   MAX_ATTEMPTS: string(maxAttempts)
   RETRY_DELAY_SECONDS: string(retryDelaySeconds)

@@ -6,6 +6,8 @@ param tags object = {}
 @secure()
 param ledgerKey string
 @secure()
+param ledgerKeyPrevious string = ''
+@secure()
 param webhookSecret string
 @secure()
 param dataverseClientSecret string = ''
@@ -21,6 +23,8 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       name: 'standard'
     }
     enableRbacAuthorization: true
+    // Soft delete cannot be turned off: after `azd down`, purge (`azd down --purge`) before an
+    // `azd up` with the same environment name, whose vault name is the same (docs/runbook.md).
     enableSoftDelete: true
     softDeleteRetentionInDays: 7
     enabledForTemplateDeployment: false
@@ -34,6 +38,16 @@ resource ledgerKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: {
     value: ledgerKey
     contentType: 'LEDGER_KEY: HMAC key of ledger partitions; see docs/runbook.md before changing'
+  }
+}
+
+// Only after a deliberate rotation (docs/runbook.md#ledger_key): the app reads history under it.
+resource ledgerKeyPreviousSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(ledgerKeyPrevious)) {
+  parent: vault
+  name: 'ledger-key-previous'
+  properties: {
+    value: ledgerKeyPrevious
+    contentType: 'LEDGER_KEY_PREVIOUS: the ledger key before the last rotation, read only'
   }
 }
 

@@ -8,6 +8,7 @@ webhook keeps working while, say, the ledger key is not yet configured.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
@@ -79,6 +80,28 @@ def _secret_bytes(raw: str) -> bytes:
     return raw.encode()
 
 
+def _flag(raw: str) -> bool:
+    if raw.strip().lower() not in ("true", "false", "1", "0"):
+        raise ValueError("must be true or false")
+    return raw.strip().lower() in ("true", "1")
+
+
+# App Service hands the app the reference text itself when it cannot resolve a Key Vault reference
+# (https://learn.microsoft.com/azure/app-service/app-service-key-vault-references#troubleshoot-key-vault-references).
+_KEY_VAULT_REFERENCE = re.compile(r"^\s*@Microsoft\.KeyVault\(", re.IGNORECASE)
+
+
+def unresolved_reference(name: str, raw: str) -> str | None:
+    """The problem with a secret setting that still holds a Key Vault reference, or None."""
+    if not _KEY_VAULT_REFERENCE.match(raw):
+        return None
+    return (f"{name} is misconfigured: it holds the unresolved Key Vault reference {raw.strip()[:200]} instead of the "
+            "secret. Likely causes: the app's identity lacks Key Vault Secrets User on the vault or the role "
+            "assignment is not effective yet (minutes after deployment), the vault or secret name is misspelt, "
+            "the secret is missing or disabled, or keyVaultReferenceIdentity names another identity. Check the "
+            "reference's status in the portal (Function App > Environment variables), fix it, then restart the app")
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("CHANGES_QUEUE", "changes_queue", _text, "straddle-changes",
             doc="Service Bus queue that carries change events (also bound as %CHANGES_QUEUE%)."),
@@ -128,8 +151,12 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Prefix of every Table Storage table Straddle creates."),
     Setting("LEDGER_KEY", "ledger_key", _secret_bytes, secret=True,
             doc="HMAC key that turns an email into the ledger partition key (a Key Vault reference)."),
+    Setting("LEDGER_KEY_PREVIOUS", "ledger_key_previous", _secret_bytes, secret=True,
+            doc="The ledger key before the last rotation, only read: keeps older history readable by explain."),
     Setting("APPLICATIONINSIGHTS_CONNECTION_STRING", "appinsights_connection_string", _text,
             doc="Application Insights to export logs and traces to (OpenTelemetry); unset locally."),
+    Setting("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "worker_exports_telemetry", _flag, False,
+            doc="true in Azure: the Functions Python worker configures the exporter, so the app does not."),
     Setting("PROCESSED_RETENTION_DAYS", "processed_retention_days", _positive_int, 7,
             doc="How long processed event ids are kept for idempotency."),
     Setting("MAX_ATTEMPTS", "max_attempts", _positive_int, 5,
@@ -165,7 +192,9 @@ class Settings:
     storage_client_id: str | None
     table_prefix: str
     ledger_key: bytes | None
+    ledger_key_previous: bytes | None
     appinsights_connection_string: str | None
+    worker_exports_telemetry: bool
     processed_retention_days: int
     max_attempts: int
     retry_delay_seconds: int
@@ -179,6 +208,11 @@ class Settings:
             raw = env.get(s.name)
             if raw is None or raw.strip() == "":
                 values[s.attr] = s.default
+                continue
+            unresolved = unresolved_reference(s.name, raw) if s.secret else None
+            if unresolved:
+                values[s.attr] = None
+                problems.append(unresolved)
                 continue
             try:
                 values[s.attr] = s.parse(raw)

@@ -12,6 +12,7 @@ a ``$filter`` at most 15 discrete comparisons.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import time
@@ -172,6 +173,14 @@ def ledger_partition(key: bytes, email: str) -> str:
     if normalised is None:
         raise ValueError("a ledger entry needs an email address")
     return hmac.new(key, normalised.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+_KEYS_PARTITION = "ledger-keys"  # never an HMAC (64 hex digits): no person's partition
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Names a ledger key without revealing it (an HMAC under the key of a fixed label)."""
+    return hmac.new(key, b"straddle ledger key fingerprint", hashlib.sha256).hexdigest()[:32]
 
 
 def ledger_row_key(moment: datetime, suffix: str | None = None) -> str:
@@ -417,12 +426,44 @@ class Ledger:
     fields is masked before writing.
     """
 
-    def __init__(self, tables: _Tables, key: bytes | None, now: Callable[[], datetime] | None = None):
+    def __init__(self, tables: _Tables, key: bytes | None, now: Callable[[], datetime] | None = None,
+                 previous_key: bytes | None = None):
         if not key:
             raise SettingsError("missing app setting LEDGER_KEY (needed for the ledger)")
         self._tables = tables
         self._key = key
+        # After a deliberate rotation the old key is only read, so history written before stays findable.
+        self._previous_key = previous_key if previous_key and previous_key != key else None
         self._clock = _Clock(now)
+        self._key_checked = False
+        self._key_lock = threading.Lock()
+
+    def check_key(self) -> None:
+        """Refuses a LEDGER_KEY that changed behind the operator's back (another machine, a new
+        deployment): the ledger keeps the fingerprints of the keys it was written with, and a new
+        key is accepted only with the one before it in LEDGER_KEY_PREVIOUS. Once per process."""
+        if self._key_checked:
+            return
+        with self._key_lock:
+            if self._key_checked:
+                return
+            client = self._tables.client("ledger")
+            known = {e["RowKey"] for e in client.query_entities("PartitionKey eq @pk", parameters={"pk": _KEYS_PARTITION},
+                                                                select=["RowKey"])}
+            mine = key_fingerprint(self._key)
+            if mine not in known:
+                previous = key_fingerprint(self._previous_key) if self._previous_key else None
+                if known and previous not in known:
+                    raise SettingsError(
+                        "LEDGER_KEY is not a key this ledger was written with: a new key would silently start new "
+                        "ledger partitions and hide the history. Restore the key, or rotate deliberately by setting "
+                        "the key in use so far as LEDGER_KEY_PREVIOUS (docs/runbook.md, LEDGER_KEY)")
+                try:
+                    client.create_entity({"PartitionKey": _KEYS_PARTITION, "RowKey": mine,
+                                          "since": _iso(datetime.now(timezone.utc))})
+                except ResourceExistsError:
+                    pass  # another instance recorded it at the same moment
+            self._key_checked = True
 
     def partition_for(self, email: str) -> str:
         return ledger_partition(self._key, email)
@@ -446,6 +487,7 @@ class Ledger:
         """
         if not entries:
             return
+        self.check_key()
         groups: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:
             entity = self._entity(entry, self._clock.next())
@@ -457,12 +499,13 @@ class Ledger:
         """The person's entries, newest first; ``email`` is filled in with the address given."""
         if limit is not None and limit <= 0:
             return []
-        pk = self.partition_for(email)
         client = self._tables.client("ledger")
-        pages = client.query_entities("PartitionKey eq @pk", parameters={"pk": pk},
-                                      results_per_page=min(limit or 1000, 1000))
+        keys = [self._key] + ([self._previous_key] if self._previous_key else [])
+        # Each partition is newest first by RowKey; merging them keeps that order across a rotation.
+        partitions = [client.query_entities("PartitionKey eq @pk", parameters={"pk": ledger_partition(k, email)},
+                                            results_per_page=min(limit or 1000, 1000)) for k in keys]
         out: list[LedgerEntry] = []
-        for e in pages:
+        for e in heapq.merge(*partitions, key=lambda row: row["RowKey"]):
             out.append(LedgerEntry(email=email, **{n: _plain(e.get(n)) for n in _LEDGER_FIELDS}))
             if limit is not None and len(out) >= limit:
                 break
@@ -796,26 +839,31 @@ class TableStore:
     """Every table adapter over one shared service client; adapters are built on first use, so a
     missing LEDGER_KEY only fails the code that needs the ledger."""
 
-    def __init__(self, service: TableServiceClient, prefix: str = DEFAULT_PREFIX, ledger_key: bytes | None = None):
+    def __init__(self, service: TableServiceClient, prefix: str = DEFAULT_PREFIX, ledger_key: bytes | None = None,
+                 previous_ledger_key: bytes | None = None):
         self._tables = _Tables(service, prefix)
         self._ledger_key = ledger_key
+        self._previous_ledger_key = previous_ledger_key
         self._lock = threading.Lock()
         self._built: dict[str, Any] = {}
 
     @classmethod
     def from_connection_string(cls, connection_string: str, prefix: str = DEFAULT_PREFIX,
-                               ledger_key: bytes | None = None, **client_options: Any) -> "TableStore":
+                               ledger_key: bytes | None = None, previous_ledger_key: bytes | None = None,
+                               **client_options: Any) -> "TableStore":
         try:
             service = TableServiceClient.from_connection_string(expand_connection_string(connection_string),
                                                                 **client_options)
         except ValueError as exc:
             raise SettingsError(f"AzureWebJobsStorage is malformed: {str(exc).split(':')[0]}") from None
-        return cls(service, prefix, ledger_key)
+        return cls(service, prefix, ledger_key, previous_ledger_key)
 
     @classmethod
     def from_endpoint(cls, endpoint: str, credential: Any, prefix: str = DEFAULT_PREFIX,
-                      ledger_key: bytes | None = None, **client_options: Any) -> "TableStore":
-        return cls(TableServiceClient(endpoint=endpoint, credential=credential, **client_options), prefix, ledger_key)
+                      ledger_key: bytes | None = None, previous_ledger_key: bytes | None = None,
+                      **client_options: Any) -> "TableStore":
+        return cls(TableServiceClient(endpoint=endpoint, credential=credential, **client_options), prefix, ledger_key,
+                   previous_ledger_key)
 
     @property
     def service(self) -> TableServiceClient:
@@ -837,7 +885,8 @@ class TableStore:
 
     @property
     def ledger(self) -> Ledger:
-        return self._get("ledger", lambda: Ledger(self._tables, self._ledger_key))
+        return self._get("ledger", lambda: Ledger(self._tables, self._ledger_key,
+                                                  previous_key=self._previous_ledger_key))
 
     @property
     def mappings(self) -> MappingsStore:

@@ -436,3 +436,13 @@ def test_reconcile_dry_run_then_heal(cli, stack):
     assert gid("bo") not in stack.members_of(L_NEWS)
     code, out, _ = cli("reconcile", "--dry-run", "--json")
     assert json.loads(out)["drift_found"] == 0
+
+
+def test_doctor_fails_on_an_unresolved_key_vault_reference_and_says_how_to_fix_it(cli, monkeypatch):
+    bootstrap.reset_container(None)
+    monkeypatch.setenv("LEDGER_KEY", "@Microsoft.KeyVault(VaultName=kv-straddle;SecretName=ledger-key)")
+    code, out, _ = cli("--json", "doctor")
+    (check,) = json.loads(out)["checks"]
+    assert code == 1 and check["check"] == "settings" and check["status"] == "fail"
+    assert "LEDGER_KEY is misconfigured" in check["detail"] and "unresolved Key Vault reference" in check["detail"]
+    assert "Key Vault Secrets User" in check["fix"] and "restart" in check["fix"]

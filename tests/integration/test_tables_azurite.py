@@ -12,6 +12,7 @@ from azure.core.exceptions import ResourceModifiedError
 from shared.adapters import tables as t
 from shared.adapters.settings import Settings
 from shared.bootstrap import Container
+from tests.integration.conftest import LEDGER_KEY
 from shared.domain.ledger import LedgerEntry
 
 pytestmark = pytest.mark.integration
@@ -138,8 +139,11 @@ def test_ledger_never_stores_the_address(table_store):
         _entry(email, 2, action=f"set emailaddress1 to {email}", before="old.addr@example.org",
                after=email.lower(), detail=f"changed for {email.upper()}"),
     ])
-    rows = _raw(table_store, "ledger")
+    keys = [r for r in _raw(table_store, "ledger") if r["PartitionKey"] == "ledger-keys"]
+    rows = [r for r in _raw(table_store, "ledger") if r["PartitionKey"] != "ledger-keys"]
     assert len(rows) == 2
+    # beside them only the key's fingerprint, never the key
+    assert [k["RowKey"] for k in keys] == [t.key_fingerprint(LEDGER_KEY)] and LEDGER_KEY.decode() not in str(keys)
     for row in rows:
         text = json.dumps({k: str(v) for k, v in row.items()}).lower()
         assert "secret.person" not in text and "example.org" not in text and "@" not in text
@@ -294,3 +298,50 @@ def test_a_fanned_out_runs_final_report_is_written_once(table_store):
     assert runs.save_final(final) is True
     assert runs.save_final({**final, "drift_fixed": 99}) is False  # the other last chunk loses
     assert runs.get(header["run_id"])["drift_fixed"] == 3
+
+
+def test_a_rotated_ledger_key_keeps_the_older_history_readable(azurite_tables, table_prefix, table_store):
+    from shared.adapters.tables import TableStore
+
+    ann = "ann.rotated@contoso.com"
+    table_store.ledger.record([_entry(ann, 1), _entry(ann, 2)])  # under the old key
+    rotated = TableStore.from_connection_string(azurite_tables, prefix=table_prefix,
+                                                ledger_key=b"the-new-ledger-key-0123456789",
+                                                previous_ledger_key=LEDGER_KEY)
+    rotated.ledger.record([_entry(ann, 3)])
+    assert rotated.ledger.partition_for(ann) != table_store.ledger.partition_for(ann)  # new writes, new partition
+    # newest first across both keys; the old key only reads
+    assert [e.origin_event_id for e in rotated.ledger.history(ann)] == ["ev-3", "ev-2", "ev-1"]
+    assert [e.origin_event_id for e in rotated.ledger.history(ann, limit=2)] == ["ev-3", "ev-2"]
+    # without the previous key the older entries cannot be found by address
+    alone = TableStore.from_connection_string(azurite_tables, prefix=table_prefix,
+                                              ledger_key=b"the-new-ledger-key-0123456789")
+    assert [e.origin_event_id for e in alone.ledger.history(ann)] == ["ev-3"]
+    rotated.close()
+    alone.close()
+
+
+def test_a_ledger_key_changed_behind_the_operators_back_is_refused(azurite_tables, table_prefix, table_store):
+    from shared.adapters.settings import SettingsError
+    from shared.adapters.tables import TableStore
+
+    ann = "ann.keyed@contoso.com"
+    table_store.ledger.record([_entry(ann, 1)])  # the first key is recorded
+
+    def store(key: bytes, previous: bytes | None = None) -> TableStore:
+        return TableStore.from_connection_string(azurite_tables, prefix=table_prefix, ledger_key=key,
+                                                 previous_ledger_key=previous)
+
+    other = store(b"another-machine-generated-key-0123")
+    with pytest.raises(SettingsError, match="LEDGER_KEY is not a key this ledger was written with.*LEDGER_KEY_PREVIOUS"):
+        other.ledger.record([_entry(ann, 2)])
+    assert [e.origin_event_id for e in table_store.ledger.history(ann)] == ["ev-1"]  # nothing was written
+    # a deliberate rotation names the key in use so far: accepted, and from then on the new key alone is too
+    store(b"the-rotated-ledger-key-0123456789", LEDGER_KEY).ledger.record([_entry(ann, 3)])
+    store(b"the-rotated-ledger-key-0123456789").ledger.record([_entry(ann, 4)])
+    assert [e.origin_event_id for e in store(b"the-rotated-ledger-key-0123456789", LEDGER_KEY).ledger.history(ann)] == [
+        "ev-4", "ev-3", "ev-1"]
+    # the old key stays known too (a rollback of the rotation is not refused)
+    table_store.ledger.record([_entry(ann, 5)])
+    for s in (other,):
+        s.close()

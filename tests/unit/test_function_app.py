@@ -140,3 +140,41 @@ def test_nightly_reconcile_without_configuration_fails_loudly(caplog, app_contai
         function_app.nightly_reconcile(TimerRequest(past_due=True))
     lines = [r.getMessage() for r in caplog.records if "reconcile." in r.getMessage()]
     assert lines == ["reconcile.triggered past_due=True", "reconcile.failed error=SettingsError"]
+
+
+UNRESOLVED = "@Microsoft.KeyVault(VaultName=kv-straddle;SecretName=ledger-key)"
+
+
+def test_an_unresolved_ledger_key_leaves_the_batch_unsettled(monkeypatch, caplog):
+    # The reference text must never key the ledger: the batch is abandoned (redelivered later).
+    from shared import bootstrap
+
+    monkeypatch.setenv("LEDGER_KEY", UNRESOLVED)
+    bootstrap.reset_container(None)
+    engine_built = []
+    monkeypatch.setattr(bootstrap.Container, "sync_engine", lambda self: engine_built.append(1))
+    try:
+        with pytest.raises(SettingsError, match="LEDGER_KEY is misconfigured"):
+            function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id)])
+    finally:
+        bootstrap.reset_container(None)
+    assert not engine_built
+    assert any("process.misconfigured" in r.getMessage() and "LEDGER_KEY" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["WEBHOOK_SECRET", "LEDGER_KEY"])
+def test_the_webhook_answers_503_with_retry_after_on_an_unresolved_reference(monkeypatch, name):
+    from shared import bootstrap
+    from tests.unit.test_webhook import RELEVANT, body_of, post
+
+    monkeypatch.setenv("WEBHOOK_SECRET_HEADER", "x-straddle-secret")
+    monkeypatch.setenv("WEBHOOK_SECRET", "a-resolved-webhook-secret")
+    monkeypatch.setenv(name, UNRESOLVED.replace("ledger-key", name.lower()))
+    bootstrap.reset_container(None)
+    try:
+        resp = post(RELEVANT, {"x-straddle-secret": "a-resolved-webhook-secret"})
+    finally:
+        bootstrap.reset_container(None)
+    assert resp.status_code == 503 and resp.headers["Retry-After"].isdigit()
+    assert body_of(resp)["error"]["code"] == "misconfigured"
+    assert "KeyVault" not in resp.get_body().decode()  # the detail is in the log, not in the answer

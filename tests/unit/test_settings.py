@@ -119,3 +119,38 @@ def test_settings_table_and_dataclass_agree():
     names = [s.name for s in SETTINGS]
     assert len(names) == len(set(names))
     assert all(s.doc for s in SETTINGS), "every setting is documented"
+
+
+REFERENCE = "@Microsoft.KeyVault(VaultName=kv-straddle;SecretName=ledger-key)"
+
+
+@pytest.mark.parametrize("name", sorted(s.name for s in SETTINGS if s.secret))
+def test_an_unresolved_key_vault_reference_is_refused_for_every_secret(name):
+    # App Service passes the reference text itself when it cannot resolve it
+    env = {name: REFERENCE}
+    if name == "WEBHOOK_SECRET":
+        env["WEBHOOK_SECRET_HEADER"] = "x-straddle-secret"
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env(env)
+    message = str(exc.value)
+    assert f"{name} is misconfigured" in message and "unresolved Key Vault reference" in message
+    assert "Key Vault Secrets User" in message and "misspelt" in message  # the likely causes
+
+
+def test_a_reference_in_a_setting_that_is_not_secret_is_left_alone():
+    assert Settings.from_env({"TABLE_PREFIX": "@Microsoft.KeyVault(x)"}).table_prefix == "@Microsoft.KeyVault(x)"
+
+
+def test_resolved_secrets_and_the_previous_ledger_key():
+    s = Settings.from_env({"LEDGER_KEY": "0123456789abcdef-new", "LEDGER_KEY_PREVIOUS": "0123456789abcdef-old"})
+    assert s.ledger_key == b"0123456789abcdef-new" and s.ledger_key_previous == b"0123456789abcdef-old"
+    with pytest.raises(SettingsError, match="LEDGER_KEY_PREVIOUS"):
+        Settings.from_env({"LEDGER_KEY_PREVIOUS": "short"})
+
+
+@pytest.mark.parametrize("raw,expected", [("true", True), ("True", True), ("1", True), ("false", False), ("0", False)])
+def test_worker_telemetry_flag(raw, expected):
+    assert Settings.from_env({"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": raw}).worker_exports_telemetry is expected
+    assert Settings.from_env({}).worker_exports_telemetry is False
+    with pytest.raises(SettingsError, match="PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"):
+        Settings.from_env({"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "yes please"})

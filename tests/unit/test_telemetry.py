@@ -116,3 +116,68 @@ def test_emit_skips_disabled_levels(caplog):
     caplog.set_level(logging.WARNING)
     emit(logging.getLogger("straddle.test.emit"), "x.y", logging.DEBUG, a=1)
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("https://org.crm.dynamics.com/api/data/v9.2/contacts?$filter=emailaddress1%20eq%20'a@b.example'",
+     "https://org.crm.dynamics.com/api/data/v9.2/contacts"),
+    ("https://org.crm.dynamics.com/api/data/v9.2/contacts(emailaddress1='a@b.example')#x",
+     f"https://org.crm.dynamics.com/api/data/v9.2/contacts({MASK}')"),  # the local part may eat the key name
+    ("https://org.crm.dynamics.com/api/data/v9.2/$batch", "https://org.crm.dynamics.com/api/data/v9.2/$batch"),
+])
+def test_safe_url_drops_the_query_and_masks_addresses(url, expected):
+    assert telemetry.safe_url(url) == expected
+
+
+@pytest.fixture
+def configure_calls(monkeypatch):
+    import azure.monitor.opentelemetry as distro
+
+    from shared import bootstrap
+
+    calls = []
+    monkeypatch.setattr(distro, "configure_azure_monitor", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(bootstrap, "_telemetry_configured", False)
+    return calls
+
+
+def test_telemetry_is_configured_once_when_the_worker_does_not(configure_calls):
+    from shared.adapters.settings import Settings
+    from shared.bootstrap import export_telemetry
+
+    settings = Settings.from_env({"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=k"})
+    assert export_telemetry(settings) is True
+    assert export_telemetry(settings) is False  # a rebuilt container must not configure it again
+    assert configure_calls == [{"connection_string": "InstrumentationKey=k"}]
+
+
+@pytest.mark.parametrize("env", [
+    {"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=k", "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true"},
+    {},  # local: nothing to export to
+])
+def test_telemetry_is_not_configured_over_the_worker_or_locally(configure_calls, env):
+    from shared.adapters.settings import Settings
+    from shared.bootstrap import export_telemetry
+
+    assert export_telemetry(Settings.from_env(env)) is False
+    assert configure_calls == []
+
+
+def test_the_exporter_signs_in_with_the_authentication_string(monkeypatch):
+    # Local auth is off in Azure: the exporter must build an Entra credential from the app setting.
+    from azure.identity import ManagedIdentityCredential
+    from azure.monitor.opentelemetry.exporter.export._base import _get_authentication_credential
+
+    monkeypatch.setenv("APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "ClientId=00000000-0000-0000-0000-0000000000c1;Authorization=AAD")
+    assert isinstance(_get_authentication_credential(), ManagedIdentityCredential)
+
+
+def test_requirements_ask_for_an_exporter_that_honours_the_authentication_string():
+    # azure-monitor-opentelemetry 1.6.11 is the first to require exporter 1.0.0b40 (the string is read since 1.0.0b36)
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "requirements.txt").read_text()
+    m = re.search(r"^azure-monitor-opentelemetry>=([\d.]+)", text, re.M)
+    assert m, "requirements.txt must give azure-monitor-opentelemetry a lower bound"
+    assert tuple(int(x) for x in m.group(1).split(".")) >= (1, 6, 11)

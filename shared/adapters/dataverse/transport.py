@@ -33,7 +33,7 @@ from requests.adapters import HTTPAdapter
 from shared.adapters.dataverse.auth import TokenProvider
 from shared.adapters.dataverse.errors import DataverseError, DataverseUnavailable, DataverseUnreachable, error_for
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, build_batch, parse_batch, path_kind, query_string
-from shared.telemetry import emit
+from shared.telemetry import emit, http_dependency
 
 log = logging.getLogger("straddle.dataverse")
 
@@ -202,7 +202,7 @@ class DataverseTransport:
         while True:
             self._counts.add(kind)
             try:
-                resp = self._send(method, url, data, headers, (min(10.0, timeout), timeout))
+                resp = self._send(method, url, data, headers, (min(10.0, timeout), timeout), kind)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 self._counts.add("network_error")
                 delay = self._backoff(attempt)
@@ -241,14 +241,18 @@ class DataverseTransport:
             raise error_for(status, resp.content, kind)
 
     def _send(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
-              timeout: tuple[float, float]) -> requests.Response:
+              timeout: tuple[float, float], kind: str) -> requests.Response:
         h = {"Authorization": f"Bearer {self._tokens.token()}"}
         h.update(headers or {})
         prepared = self._session.prepare_request(requests.Request(method, url, headers=h, data=data))
         # Send the URL exactly as built (or as Dataverse gave it in @odata.nextLink): no re-quoting.
         prepared.url = url
         env = self._session.merge_environment_settings(url, {}, None, None, None)
-        return self._session.send(prepared, timeout=timeout, **env)
+        # The URL's query holds addresses: only a query-free dependency may reach Application Insights.
+        with http_dependency(method, url, kind) as span:
+            resp = self._session.send(prepared, timeout=timeout, **env)
+            span.set_attribute("http.response.status_code", resp.status_code)
+            return resp
 
     def _wait(self, kind: str, delay: float, reason: str) -> None:
         self._counts.add("retry")
