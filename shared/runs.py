@@ -87,7 +87,9 @@ def unhealed_lines(report: dict[str, Any]) -> list[str]:
     out = [f"unhealed ({len(cases)}" + (f" of {report['failures']}" if (report.get("failures") or 0) > len(cases)
                                         else "") + "):"]
     for c in cases:
-        subject = ", ".join(f"{k} {c[k]!r}" for k in ("list", "topic", "purpose") if c.get(k))
+        change = c.get("change") or ""
+        kind = next((k for k in ("list", "topic", "purpose") if change.endswith(k)), None)  # "remove from list"
+        named = f" {c[kind]!r}" if kind and c.get(kind) else ""
         out.append(f"  {c.get('drift_class')} {c.get('rule'):<6} {c.get('system')} {c.get('table')} {c.get('record_id')}: "
-                   f"{c.get('change')}" + (f" {subject}" if subject else "") + f"  ({c.get('error') or 'failed'})")
+                   f"{change}{named}  ({c.get('error') or 'failed'})")
     return out
