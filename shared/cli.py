@@ -673,6 +673,9 @@ def _progress_line():
     return show
 
 
+_NOISY = ("azure", "urllib3", "msal")
+
+
 def _configure_logging(verbose: bool) -> None:
     """Quiet by default: the adapters' warnings (retries) would otherwise reach stderr through
     logging's last-resort handler and break the one-line error promise. ``--verbose`` shows
@@ -687,12 +690,12 @@ def _configure_logging(verbose: bool) -> None:
         if not any(getattr(h, "straddle_verbose", False) for h in root.handlers):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            # The Azure SDK logs storage request and response headers at INFO: warnings only.
+            handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(_NOISY))
             handler.straddle_verbose = True  # type: ignore[attr-defined]
             root.addHandler(handler)
         root.setLevel(logging.INFO)
-        logging.getLogger("straddle.dataverse").setLevel(logging.DEBUG)
-        for noisy in ("azure", "urllib3", "msal"):  # request and response headers at INFO
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger("straddle.dataverse").setLevel(logging.DEBUG)  # each request
     elif not root.handlers:
         root.addHandler(logging.NullHandler())
 

@@ -237,8 +237,8 @@ def test_activity_without_queues_still_shows_the_ledger(view, monkeypatch):
 # --- --verbose --------------------------------------------------------------------------------
 
 def test_verbose_shows_dataverse_requests_not_storage_headers(view, capsys):
-    root = logging.getLogger()
-    before = list(root.handlers), root.level
+    root, dataverse = logging.getLogger(), logging.getLogger("straddle.dataverse")
+    before = list(root.handlers), root.level, dataverse.level
     try:
         code, _, err = view("--verbose", "runs", "show", "latest")
         assert code in (0, 3)
@@ -254,3 +254,4 @@ def test_verbose_shows_dataverse_requests_not_storage_headers(view, capsys):
             if h not in before[0]:
                 root.removeHandler(h)
         root.setLevel(before[1])
+        dataverse.setLevel(before[2])
