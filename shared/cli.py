@@ -377,9 +377,12 @@ class _Review:
     def __init__(self, path: str, fmt: str, names: dict[str, str], person: Callable[[str], str]):
         from shared.review import CaseWriter
 
+        # Written beside the target and moved into place only when the run finished: a failed
+        # run leaves no half a review file that reads like a whole one.
         self.path, self._names, self._person = path, names, person
+        self._partial = Path(path).with_name(Path(path).name + ".partial")
         try:
-            self._file = open(path, "w", newline="", encoding="utf-8")
+            self._file = open(self._partial, "w", newline="", encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc.strerror}") from None
         self._writer = CaseWriter(self._file, fmt)
@@ -393,9 +396,14 @@ class _Review:
 
         self._writer.write(describe_case(drift_class, action, self._names, self._person))
 
-    def close(self) -> None:
-        self._writer.close()
+    def close(self, complete: bool) -> None:
+        if complete:
+            self._writer.close()
         self._file.close()
+        if complete:
+            os.replace(self._partial, self.path)
+        else:
+            self._partial.unlink(missing_ok=True)
 
 
 def add_review_arguments(rec: argparse.ArgumentParser) -> None:
@@ -645,9 +653,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     try:
         report = run_reconciliation(c, dry_run=args.dry_run, progress=progress,
                                     cases=review.case if review else None)
-    finally:
+    except BaseException:
         if review:
-            review.close()
+            review.close(complete=False)
+        raise
+    if review:
+        review.close(complete=True)
     if progress:
         print(file=sys.stderr)
     if review:

@@ -255,3 +255,21 @@ def test_verbose_shows_dataverse_requests_not_storage_headers(view, capsys):
                 root.removeHandler(h)
         root.setLevel(before[1])
         dataverse.setLevel(before[2])
+
+
+def test_a_failed_dry_run_leaves_no_review_file(view, stack, azurite_tables, tmp_path):
+    from shared import bootstrap
+    from shared.adapters.settings import Settings
+    from sandbox.stack import LEDGER_KEY, SYNC_TOKEN
+
+    s = stack.container.settings
+    bootstrap.reset_container(bootstrap.Container(Settings.from_env({
+        "DATAVERSE_URL": stack.sandbox.url, "DATAVERSE_ACCESS_TOKEN": SYNC_TOKEN, "AzureWebJobsStorage": azurite_tables,
+        "TABLE_PREFIX": s.table_prefix, "LEDGER_KEY": LEDGER_KEY, "DATAVERSE_RETRY_BUDGET_SECONDS": "0.2"})))
+    stack.sandbox.set_faults({"error_share": {"500": 1.0}})
+    try:
+        code, out, err = view("reconcile", "--dry-run", "--changes", str(tmp_path / "changes.csv"))
+    finally:
+        stack.sandbox.set_faults({})
+    assert code == 1 and out == "" and "Dataverse" in err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
