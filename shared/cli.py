@@ -2,9 +2,11 @@
 
 Every command reads the same app settings as the function app (environment variables, or a
 ``local.settings.json`` in the current folder). Bad input is one line on stderr and exit code 2;
-a Dataverse or Azure failure is one line and exit code 1; ``--json`` output is stable for
-scripts. No command prints an email address, except ``explain`` the one it was asked about.
-The use cases live in ``shared.admin``; this module parses, calls and prints.
+a Dataverse or Azure failure is one line and exit code 1; "not found" is exit code 3.
+``--output json`` (``--json``) is stable for scripts, ``--output tsv`` feeds shell loops
+(``shared.output``). No command prints an email address, except ``explain`` the one it was asked
+about. The use cases live in ``shared.admin``, ``shared.runs``, ``shared.activity`` and
+``shared.review``; this module parses, calls and prints.
 """
 from __future__ import annotations
 
