@@ -1,13 +1,18 @@
-# make run: Straddle end to end on this machine (fresh clone: creates .venv, installs, runs the demo).
-# make test: the test suite. make setup: only the venv, pip and npm.
+# Straddle on this machine: `make help` lists the targets (the text after each `##`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run keep test setup host clean-state
+.PHONY: help run keep test setup host clean-state
+.DEFAULT_GOAL := help
 
-setup: $(STAMP)
+help: ## this list
+	@echo "make TARGET [ARGS='...']  (a fresh clone needs nothing else: run, keep and test create .venv first)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 16
+	@echo "The CLI without activating the venv: $(PY) -m shared --help"
+
+setup: $(STAMP) ## create .venv and install (pip, npm) when the requirements change
 
 # Reinstall only when the requirements or the npm lock change.
 $(STAMP): requirements.txt requirements-dev.txt package-lock.json
@@ -17,17 +22,17 @@ $(STAMP): requirements.txt requirements-dev.txt package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) ## the demo end to end: start the local stack, play a marketer's scenario, reconcile, stop (exit 0 = all propagated)
 	$(PY) -m sandbox.demo $(ARGS)
 
-keep: $(STAMP)
+keep: $(STAMP) ## the same, then keep the stack up until Ctrl-C; writes sandbox/demo/.state/env.sh for the CLI
 	$(PY) -m sandbox.demo --keep $(ARGS)
 
-host: $(STAMP)
+host: $(STAMP) ## the local Functions host alone on :7071 (sandbox/host/README.md)
 	$(PY) -m sandbox.host $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) ## the test suite (starts Azurite and the Dataverse sandbox itself)
 	$(PY) -m pytest -q
 
-clean-state:
+clean-state: ## forget the local host's keys and queues and the demo's log
 	rm -rf sandbox/host/.state sandbox/demo/.state

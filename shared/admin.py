@@ -467,10 +467,14 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
                               "members_in_list": members_in.get(b.opt_out_list.list_id, 0),
                               "status": "inconsistent" if bad else "consistent"})
 
+    names = {**{i: f"list {l.name!r}" for i, l in list_by_id.items()},
+             **{i: f"topic {t.name!r}" for i, t in topic_by_id.items()},
+             **{i: f"purpose {p.name!r}" for i, p in purpose_by_id.items()}}
     history = [{
         "recorded_at": h.recorded_at, "rule": h.rule, "origin": h.origin_system, "event_id": h.origin_event_id,
         "target_system": h.target_system, "target_table": h.target_table, "target_id": h.target_id,
-        "action": h.action, "before": h.before, "after": h.after, "outcome": h.outcome, "detail": h.detail,
+        "action": h.action, "action_named": named_action(h.action, names), "before": h.before, "after": h.after,
+        "outcome": h.outcome, "detail": h.detail,
     } for h in ledger.history(e)] if ledger is not None else None
     return {
         "email": e,
@@ -485,6 +489,15 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
         "closure_complete": complete,
         "ledger": history,
     }
+
+
+_LEDGER_SUBJECT = re.compile(r"\b(list|topic|purpose) ([0-9a-fA-F-]{36})\b")
+
+
+def named_action(action: str, names: dict[str, str]) -> str:
+    """A ledger action with its list, topic or purpose named: "remove from list 'News'" for
+    "remove from list <id>" (the id stays when Dataverse no longer has the row)."""
+    return _LEDGER_SUBJECT.sub(lambda m: names.get(m.group(2).lower(), m.group(0)), action)
 
 
 def _gateway(client: Any) -> Any:

@@ -2,9 +2,11 @@
 
 Every command reads the same app settings as the function app (environment variables, or a
 ``local.settings.json`` in the current folder). Bad input is one line on stderr and exit code 2;
-a Dataverse or Azure failure is one line and exit code 1; ``--json`` output is stable for
-scripts. No command prints an email address, except ``explain`` the one it was asked about.
-The use cases live in ``shared.admin``; this module parses, calls and prints.
+a Dataverse or Azure failure is one line and exit code 1; "not found" is exit code 3.
+``--output json`` (``--json``) is stable for scripts, ``--output tsv`` feeds shell loops
+(``shared.output``). No command prints an email address, except ``explain`` the one it was asked
+about. The use cases live in ``shared.admin``, ``shared.runs``, ``shared.activity`` and
+``shared.review``; this module parses, calls and prints.
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_NOT_FOUND = 3  # explain: neither system knows the address; runs show: no such run
+#: This invocation's output format and tsv rows (set by main; one command per process).
+_OUTPUT: dict[str, Any] = {}
 
 
 class CommandError(Exception):
@@ -99,7 +104,18 @@ def _container():
     return _CONTAINER
 
 
+def _prog() -> str:
+    """The program as the user invoked it (``straddle`` or ``python -m shared``), for messages."""
+    return _OUTPUT.get("prog") or "straddle"
+
+
 def _print_json(data: Any) -> None:
+    """Machine-readable output: JSON, or with ``--output tsv`` tab-separated values (Azure CLI style)."""
+    if _OUTPUT.get("format") == "tsv":
+        from shared.output import tsv
+
+        sys.stdout.write(tsv(data, _OUTPUT.get("rows")))
+        return
     print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
@@ -109,7 +125,7 @@ def _stored_mappings(c: Any, required: bool = False) -> Any:
 
     doc = c.tables().mappings.load()
     if doc is None and required:
-        raise CommandError("no mappings imported yet (straddle mappings import FILE)")
+        raise CommandError(f"no mappings imported yet ({_prog()} mappings import FILE)")
     return Mappings.from_dict(doc) if doc else None
 
 
@@ -152,7 +168,7 @@ def cmd_mappings_export(args: argparse.Namespace) -> int:
 
     doc = export_mappings(_container().tables().mappings)
     if doc is None:
-        raise CommandError("no mappings imported yet (python -m shared mappings import FILE)")
+        raise CommandError(f"no mappings imported yet ({_prog()} mappings import FILE)")
     text = json.dumps(doc, indent=2) + "\n"
     if args.file:
         Path(args.file).write_text(text)
@@ -201,7 +217,7 @@ def cmd_mappings_discover(args: argparse.Namespace) -> int:
             print("nothing matched: no mappings file written (lower --threshold, or write it by hand: "
                   "docs/mappings.md)", file=report)
         elif args.out:
-            print(f"wrote {args.out}: review it, then: straddle mappings import {args.out}", file=report)
+            print(f"wrote {args.out}: review it, then: {_prog()} mappings import {args.out}", file=report)
         else:
             sys.stdout.write(text)
     return EXIT_OK if doc is not None else EXIT_FAILED
@@ -220,7 +236,7 @@ def _print_webhook_status(status: dict) -> None:
     for s in status["extra_steps"]:
         print(f"  {'not needed':<18} {s}")
     print("ok: every step the sync needs is registered" if status["ok"] else
-          "missing: run straddle webhooks register --url URL")
+          f"missing: run {_prog()} webhooks register --url URL")
 
 
 def _email_columns(c: Any) -> tuple[str, ...] | None:
@@ -326,10 +342,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     client = c.dataverse()
     mappings = _stored_mappings(c)
     result = explain(email, client, mappings, c.tables().ledger)
+    # Neither world knows it: no contact, lead or consent row (a typo, or a person long gone).
+    known = bool(result["contacts"] or result["leads"] or result["consent"])
     if args.json:
-        _print_json(result)
-        return EXIT_OK
+        _print_json({**result, "known": known})
+        return EXIT_OK if known else EXIT_NOT_FOUND
     print(f"{result['email']}")
+    if not known:
+        print("  unknown: neither Outbound marketing (no contact or lead) nor Real-time marketing (no consent row) "
+              "has this address")
+        for h in result["ledger"] or ():
+            print(f"  ledger {h['recorded_at']} {h['rule']} {h['outcome']}: {h['action_named']}")
+        return EXIT_NOT_FOUND
     people = result["contacts"] + result["leads"]
     if not people:
         print("  no contact or lead has this address")
@@ -369,7 +393,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print("ledger (newest first):" if result["ledger"] else "ledger: nothing recorded")
     for h in result["ledger"] or ():
         print(f"  {h['recorded_at']} {h['rule']:<6} {h['outcome']:<9} {h['target_system']} {h['target_table']} "
-              f"{h['target_id'] or ''}: {h['action']}" + (f" ({h['detail']})" if h["detail"] else ""))
+              f"{h['target_id'] or ''}: {h['action_named']}" + (f" ({h['detail']})" if h["detail"] else ""))
     return EXIT_OK
 
 
@@ -444,6 +468,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                         local_host=os.environ.get("STRADDLE_LOCAL_HOST"))
     for check in checks:  # a safety net: no check should quote data, but none may print an address
         check["detail"], check["fix"] = redact(check["detail"]), redact(check["fix"])
+        # The fixes name commands: as the user runs them (python -m shared or straddle).
+        check["detail"], check["fix"] = (t.replace("straddle ", f"{_prog()} ") for t in (check["detail"], check["fix"]))
     failed = any(ch["status"] == "fail" for ch in checks)
     if args.json:
         _print_json({"ok": not failed, "checks": checks, "settings_sources": dict(sorted(SETTING_SOURCES.items()))})
@@ -468,13 +494,168 @@ def _print_sources() -> None:
         print(f"settings from {source}: {', '.join(names)}")
 
 
+# --- a view of what happened: runs, activity, the dry run's review file ---------------------------
+
+class _Review:
+    """The dry run's review file: every proposed change, one row per record (shared.review)."""
+
+    def __init__(self, path: str, fmt: str, names: dict[str, str], person: Callable[[str], str]):
+        from shared.review import CaseWriter
+
+        # Written beside the target and moved into place only when the run finished: a failed
+        # run leaves no half a review file that reads like a whole one.
+        self.path, self._names, self._person = path, names, person
+        self._partial = Path(path).with_name(Path(path).name + ".partial")
+        try:
+            self._file = open(self._partial, "w", newline="", encoding="utf-8")
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror}") from None
+        self._writer = CaseWriter(self._file, fmt)
+
+    @property
+    def count(self) -> int:
+        return self._writer.count
+
+    def case(self, drift_class: str, action: Any) -> None:
+        from shared.review import describe_case
+
+        self._writer.write(describe_case(drift_class, action, self._names, self._person))
+
+    def close(self, complete: bool) -> None:
+        if complete:
+            self._writer.close()
+        self._file.close()
+        if complete:
+            os.replace(self._partial, self.path)
+        else:
+            self._partial.unlink(missing_ok=True)
+
+
+def add_review_arguments(rec: argparse.ArgumentParser) -> None:
+    from shared.review import FORMATS
+
+    rec.add_argument("--changes", metavar="FILE",
+                     help="with --dry-run: write every proposed change, one row per record, to FILE (.csv or .json) "
+                          "for review; people appear as pseudonyms")
+    rec.add_argument("--changes-format", choices=FORMATS, help="the file's format (default: from its extension)")
+    rec.add_argument("--show-addresses", action="store_true",
+                     help="with --changes: write email addresses instead of pseudonyms (the file then holds personal data)")
+
+
+def open_review(args: argparse.Namespace, c: Any) -> "_Review | None":
+    from shared.review import format_for, names_of, pseudonymiser
+
+    if not args.changes:
+        if args.show_addresses or args.changes_format:
+            raise CommandError("--show-addresses and --changes-format go with --changes FILE")
+        return None
+    if not args.dry_run:
+        raise CommandError("--changes writes what a dry run proposes: add --dry-run (review, then run without it)")
+    if Path(args.changes).is_dir():
+        raise CommandError(f"{args.changes} is a folder; give a file name")
+    fmt = format_for(args.changes, args.changes_format)
+    mappings = _stored_mappings(c, required=True)
+    person = (lambda e: e) if args.show_addresses else pseudonymiser(c.tables().ledger.partition_for)
+    return _Review(args.changes, fmt, names_of(mappings), person)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from shared.runs import SUMMARY_COLUMNS, recent
+
+    rows = recent(_container().tables().runs, args.max)
+    if args.json:
+        _print_json({"runs": rows})
+        return EXIT_OK
+    if not rows:
+        print(f"no reconciliation runs stored yet (they are kept from healing runs: {_prog()} reconcile, "
+              "or the nightly timer)")
+        return EXIT_OK
+    print(_columns(rows, SUMMARY_COLUMNS))
+    return EXIT_OK
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    from shared.runs import find, report_lines, unhealed_lines
+
+    report = find(_container().tables().runs, args.run)
+    if report is None:
+        print(f"{_prog()}: no run {args.run!r} stored (list them: {_prog()} runs)", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if args.json:
+        _print_json(report)
+        return EXIT_OK
+    print("\n".join(report_lines(report, _prog())))
+    print("\n".join(unhealed_lines(report)))
+    return EXIT_OK
+
+
+def cmd_activity(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from shared.activity import activity, activity_lines, parse_since
+
+    now = datetime.now(timezone.utc)
+    since = parse_since(args.since, now)
+    c = _container()
+    tables = c.tables()
+    view = activity(tables.ledger, since, now, dead_letters=lambda: _dead_letters(c), runs=tables.runs)
+    if args.json:
+        _print_json(view)
+    else:
+        print("\n".join(activity_lines(view, _prog())))
+    return EXIT_OK
+
+
+def _columns(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as a plain table: a header, then one aligned line per row."""
+    cells = [[c.replace("_", " ") for c in columns]] + [["-" if r.get(c) is None else str(r.get(c)) for c in columns]
+                                                        for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def add_view_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    runs = commands.add_parser(parents=[common], name="runs", help="recent reconciliation runs, one line each; "
+                               "'runs show RUN' for one")
+    runs.add_argument("--max", type=_positive, default=10, help="at most this many runs, newest first (default 10)")
+    runs.set_defaults(handler=cmd_runs, tsv_rows="runs")
+    runs_cmds = runs.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ls = runs_cmds.add_parser(parents=[common], name="list", help="recent runs, one line each (the default)")
+    ls.add_argument("--max", type=_positive, default=10, help="at most this many runs, newest first (default 10)")
+    ls.set_defaults(handler=cmd_runs, tsv_rows="runs")
+    show = runs_cmds.add_parser(parents=[common], name="show", help="one run's report and the changes it could not make")
+    show.add_argument("run", help="the run id (from 'runs'), or 'latest'")
+    show.set_defaults(handler=cmd_runs_show, tsv_rows="unhealed")
+    act = commands.add_parser(parents=[common], name="activity",
+                              help="what the sync did: changes by rule and direction, failures, dead letters, "
+                                   "the oldest opt-out not yet propagated")
+    act.add_argument("--since", default="24h", help="a span back from now (90m, 24h, 7d, 2w) or an ISO 8601 moment "
+                                                    "(default 24h)")
+    act.set_defaults(handler=cmd_activity, tsv_rows="by_rule")
+
+
+def add_examples(parser: argparse.ArgumentParser, prog: str | None = None, path: str = "") -> None:
+    """Examples at the end of every command's --help (shared.output.EXAMPLES)."""
+    from shared.output import examples_epilog
+
+    prog = prog or parser.prog
+    epilog = examples_epilog(path, prog)
+    if epilog:
+        parser.epilog = epilog
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                add_examples(sub, prog, f"{path} {name}".strip())
+
+
 # --- the parser ----------------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (argparse prints the whole usage block)."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"straddle: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{_prog()}: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -505,21 +686,30 @@ def _ratio(value: str) -> float:
     return x
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     from shared.admin import DEFAULT_THRESHOLD
 
-    parser = _Parser(prog="straddle", description="Straddle: one opt-out for Dynamics 365 Outbound and Real-time marketing.")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--verbose", action="store_true", help="log requests and retries on standard error")
+    from shared.output import FORMATS, prog_name, version
+
+    parser = _Parser(prog=prog or prog_name(), description="Straddle: one opt-out for Dynamics 365 Outbound and Real-time marketing.")
+    parser.add_argument("--output", "-o", choices=FORMATS, default="table",
+                        help="table (default, for people), json (stable, for scripts) or tsv (tab-separated, no keys)")
+    parser.add_argument("--json", dest="output", action="store_const", const="json", help="the same as --output json")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log each Dataverse request (method, path, status, time) and retry on standard error")
+    parser.add_argument("--version", action="version", version=f"straddle {version()}")
     parser.add_argument("--allow-static-token", action="store_true",
                         help="use DATAVERSE_ACCESS_TOKEN (a development token) against a non-local DATAVERSE_URL")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     # --json and --verbose also after the command (`straddle doctor --json`); SUPPRESS keeps a
     # sub-command's default from hiding the global flag.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
+    common.add_argument("--output", "-o", choices=FORMATS, default=argparse.SUPPRESS,
+                        help="table (default), json or tsv")
+    common.add_argument("--json", dest="output", action="store_const", const="json", default=argparse.SUPPRESS,
+                        help="the same as --output json")
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="log requests and retries on standard error")
+                        help="log each Dataverse request and retry on standard error")
 
     mappings = commands.add_parser("mappings", help="import, export or discover the list-to-topic mappings")
     mappings_cmds = mappings.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
@@ -550,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.set_defaults(handler=cmd_webhooks_register)
     st = hooks_cmds.add_parser(parents=[common], name="status", help="show what is registered and what is missing (exit 1 if anything is)")
     st.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
-    st.set_defaults(handler=cmd_webhooks_status)
+    st.set_defaults(handler=cmd_webhooks_status, tsv_rows="steps")
     rm = hooks_cmds.add_parser(parents=[common], name="remove", help="delete the service endpoint, its steps and images")
     rm.add_argument("--url", type=_url, help="the endpoint's URL (default: the endpoint named Straddle)")
     rm.add_argument("--yes", action="store_true",
@@ -565,7 +755,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_cmds = dlq.add_subparsers(dest="action", metavar="ACTION", required=True, parser_class=_Parser)
     ls = dlq_cmds.add_parser(parents=[common], name="list", help="peek at the dead letters of the changes and parking queues")
     ls.add_argument("--max", type=_positive, default=50, help="at most this many (default 50)")
-    ls.set_defaults(handler=cmd_dlq_list)
+    ls.set_defaults(handler=cmd_dlq_list, tsv_rows="dead_letters")
     rp = dlq_cmds.add_parser(parents=[common], name="replay", help="resubmit dead letters to the changes queue (after a fix)")
     rp.add_argument("--max", type=_positive, default=100, help="at most this many (default 100)")
     rp.add_argument("--dry-run", action="store_true", help="list what would be replayed; move nothing")
@@ -573,47 +763,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = commands.add_parser(parents=[common], name="doctor", help="check settings, Dataverse access, mappings, webhooks and storage")
     doc.add_argument("--url", type=_url, help="the webhook endpoint's URL to check (default: the endpoint named Straddle)")
-    doc.set_defaults(handler=cmd_doctor)
+    doc.set_defaults(handler=cmd_doctor, tsv_rows="checks")
     rec = commands.add_parser(parents=[common], name="reconcile",
                               help="find (and unless --dry-run heal) every drift between the two systems")
     rec.add_argument("--dry-run", action="store_true", help="report what it would fix; write nothing")
+    add_review_arguments(rec)
     rec.set_defaults(handler=cmd_reconcile)
+    add_view_commands(commands, common)
+    add_examples(parser)
     return parser
-
-
-REPORT_LINES = (("found_D1", "D1 list member opted out of the list's topic (R2 missed)"),
-                ("found_D2", "D2 opted out of a brand purpose, Outbound not in line (R4 missed)"),
-                ("found_D3", "D3 global opt-out not reflected in Real-time marketing (R3 missed)"),
-                ("found_D4", "D4 left a mapped list, topic not opted out (R1 missed)"),
-                ("found_D5", "D5 in a brand opt-out list, not in line (R5 missed)"),
-                ("found_follow_on", "   follow-on opt-outs of the sync's own removals"))
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from shared.reconcile import run_reconciliation
+    from shared.runs import report_lines
 
+    c = _container()
+    review = open_review(args, c)
     progress = _progress_line() if sys.stderr.isatty() and not args.json else None
-    report = run_reconciliation(_container(), dry_run=args.dry_run, progress=progress)
+    try:
+        report = run_reconciliation(c, dry_run=args.dry_run, progress=progress,
+                                    cases=review.case if review else None)
+    except BaseException:
+        if review:
+            review.close(complete=False)
+        raise
+    if review:
+        review.close(complete=True)
     if progress:
         print(file=sys.stderr)
+    if review:
+        report = {**report, "changes_file": review.path, "changes_written": review.count}
     if args.json:
         _print_json(report)
     else:
-        verb = "would fix" if args.dry_run else "fixed"
-        print(f"run {report['run_id']} ({'dry run' if args.dry_run else 'healing'}): {report['status']}, "
-              f"{report.get('duration_ms', 0) / 1000:.1f} s, {report.get('dataverse_requests', 0)} Dataverse requests")
-        for key, text in REPORT_LINES:
-            found = report.get(key, 0)
-            fixed = report.get(key.replace("found_", "fixed_"), 0)
-            print(f"  {text:72} found {found:6d}" + ("" if args.dry_run else f"  {verb} {fixed:6d}"))
-        if report.get("failures"):
-            print(f"  failures: {report['failures']} (see the ledger and the function log)")
-        if report.get("oldest_unhealed_opt_out_hours") is not None:
-            print(f"  oldest unhealed opt-out: {report['oldest_unhealed_opt_out_hours']} h")
-        if report.get("note"):
-            print(f"  note: {report['note']}")
+        print("\n".join(report_lines(report, _prog())))
+        if review:
+            print(f"wrote {review.count} proposed change(s) to {review.path} "
+                  + ("(with addresses)" if args.show_addresses else "(people pseudonymised)"))
     if report.get("status") == "no_mappings":
-        raise CommandError("no mappings imported yet (python -m shared mappings import FILE)")
+        raise CommandError(f"no mappings imported yet ({_prog()} mappings import FILE)")
     return EXIT_OK if report.get("status") in ("succeeded", "running") else EXIT_FAILED
 
 
@@ -626,19 +815,27 @@ def _progress_line():
     return show
 
 
+_NOISY = ("azure", "urllib3", "msal")
+
+
 def _configure_logging(verbose: bool) -> None:
     """Quiet by default: the adapters' warnings (retries) would otherwise reach stderr through
-    logging's last-resort handler and break the one-line error promise."""
+    logging's last-resort handler and break the one-line error promise. ``--verbose`` shows
+    Straddle's own lines (each Dataverse request and retry), not the Azure SDK's HTTP headers."""
     from shared.telemetry import install_redaction
 
     install_redaction()
     root = logging.getLogger()
     if verbose:
-        if not any(isinstance(h, logging.StreamHandler) for h in root.handlers):
+        if not any(getattr(h, "straddle_verbose", False) for h in root.handlers):
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            # The Azure SDK logs storage request and response headers at INFO: warnings only.
+            handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(_NOISY))
+            handler.straddle_verbose = True  # type: ignore[attr-defined]
             root.addHandler(handler)
         root.setLevel(logging.INFO)
+        logging.getLogger("straddle.dataverse").setLevel(logging.DEBUG)  # each request
     elif not root.handlers:
         root.addHandler(logging.NullHandler())
     dataverse_log = logging.getLogger("straddle.dataverse")
@@ -673,18 +870,21 @@ class WaitNotice(logging.Handler):
 def _fail(message: str, code: int) -> int:
     from shared.telemetry import redact
 
-    print(f"straddle: {redact(message)}", file=sys.stderr)
+    print(f"{_prog()}: {redact(message)}", file=sys.stderr)
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from shared.adapters.dataverse.errors import DataverseError
     from shared.adapters.deadletters import DeadLettersUnavailable
     from shared.adapters.settings import SettingsError
     from shared.domain.mappings import MappingsError
+    from shared.output import prog_name
     from shared.ports import TransientError
 
-    parser = build_parser()
+    _OUTPUT.clear()
+    _OUTPUT["prog"] = prog or prog_name()
+    parser = build_parser(_OUTPUT["prog"])
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2, already printed)
@@ -692,6 +892,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     global _ALLOW_STATIC_TOKEN
     _ALLOW_STATIC_TOKEN = args.allow_static_token
+    # Handlers ask args.json for "machine-readable"; _print_json then writes JSON or TSV.
+    args.json = args.output in ("json", "tsv")
+    _OUTPUT.update(format=args.output, rows=getattr(args, "tsv_rows", None))
     _configure_logging(args.verbose)
     try:
         load_local_settings()

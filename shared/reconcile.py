@@ -33,6 +33,8 @@ from shared.telemetry import emit
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total or None)
+CaseSink = Callable[[str, Action], None]  # (drift class, planned action): the dry run's review file
+MAX_UNHEALED = 100  # failed changes a run report keeps, per record (runs show RUN)
 BUCKETS = (*DRIFT_CLASSES, "follow_on")
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.
 CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
@@ -100,6 +102,7 @@ class ChunkResult:
     incomplete: int = 0
     oldest_unhealed_hours: float | None = None
     removed: list[tuple[str, str]] = field(default_factory=list)  # (list id, member id) the run removed
+    unhealed: list[dict[str, Any]] = field(default_factory=list)  # failed changes (shared.review), no addresses
 
     def add(self, other: "ChunkResult") -> None:
         for c in BUCKETS:
@@ -110,29 +113,38 @@ class ChunkResult:
         if other.oldest_unhealed_hours is not None:
             self.oldest_unhealed_hours = max(self.oldest_unhealed_hours or 0.0, other.oldest_unhealed_hours)
         self.removed += other.removed
+        self.unhealed += other.unhealed[:MAX_UNHEALED - len(self.unhealed)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"found": self.found, "fixed": self.fixed, "failures": self.failures, "incomplete": self.incomplete,
-                "oldest_unhealed_hours": self.oldest_unhealed_hours}
+                "oldest_unhealed_hours": self.oldest_unhealed_hours, "unhealed": self.unhealed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChunkResult":
-        return cls(dict(d["found"]), dict(d["fixed"]), d["failures"], d["incomplete"], d["oldest_unhealed_hours"])
+        return cls(dict(d["found"]), dict(d["fixed"]), d["failures"], d["incomplete"], d["oldest_unhealed_hours"],
+                   unhealed=list(d.get("unhealed") or ()))
 
 
 def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], run_id: str, started_iso: str,
-               dry_run: bool, clock: Callable[[], float] = time.time) -> ChunkResult:
+               dry_run: bool, clock: Callable[[], float] = time.time, cases: CaseSink | None = None) -> ChunkResult:
+    from shared.review import describe_case, names_of
+
     applied = engine.apply_rules(triggers, mappings, dry_run=dry_run)
     result = ChunkResult(incomplete=int(applied.incomplete))
+    names = names_of(mappings) if applied.plan.actions else {}
     for i, action in enumerate(applied.plan.actions):
         cls = drift_class(action, d4_cause(run_id))
         result.found[cls] += 1
+        if cases is not None:
+            cases(cls, action)
         if not dry_run and applied.results[i].ok:
             result.fixed[cls] += 1
             if isinstance(action, RemoveFromList):
                 result.removed.append((action.list_id, action.member[1]))
             continue
         result.failures += not dry_run
+        if not dry_run and len(result.unhealed) < MAX_UNHEALED:
+            result.unhealed.append(describe_case(cls, action, names, result=applied.results[i]))
         age = _opt_out_age_hours(action, applied.state, clock())
         if age is not None:
             result.oldest_unhealed_hours = max(result.oldest_unhealed_hours or 0.0, age)
@@ -157,19 +169,20 @@ def nightly(container, clock: Callable[[], float] = time.time) -> dict:
 
 
 def run_reconciliation(container, *, dry_run: bool = False, progress: Progress | None = None,
-                       config: ReconcileConfig | None = None, fanout=None) -> dict:
-    """The reconciliation with the app's own adapters (the timer function and the CLI call this)."""
+                       config: ReconcileConfig | None = None, fanout=None, cases: CaseSink | None = None) -> dict:
+    """The reconciliation with the app's own adapters (the timer function and the CLI call this).
+    ``cases`` sees every planned change (the dry run's review file)."""
     engine = container.sync_engine()
     tables = container.tables()
     return reconcile(engine, engine.gateway, container.mappings(), tables.snapshots, tables.runs,
-                     dry_run=dry_run, progress=progress, config=config, fanout=fanout)
+                     dry_run=dry_run, progress=progress, config=config, fanout=fanout, cases=cases)
 
 
 def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | None,
               snapshots: ListSnapshotsPort, runs: RunReportsPort | None, *, dry_run: bool = False,
               progress: Progress | None = None, run_id: str | None = None,
               config: ReconcileConfig | None = None, fanout: Callable[[list[tuple[str, bytes]]], None] | None = None,
-              clock: Callable[[], float] = time.time) -> dict:
+              clock: Callable[[], float] = time.time, cases: CaseSink | None = None) -> dict:
     """Scans and heals (inline, or by fanning the chunks out); returns the report."""
     config = config or ReconcileConfig()
     run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
@@ -202,7 +215,7 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
 
     total = ChunkResult()
     for done, chunk in enumerate(chunks, 1):
-        total.add(heal_chunk(engine, mappings, chunk, run_id, header["started_at"], dry_run, clock))
+        total.add(heal_chunk(engine, mappings, chunk, run_id, header["started_at"], dry_run, clock, cases))
         note("healing", done, len(chunks))
     if not dry_run:
         _save_snapshots(snapshots, scanned.snapshots, total.removed, clock)
@@ -229,6 +242,7 @@ def finish(header: dict, total: ChunkResult, requests: int, started: float, cloc
         "dataverse_requests": requests,
         "oldest_unhealed_opt_out_hours": (round(total.oldest_unhealed_hours, 1)
                                           if total.oldest_unhealed_hours is not None else None),
+        "unhealed": total.unhealed,  # the first MAX_UNHEALED failed changes, per record, no addresses
     }
     if header.get("first_snapshot_lists"):
         report["note"] = (f"first run for {header['first_snapshot_lists']} list(s): membership snapshot taken, "

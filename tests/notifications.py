@@ -1,6 +1,6 @@
 """Builders of Dataverse webhook notification bodies (serialized ``RemoteExecutionContext``).
 
-Shapes follow DOMAIN.md §4 and the documented Microsoft sample
+Shapes follow docs/domain.md and the documented Microsoft sample
 (``tests/fixtures/notifications/sample_update_contact.json``): the same top-level keys,
 collections as ``[{"key": ..., "value": ...}]`` arrays, typed values with ``__type`` hints, and
 dates as ``/Date(ms)/`` (serialized with ``\\/`` escapes, as Dataverse does).
@@ -40,7 +40,7 @@ EMAIL_2 = "j.doe+news@fabrikam.example"
 EMAIL_3 = "JANE@Contoso.Example"
 ADDRESSES = (EMAIL, EMAIL_2, EMAIL_3)
 
-# msdynmkt_contactpointconsent4 option-set codes (DOMAIN.md §2)
+# msdynmkt_contactpointconsent4 option-set codes (docs/domain.md)
 EMAIL_CHANNEL, TEXT_CHANNEL = 534120000, 534120001
 PURPOSE_CONSENT, TOPIC_CONSENT = 534120000, 534120001
 NOT_SET, OPTED_IN, OPTED_OUT = 534120000, 534120001, 534120002

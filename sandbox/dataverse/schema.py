@@ -1,4 +1,4 @@
-"""The tables the sandbox knows (DOMAIN.md §2 and the webhook registration tables).
+"""The tables the sandbox knows (docs/domain.md and the webhook registration tables).
 
 Column kinds: S string, B bool, I int, O option set, D datetime, G the primary key, F float.
 Lookups are stored and read as ``_<attr>_value``; they are written through a navigation property

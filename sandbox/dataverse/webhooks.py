@@ -1,5 +1,5 @@
 """Webhook steps as Dataverse runs them: match registered steps, build RemoteExecutionContext
-bodies (DOMAIN.md §4 shape) at write time, and POST them from a background thread afterwards.
+bodies (the shape in docs/domain.md) at write time, and POST them from a background thread afterwards.
 
 A delivery failure never affects the write. One retry only on 502/503/504. Deliveries can be
 shuffled within a short window and a share of them duplicated, to mimic async delivery.

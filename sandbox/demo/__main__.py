@@ -3,30 +3,102 @@
 Starts Azurite, the Dataverse sandbox seeded with a demo straddling tenant, and the local
 Functions host; registers the webhooks and imports the mappings; plays a marketer's scenario and
 prints what propagated where and how long it took; runs the nightly reconciliation and prints its
-report; stops everything it started (``--keep``: leaves it running until Ctrl-C).
+report (the table ``straddle reconcile`` prints); stops everything it started (``--keep``: leaves
+it running until Ctrl-C, with the settings for the CLI in one file to ``source``).
+
+One stack at a time: a second ``make run`` or ``make keep`` while one is up refuses (the state
+folder, the log and the ports are shared) and says how to use or stop the one that runs.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
+import os
+import shlex
 import signal
 import sys
 import time
 from pathlib import Path
 
 STATE = Path(__file__).resolve().parent / ".state"
+REPO = Path(__file__).resolve().parents[2]
+LOCK = STATE / "stack.lock"  # held (flock) by the running demo; its text says who holds it
+ENV_FILE = STATE / "env.sh"  # written by --keep: the CLI's settings for the kept stack
 
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C
 
 
-def print_report(report: dict) -> None:
-    for key, value in report.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k}={v}" for k, v in value.items())
-            print(f"  {key:22} {inner}")
-        else:
-            print(f"  {key:22} {value}")
+def python_command() -> str:
+    """How to run this venv's Python from the checkout, without activating the venv."""
+    exe = Path(sys.prefix) / "bin" / "python"
+    try:
+        return str(exe.relative_to(REPO)) if exe.exists() else sys.executable
+    except ValueError:
+        return str(exe) if exe.exists() else sys.executable
+
+
+def hold_the_stack(mode: str, lock: Path | None = None):
+    """The open lock file (keep it open while the stack runs), or None when another demo holds it.
+    flock is released by the kernel when the holder exits, so a crash leaves no stale lock."""
+    lock = lock or LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    f = open(lock, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "mode": mode, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    f.flush()
+    return f
+
+
+def holder(lock: Path | None = None) -> dict:
+    lock = lock or LOCK
+    try:
+        return json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def refusal(mode: str, info: dict) -> str:
+    who = "make keep" if info.get("mode") == "keep" else "make run"
+    pid = info.get("pid", "?")
+    lines = [f"make {mode}: refused: a local stack started by `{who}` is running (pid {pid}, since "
+             f"{info.get('started', '?')}); starting another would break it."]
+    if info.get("mode") == "keep":
+        lines.append(f"  use it from any shell in this folder: . {_shown(ENV_FILE)} && "
+                     f"{python_command()} -m shared doctor")
+    lines.append(f"  or stop it: Ctrl-C in its terminal, or kill {pid}; then run `make {mode}` again.")
+    return "\n".join(lines)
+
+
+def _shown(path: Path) -> str:
+    """A path as typed from the checkout's root (where make runs)."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def write_env_file(stack, path: Path | None = None) -> Path:
+    """The settings the CLI needs for the kept stack, as exports to ``source``."""
+    path = path or ENV_FILE
+    h = stack.host
+    values = {"DATAVERSE_URL": stack.sandbox.url, "DATAVERSE_ACCESS_TOKEN": stack.values["DATAVERSE_ACCESS_TOKEN"],
+              "AzureWebJobsStorage": stack.values["AzureWebJobsStorage"], "TABLE_PREFIX": stack.table_prefix,
+              "LEDGER_KEY": stack.values["LEDGER_KEY"], "STRADDLE_LOCAL_HOST": h.url,
+              "STRADDLE_FUNCTION_KEY": h.function_key}
+    lines = [f"# Written by `make keep` for the stack it runs; removed when it stops. Use: . {_shown(path)}"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)  # a token and a key
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from sandbox.host.host import STATE_DIR, configure_logging, load_settings, stored_keys
 
+    mode = "keep" if args.keep else "run"
+    lock = hold_the_stack(mode)
+    if lock is None:
+        print(refusal(mode, holder()), file=sys.stderr)
+        return 2
     args.log_file.parent.mkdir(parents=True, exist_ok=True)
     args.log_file.write_text("")
     configure_logging("INFO", args.log_file)  # the app's logs (redacted) go to the file, the story to the terminal
@@ -78,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
         stack.settle()
 
         from shared.reconcile import run_reconciliation
+        from shared.runs import report_lines
 
         print("\nNightly reconciliation (run now; it heals the drift seeded in the tenant):")
         started = time.monotonic()
         report = run_reconciliation(stack.container)
         stack.settle()
-        print_report(report)
+        print("\n".join(report_lines(report, f"{python_command()} -m shared")))
         print(f"  took {time.monotonic() - started:.1f} s")
         ok = ok and str(report.get("status")) == "succeeded"
         queues = {q["name"]: q for q in (q.stats() for q in stack.host.bus.queues())}
@@ -99,26 +177,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         stack.close()
+        ENV_FILE.unlink(missing_ok=True)
+        lock.close()
     print("PASS: every opt-out propagated" if ok else "FAIL: see NOT SEEN above or the report")
     return 0 if ok else 1
 
 
 def keep_running(stack) -> None:
     h = stack.host
+    env = _shown(write_env_file(stack))
+    cli = f"{python_command()} -m shared"
     print(f"""
 The stack keeps running (Ctrl-C stops everything):
   Dataverse sandbox  {stack.sandbox.api_url}   (any bearer token; /_sandbox/counts, /_sandbox/notifications)
   webhook            POST {h.url}/api/dataverse/webhook?code={h.function_key}
   admin API          {h.url}/admin/queues   (x-functions-key: master key in sandbox/host/.state/keys.json)
-Use the CLI against it from another shell in this folder:
-  export DATAVERSE_URL={stack.sandbox.url} DATAVERSE_ACCESS_TOKEN={stack.values['DATAVERSE_ACCESS_TOKEN']}
-  export AzureWebJobsStorage='{stack.values['AzureWebJobsStorage']}' TABLE_PREFIX={stack.table_prefix}
-  export STRADDLE_LOCAL_HOST={h.url}
-  python -m shared explain ann.scenario@contoso.example
-  python -m shared reconcile --dry-run
-  python -m shared dlq list
-  python -m shared webhooks status --url {h.url}/api/dataverse/webhook
-  python -m shared doctor""")
+Use the CLI against it from another shell in this folder (no need to activate the venv):
+  . {env}
+  {cli} doctor
+  {cli} explain ann.scenario@contoso.example
+  {cli} runs
+  {cli} activity --since 1h
+  {cli} reconcile --dry-run --changes changes.csv
+  {cli} dlq list
+  {cli} webhooks status --url {h.url}/api/dataverse/webhook
+{env} is rewritten at each start (the tables are new each time) and removed when the stack stops.""")
     sys.stdout.flush()
     while True:
         time.sleep(3600)

@@ -511,6 +511,21 @@ class Ledger:
                 break
         return out
 
+    def since(self, moment: datetime) -> Iterator[tuple[str, LedgerEntry]]:
+        """(person key, entry) for every entry recorded at or after ``moment``, across people.
+
+        Row keys sort newest first within a person, so one ``RowKey`` bound selects the window;
+        Table Storage still reads every partition (a table scan), which is fine for an operator's
+        look at a day or a week. The address is not stored: entries come back with ``email=""``.
+        """
+        bound = f"{inverted_micros(moment)}-~"  # every suffix of the boundary microsecond included
+        # The key fingerprints' partition is not a person's: its row keys are hex, not times.
+        found = self._tables.client("ledger").query_entities("RowKey le @rk and PartitionKey ne @keys",
+                                                             parameters={"rk": bound, "keys": _KEYS_PARTITION},
+                                                             results_per_page=1000)
+        for e in found:
+            yield e["PartitionKey"], LedgerEntry(email="", **{n: _plain(e.get(n)) for n in _LEDGER_FIELDS})
+
 
 # --- mappings ---------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The consent vocabulary of both marketing worlds: Dataverse option-set codes and addresses.
 
-Codes are the documented values of ``msdynmkt_contactpointconsent4`` (see DOMAIN.md §2).
+Codes are the documented values of ``msdynmkt_contactpointconsent4`` (docs/domain.md).
 """
 from __future__ import annotations
 

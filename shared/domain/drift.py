@@ -4,7 +4,7 @@ The tenant is streamed once (consent rows, then each mapped and opt-out list, th
 and lead) and only compact sets are kept: 64-bit digests of normalised emails and 128-bit member
 ids, never rows. What the scan finds are *candidates*: the planner then reads their rows and
 decides (one planner for events and reconciliation), so the scan may over-select but must never
-miss. Drift classes (issue #5):
+miss. Drift classes (docs/domain.md):
 
 - D1 a member of a mapped list whose email is opted out of the list's topic (R2 missed)
 - D2 a member whose email is opted out of a brand purpose, still without donotbulkemail

@@ -1,6 +1,6 @@
 """Dataverse webhook notification (a serialized RemoteExecutionContext) -> ChangeEvent.
 
-Pure: no I/O. The shapes are those of DOMAIN.md §4: collections are arrays of
+Pure: no I/O. The shapes are those of docs/domain.md (change notifications): collections are arrays of
 ``{"key": ..., "value": ...}``, typed values carry ``__type``, dates look like
 ``/Date(1506384247000)/``. Every problem raises NotificationError naming the path and the
 problem, so the caller can answer 400 without guessing.

@@ -1,6 +1,6 @@
 """The webhook use case: one Dataverse notification in, at most one change event enqueued.
 
-Status codes are chosen for Dataverse's delivery rules (DOMAIN.md §4): any 2xx is success, and
+Status codes are chosen for Dataverse's delivery rules (docs/domain.md, change notifications): any 2xx is success, and
 it retries once only on 502/503/504, so 503 is the answer whenever the event was not enqueued
 but a retry could succeed. Every other failure is the notification's own and gets a 4xx.
 """

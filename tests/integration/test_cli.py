@@ -267,7 +267,7 @@ def test_explain_shows_both_worlds_the_verdict_and_the_ledger(cli, stack):
     assert code == 0
     data = json.loads(out)
     assert set(data) == {"email", "contacts", "leads", "consent", "mappings", "consistent", "rules", "pending",
-                         "pending_elsewhere", "closure_complete", "ledger"}
+                         "pending_elsewhere", "closure_complete", "ledger", "known"}
     assert data["email"] == BO and data["mappings"] == "multi-brand" and data["consistent"] is False
     (c,) = data["contacts"]
     assert c["id"] == gid("bo") and c["email_columns"] == ["emailaddress1"] and c["donotbulkemail"] is False
@@ -291,6 +291,7 @@ def test_explain_never_shows_the_persons_other_addresses(cli):
     assert code == 0 and "1 other address(es)" in out and "consistent" in out
     code, out, _ = cli("--json", "explain", "nobody@nowhere.test", allow=("nobody@nowhere.test",))
     data = json.loads(out)
+    assert code == 3 and data["known"] is False  # neither world knows it (test_cli_views)
     assert data["contacts"] == [] and data["consent"] == [] and data["consistent"] is True
     assert data["ledger"] == []
 

@@ -205,6 +205,8 @@ class DataverseTransport:
                 resp = self._send(method, url, data, headers, (min(10.0, timeout), timeout), kind)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 self._counts.add("network_error")
+                emit(log, "dataverse.request", logging.DEBUG, method=method, path=path_kind(url),
+                     status=type(exc).__name__, kind=kind)
                 delay = self._backoff(attempt)
                 unreachable = connect_failure(exc)
                 if unreachable:
@@ -218,8 +220,9 @@ class DataverseTransport:
                 attempt += 1
                 continue
             status = resp.status_code
-            emit(log, "dataverse.request", logging.DEBUG, kind=kind, status=status,
-                 ms=round(resp.elapsed.total_seconds() * 1000))
+            # method, path without keys or query (never an address), status, time: what --verbose shows
+            emit(log, "dataverse.request", logging.DEBUG, method=method, path=path_kind(url), status=status,
+                 ms=round(resp.elapsed.total_seconds() * 1000), kind=kind)
             if status < 400 or status in ok_statuses:
                 return resp
             if status == 401 and not refreshed and getattr(self._tokens, "refreshable", False):
