@@ -166,7 +166,7 @@ class DataverseSyncGateway:
         if isinstance(a, RemoveFromList):
             return remove_member_op(a.list_id, *a.member), REMOVE_MEMBER_OK
         if isinstance(a, AddToOptOutList):
-            return add_member_op(self.client.api_url, a.list_id, *a.member), ADD_MEMBER_OK
+            return add_member_op(a.list_id, *a.member), ADD_MEMBER_OK
         raise TypeError(f"unknown action {type(a).__name__}")
 
 

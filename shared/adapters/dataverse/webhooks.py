@@ -63,6 +63,7 @@ class WebhookRegistration:
     url: str | None
     auth_type: int | None
     steps: tuple[StepStatus, ...]
+    auth_names: tuple[str, ...] | None = None  # where the authentication is sent (names only)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,21 @@ def settings_xml(values: Mapping[str, str]) -> str:
     """HttpHeader / HttpQueryString auth value: ``<settings><setting name=".." value=".." /></settings>``."""
     items = "".join(f"<setting name={quoteattr(k)} value={quoteattr(v)} />" for k, v in values.items())
     return f"<settings>{items}</settings>"
+
+
+AUTH_NAMES_PREFIX = "Registered by Straddle; authentication sent as: "
+
+
+def auth_description(names: Sequence[str]) -> str:
+    return AUTH_NAMES_PREFIX + ", ".join(n.lower() for n in names)
+
+
+def auth_names(description: str | None) -> tuple[str, ...] | None:
+    """The header/query names a registration sends its authentication in; None if not recorded."""
+    if not description or AUTH_NAMES_PREFIX not in description:
+        return None
+    tail = description.split(AUTH_NAMES_PREFIX, 1)[1]
+    return tuple(n.strip() for n in tail.split(",") if n.strip())
 
 
 def _attrs(text: str | None) -> tuple[str, ...]:
@@ -121,12 +137,12 @@ class WebhookRegistrations:
     def _endpoints(self, name_or_url: str) -> list[dict]:
         flt = f"contract eq {WEBHOOK_CONTRACT} and (name eq {literal(name_or_url)} or url eq {literal(name_or_url)})"
         return list(self.query_rows("serviceendpoints",  # type: ignore[attr-defined]
-                                    {"$select": "serviceendpointid,name,url,authtype", "$filter": flt}))
+                                    {"$select": "serviceendpointid,name,url,authtype,description", "$filter": flt}))
 
     def _steps_of(self, endpoint_id: str) -> list[dict]:
         return list(self.query_rows("sdkmessageprocessingsteps", {  # type: ignore[attr-defined]
             "$select": "sdkmessageprocessingstepid,name,_sdkmessageid_value,_sdkmessagefilterid_value,"
-                       "filteringattributes,statecode",
+                       "filteringattributes,statecode,asyncautodelete",
             "$filter": f"_eventhandler_value eq {endpoint_id}"}))
 
     def _images_of(self, step_id: str) -> list[dict]:
@@ -138,10 +154,14 @@ class WebhookRegistrations:
                          steps: Sequence[StepSpec]) -> RegistrationResult:
         if auth not in AUTH_TYPES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_TYPES)}")
+        # authvalue cannot be read back (IsValidForRead false), so the description records which
+        # header or query names carry it (never the values): status checks them against the settings.
+        names = ["code"] if auth == "WebhookKey" else list(auth_value) if not isinstance(auth_value, str) else []
         if not isinstance(auth_value, str):
             auth_value = settings_xml(auth_value)
         endpoint = {"name": name, "contract": WEBHOOK_CONTRACT, "url": url, "authtype": AUTH_TYPES[auth],
-                    "authvalue": auth_value, "messageformat": MESSAGE_FORMAT_JSON}
+                    "authvalue": auth_value, "messageformat": MESSAGE_FORMAT_JSON,
+                    "description": auth_description(names)}
         found = [e for e in self._endpoints(name) if e.get("name") == name]
         if found:
             endpoint_id = str(found[0]["serviceendpointid"]).lower()
@@ -162,17 +182,22 @@ class WebhookRegistrations:
                           and _lower(s.get("_sdkmessagefilterid_value")) == filter_id), None)
             if match:
                 step_id = str(match["sdkmessageprocessingstepid"]).lower()
+                patch: dict[str, Any] = {}
                 if _attrs(match.get("filteringattributes")) != wanted_attrs:
+                    patch["filteringattributes"] = ",".join(wanted_attrs) or None
+                if match.get("asyncautodelete") is False:  # registered before system jobs were auto-deleted
+                    patch["asyncautodelete"] = True
+                if patch:
                     self.request("PATCH", f"sdkmessageprocessingsteps({step_id})",  # type: ignore[attr-defined]
-                                 json={"filteringattributes": ",".join(wanted_attrs) or None},
-                                 headers={"If-Match": "*"})
+                                 json=patch, headers={"If-Match": "*"})
                     counts["updated_steps"] += 1
             else:
                 body: dict[str, Any] = {
                     "name": f"{name}: {spec.message} of {spec.table or 'any table'}",
                     "description": "Registered by Straddle",
                     "stage": STAGE_POST_OPERATION, "mode": MODE_ASYNC, "rank": 1, "supporteddeployment": 0,
-                    "asyncautodelete": False,
+                    # Succeeded system jobs of async steps are deleted, not left to pile up.
+                    "asyncautodelete": True,
                     "sdkmessageid@odata.bind": f"/sdkmessages({message_id})",
                     "eventhandler_serviceendpoint@odata.bind": f"/serviceendpoints({endpoint_id})",
                 }
@@ -222,7 +247,7 @@ class WebhookRegistrations:
                     self._lookup_name("sdkmessagefilters", s.get("_sdkmessagefilterid_value"), "primaryobjecttypecode"),
                     _attrs(s.get("filteringattributes")), s.get("statecode", 0) in (0, None), images))
             out.append(WebhookRegistration(endpoint_id, e.get("name") or "", e.get("url"), e.get("authtype"),
-                                           tuple(steps)))
+                                           tuple(steps), auth_names(e.get("description"))))
         return out
 
     def _lookup_name(self, entity_set: str, row_id: Any, column: str) -> str | None:
