@@ -226,11 +226,11 @@ def test_webhooks_register_status_remove(cli, stack):
     code, _, err = cli("webhooks", "register", "--url", HOOK_URL)
     assert code == 2 and "function key" in err
     code, out, _ = cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
-    assert code == 0 and "13 step(s) created" in out and "ok: every step" in out and "fkey-123" not in out
+    assert code == 0 and "11 step(s) created" in out and "ok: every step" in out and "fkey-123" not in out
     code, out, _ = cli("--json", "webhooks", "status", "--url", HOOK_URL)
     status = json.loads(out)
     assert code == 0 and status["ok"] is True and status["endpoint"]["url"] == HOOK_URL
-    assert status["endpoint"]["auth_type"] == "WebhookKey" and len(status["steps"]) == 13
+    assert status["endpoint"]["auth_type"] == "WebhookKey" and len(status["steps"]) == 11
     assert set(status["steps"][0]) == {"step", "message", "table", "state", "detail"}
     # Someone narrows an Update step's filtering attributes and disables another.
     steps = stack.rows("sdkmessageprocessingstep")
@@ -246,7 +246,7 @@ def test_webhooks_register_status_remove(cli, stack):
     code, out, _ = cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
     assert "1 updated" in out  # the filter is put back; a disabled step is left for a person to decide
     code, out, _ = cli("--json", "webhooks", "remove")
-    assert code == 0 and json.loads(out)["removed_rows"] >= 14
+    assert code == 0 and json.loads(out)["removed_rows"] >= 12
     code, out, _ = cli("webhooks", "remove", "--url", HOOK_URL)
     assert code == 0 and "nothing registered" in out
 
@@ -350,12 +350,13 @@ def test_doctor_passes_on_a_healthy_stack_and_says_what_to_fix(cli, local_host):
     assert code == 0 and data["ok"] is True
     assert [c["check"] for c in data["checks"]] == [
         "settings", "dataverse token", "whoami", "read contacts", "read leads", "read lists", "read consent rows",
-        "read purposes", "read topics", "write consent rows", "write contact flags", "remove list members",
-        "table storage", "mappings", "webhooks", "service bus"]
+        "read purposes", "read topics", "outbound marketing columns", "write consent rows", "write contact flags",
+        "change list members", "table storage", "mappings", "webhooks", "service bus"]
     assert all(c["status"] == "pass" for c in data["checks"]) and set(data["checks"][0]) == {"check", "status",
                                                                                             "detail", "fix"}
+    assert data["checks"][9]["detail"].startswith("present")
     code, out, _ = cli("doctor")
-    assert code == 0 and out.count("PASS") == 16 and "all checks passed" in out
+    assert code == 0 and out.count("PASS") == 17 and "all checks passed" in out
     cli("webhooks", "remove")
 
 

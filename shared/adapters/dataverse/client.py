@@ -8,6 +8,7 @@ in filters are sent as given (the caller normalises; Dataverse compares case-ins
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from shared.adapters.dataverse.auth import TokenProvider, token_provider_from_settings
@@ -190,6 +191,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         self._user_id: str | None = None
         self._listmember_query: bool | None = None  # None: not yet probed
         self._outbound_solution: bool | None = None  # None: not yet probed
+        self._probe_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> "DataverseClient":
@@ -363,11 +365,15 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         """Whether the list table has the Outbound marketing solution's columns (probed once
         through the metadata API): on an org without that solution they do not exist, and naming
         one in a query is a 400."""
-        if self._outbound_solution is None:
-            rows = self.get_json("EntityDefinitions(LogicalName='list')/Attributes",
-                                 {"$select": "LogicalName", "$filter": f"LogicalName eq {literal(SUBSCRIPTION_FLAG)}"})
-            self._outbound_solution = bool(rows.get("value"))
+        with self._probe_lock:  # threads share the client: probe once
+            if self._outbound_solution is None:
+                self._outbound_solution = self._probe_outbound_solution()
         return self._outbound_solution
+
+    def _probe_outbound_solution(self) -> bool:
+        rows = self.get_json("EntityDefinitions(LogicalName='list')/Attributes",
+                             {"$select": "LogicalName", "$filter": f"LogicalName eq {literal(SUBSCRIPTION_FLAG)}"})
+        return bool(rows.get("value"))
 
     def _list_select(self) -> str:
         return f"{LIST_SELECT},{SUBSCRIPTION_FLAG}" if self.outbound_solution() else LIST_SELECT
