@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.domain.consent import ConsentSource, ConsentValue
+from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue
 from sandbox.stack import Stack
 from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant
 
@@ -37,9 +37,13 @@ def test_r1_leaving_a_list_opts_every_email_out_of_its_topic(make_stack):
     s.api("POST", f"lists({L_NEWS})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": ann['contactid']})
     s.api("POST", f"lists({L_UNMAPPED})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": ann['contactid']})
     s.drain()
-    for email in ("ann@contoso.test", "ann.home@example.test"):
+    for email, held in (("ann@contoso.test", "ann@contoso.test"), ("ann.home@example.test", "Ann.Home@example.test")):
         (row,) = s.consent(email, CONTOSO, NEWS)
         assert row["msdynmkt_value"] == OUT and row["msdynmkt_source"] == ConsentSource.INTERNAL
+        # the address as the contact holds it, and every column the table requires
+        assert row["msdynmkt_contactpointvalue"] == held
+        assert row["msdynmkt_logicalreason"] == ConsentLogicalReason.NO_REASONS
+        assert row["msdynmkt_contactpointtype"] == 534120000 and row["_msdynmkt_purposeid_value"] == CONTOSO
         assert row["msdynmkt_reason"].startswith("Straddle sync R1")
         assert s.ledger_rules(email) == ["R1"]
     assert not s.consent("ann@contoso.test", CONTOSO, EVENTS)  # only the list that was left
