@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import odata
-from .errors import DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (B, D, F, G, I, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
+from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
+from .schema import (B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
                      metadata_rows)
 
 MAX_PAGE = 5000
@@ -224,9 +224,14 @@ class Store:
               I: isinstance(value, int) and not isinstance(value, bool),
               O: isinstance(value, int) and not isinstance(value, bool),
               F: isinstance(value, (int, float)) and not isinstance(value, bool),
-              G: isinstance(value, str), D: isinstance(value, str)}[kind]
+              G: isinstance(value, str), D: isinstance(value, str), M: isinstance(value, dict)}[kind]
         if not ok:
             raise DataverseError(400, BAD_COLUMN, f"Cannot convert the literal for property '{col}' to the expected type.")
+        allowed = t.choices.get(col)
+        if allowed is not None and value not in allowed:
+            raise DataverseError(400, BAD_CHOICE, f"A validation error occurred. The value {value} of '{col}' on record "
+                                                  f"of type '{t.name}' is outside the valid range. Accepted Values: "
+                                                  f"{','.join(map(str, sorted(allowed)))}")
         if kind == G:
             return parse_guid(value, col)
         if kind == D:
