@@ -17,6 +17,7 @@ from .store import MAX_PAGE, OUTBOUND_PREFIX, Store, parse_guid
 
 _SEGMENT = re.compile(r"^([A-Za-z_$][\w.$]*)(?:\(([^)]*)\))?$")
 _JSON = "application/json; odata.metadata=minimal"
+_UNREADABLE = {"serviceendpoint": ("authvalue", "saskey", "sastoken")}
 _OUTBOUND_COLUMN = re.compile(r"\b" + OUTBOUND_PREFIX + r"[a-z0-9_]+")
 MAX_BATCH = 1000
 
@@ -96,6 +97,9 @@ class Api:
             select = [c for c in t.columns if not c.startswith(OUTBOUND_PREFIX)]
         for c in (select or t.columns):
             out[c] = get(c)
+        for c in _UNREADABLE.get(t.name, ()):  # IsValidForRead false: never answered
+            if c in out:
+                out[c] = None
         return out
 
     def context(self, entity_set: str, select: list[str] | None, single: bool = False) -> str:

@@ -206,3 +206,12 @@ def test_the_size_exceeded_sample_is_reread():
     for headers in ({"x-ms-dynamics-msg-size-exceeded": ""}, {}):
         ev = parse_notification(n.to_bytes(stripped), headers)
         assert ev.kind == "reread_record" and ev.record_id == n.CONTACT_ID
+
+
+def test_serviceendpoint_secrets_are_not_readable(api):
+    r = api.post(f"{api.base}/serviceendpoints", json={"name": "s", "contract": 8, "url": "https://x.test", "authtype": 4,
+                                                        "authvalue": "key-value"})
+    row_id = re.search(r"\(([0-9a-f-]{36})\)", r.headers["OData-EntityId"]).group(1)
+    got = api.get(f"{api.base}/serviceendpoints({row_id})", params={"$select": "name,authvalue"}).json()
+    assert got["name"] == "s" and got["authvalue"] is None
+    assert "key-value" not in api.get(f"{api.base}/serviceendpoints").text
