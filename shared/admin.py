@@ -130,7 +130,10 @@ def registration_auth_problem(auth_type: int | None, names: tuple[str, ...] | No
 # --- webhook status ----------------------------------------------------------------------------
 
 def _step_key(message: str | None, table: str | None) -> tuple[str, str | None]:
-    return ((message or "").lower(), (table or None) and table.lower())
+    from shared.domain.events import LIST_MESSAGE_ALIASES
+
+    message = LIST_MESSAGE_ALIASES.get(message or "", message or "")
+    return (message.lower(), (table or None) and table.lower())
 
 
 def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_NAME,

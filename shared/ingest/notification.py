@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from shared.domain.consent import CONSENT_TABLE, EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
 from shared.domain.events import (
+    LIST_MESSAGE_ALIASES,
     Change,
     ChangeEvent,
     ConsentChanged,
@@ -71,6 +72,7 @@ def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = No
 
 def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEvent | Irrelevant:
     message = _required_str(ctx, "MessageName")
+    message = LIST_MESSAGE_ALIASES.get(message, message)
     table = _required_str(ctx, "PrimaryEntityName").lower()
     record_id = _guid(ctx.get("PrimaryEntityId"), "PrimaryEntityId", required=True)
     origin = Origin(

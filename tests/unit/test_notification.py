@@ -433,3 +433,15 @@ def test_problems_never_quote_a_value_that_could_be_an_address(ctx):
     with pytest.raises(NotificationError) as exc:
         parse(ctx)
     assert "@" not in str(exc.value)
+
+
+@pytest.mark.parametrize("alias,name", [("AddMemberList", "AddMember"), ("RemoveMemberList", "RemoveMember"),
+                                        ("AddListMembersList", "AddListMembers")])
+def test_list_messages_are_read_under_their_web_api_action_names_too(alias, name):
+    ctx = n.add_list_members() if name == "AddListMembers" else n.add_member()
+    ctx = {**ctx, "MessageName": alias}
+    if name == "RemoveMember":
+        ctx["MessageName"] = alias
+    e = event(ctx)
+    assert e.message == name and e.kind == "membership_changed"
+    assert e.change.action == ("removed" if name == "RemoveMember" else "added")

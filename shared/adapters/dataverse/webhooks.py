@@ -12,6 +12,7 @@ from xml.sax.saxutils import quoteattr
 
 from shared.adapters.dataverse.errors import DataverseNotFound
 from shared.adapters.dataverse.odata import guid, id_from_entity_url, literal
+from shared.domain.events import LIST_MESSAGE_ALIASES
 
 if TYPE_CHECKING:
     from shared.adapters.dataverse.transport import DataverseTransport
@@ -115,8 +116,12 @@ class WebhookRegistrations:
     def _message_id(self, message: str) -> str:
         cache = self.__dict__.setdefault("_sdkmessage_ids", {})
         if message not in cache:
+            # A list message may be named as its Web API action (AddMemberList) instead.
+            names = [message] + [alias for alias, name in LIST_MESSAGE_ALIASES.items() if name == message]
+            flt = " or ".join(f"name eq {literal(n)}" for n in names)
             rows = self.get_json("sdkmessages", {"$select": "sdkmessageid,name",  # type: ignore[attr-defined]
-                                                 "$filter": f"name eq {literal(message)}"}).get("value") or []
+                                                 "$filter": flt}).get("value") or []
+            rows.sort(key=lambda r: names.index(r.get("name")) if r.get("name") in names else len(names))
             if not rows:
                 raise DataverseNotFound(f"sdkmessage {message!r} not found", status=404)
             cache[message] = str(rows[0]["sdkmessageid"]).lower()
