@@ -104,29 +104,6 @@ def register_webhooks(client: Any, url: str, *, function_key: str | None = None,
     return client.register_webhook(url, name=name, auth="WebhookKey", auth_value=function_key, steps=steps)
 
 
-def registration_auth_problem(auth_type: int | None, names: tuple[str, ...] | None,
-                              secret_header: str | None) -> str | None:
-    """Why a registration cannot authenticate against the app's settings, or None if it can.
-
-    The function always needs its key; with a shared secret configured the secret header too.
-    """
-    if auth_type == 4:  # WebhookKey: ?code= only
-        return (f"Dataverse sends only the function key, but the app also requires the {secret_header} header"
-                if secret_header else None)
-    if auth_type not in (5, 6):
-        return f"auth type {auth_type} is not one Straddle registers (WebhookKey or HttpHeader)"
-    if names is None:
-        return "the registration does not record which headers it sends (registered by an older version)"
-    key_name = FUNCTION_KEY_HEADER if auth_type == 5 else "code"
-    missing = [n for n in (key_name, secret_header if auth_type == 5 else None) if n and n.lower() not in names]
-    if auth_type == 6 and secret_header:
-        return f"the secret goes in the query string, but the app reads it from the {secret_header} header"
-    if missing:
-        what = " and ".join("the function key" if m == key_name else f"the {m} header" for m in missing)
-        return f"Dataverse does not send {what}: every notification would get 401 (and 401 is not retried)"
-    return None
-
-
 # --- webhook status ----------------------------------------------------------------------------
 
 def _step_key(message: str | None, table: str | None) -> tuple[str, str | None]:
@@ -187,6 +164,29 @@ def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_N
         "steps": steps,
         "extra_steps": extra,
     }
+
+
+def registration_auth_problem(auth_type: int | None, names: tuple[str, ...] | None,
+                              secret_header: str | None) -> str | None:
+    """Why a registration cannot authenticate against the app's settings, or None if it can.
+
+    The function always needs its key; with a shared secret configured the secret header too.
+    """
+    if auth_type == 4:  # WebhookKey: ?code= only
+        return (f"Dataverse sends only the function key, but the app also requires the {secret_header} header"
+                if secret_header else None)
+    if auth_type not in (5, 6):
+        return f"auth type {auth_type} is not one Straddle registers (WebhookKey or HttpHeader)"
+    if names is None:
+        return "the registration does not record which headers it sends (registered by an older version)"
+    key_name = FUNCTION_KEY_HEADER if auth_type == 5 else "code"
+    missing = [n for n in (key_name, secret_header if auth_type == 5 else None) if n and n.lower() not in names]
+    if auth_type == 6 and secret_header:
+        return f"the secret goes in the query string, but the app reads it from the {secret_header} header"
+    if missing:
+        what = " and ".join("the function key" if m == key_name else f"the {m} header" for m in missing)
+        return f"Dataverse does not send {what}: every notification would get 401 (and 401 is not retried)"
+    return None
 
 
 # --- mappings discovery --------------------------------------------------------------------------
@@ -488,7 +488,7 @@ DOCTOR_WRITES = (
     ("write contact flags", "PATCH", "contacts({id})", {"donotbulkemail": True},
      "grant the app user's security role Write on Contact (and Lead)"),
     # List membership is written only through the list's actions (Dataverse refuses $ref Associate on it).
-    ("change list members", "POST", "lists({id})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": "{id2}"},
+    ("remove list members", "POST", "lists({id})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": "{id2}"},
      "grant the app user's security role Write and Append To on Marketing List, Append on Contact and Lead"),
 )
 
@@ -580,16 +580,6 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
             checks.append(_check(name, "fail", _failure(exc),
                                  f"grant the app user's security role Read on {entity_set} (organization scope); "
                                  "for consent rows, purposes and topics Customer Insights - Journeys must be installed"))
-    if client is not None and reads_ok:
-        try:
-            outbound = client.outbound_solution()
-            checks.append(_check("outbound marketing columns", "pass",
-                                 "present: lists carry msdyncrm_issubscription" if outbound else
-                                 "absent (Outbound marketing solution not installed): every list counts as a "
-                                 "possible subscription list; no msdyncrm_* column is read"))
-        except Exception as exc:
-            checks.append(_check("outbound marketing columns", "fail", _failure(exc),
-                                 "grant the app user read access to table definitions (EntityDefinitions)"))
     for name, method, path, body, fix in DOCTOR_WRITES:
         if client is None:
             checks.append(_check(name, "skip", "no Dataverse connection"))
@@ -663,6 +653,16 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         except Exception as exc:
             checks.append(_check("mappings", "fail", _failure(exc), "import the mappings again"))
 
+    if client is not None and reads_ok:  # which kind of tenant: said on the "read lists" check
+        lists_check = next(c for c in checks if c["check"] == "read lists")
+        try:
+            lists_check["detail"] = ("Outbound marketing columns present (msdyncrm_issubscription)"
+                                     if client.outbound_solution() else
+                                     "Outbound marketing columns absent (solution not installed): every list counts "
+                                     "as a possible subscription list; no msdyncrm_* column is read")
+        except Exception as exc:
+            lists_check.update(status="fail", detail=f"list columns not readable: {_failure(exc)}",
+                               fix="grant the app user read access to table definitions (EntityDefinitions)")
     if client is None or not reads_ok:
         checks.append(_check("webhooks", "skip", "no Dataverse connection"))
     else:
