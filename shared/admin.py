@@ -179,10 +179,10 @@ def registration_auth_problem(auth_type: int | None, names: tuple[str, ...] | No
         return f"auth type {auth_type} is not one Straddle registers (WebhookKey or HttpHeader)"
     if names is None:
         return "the registration does not record which headers it sends (registered by an older version)"
-    key_name = FUNCTION_KEY_HEADER if auth_type == 5 else "code"
-    missing = [n for n in (key_name, secret_header if auth_type == 5 else None) if n and n.lower() not in names]
     if auth_type == 6 and secret_header:
         return f"the secret goes in the query string, but the app reads it from the {secret_header} header"
+    key_name = FUNCTION_KEY_HEADER if auth_type == 5 else "code"
+    missing = [n for n in (key_name, secret_header) if n and n.lower() not in names]
     if missing:
         what = " and ".join("the function key" if m == key_name else f"the {m} header" for m in missing)
         return f"Dataverse does not send {what}: every notification would get 401 (and 401 is not retried)"
