@@ -106,7 +106,8 @@ def sync_steps(email_columns: tuple[str, ...] | list[str] = ("emailaddress1", "e
     steps += [StepSpec("Create", consent, image_attributes=consent_columns),
               StepSpec("Update", consent, filtering_attributes=("msdynmkt_value", "msdynmkt_contactpointvalue"),
                        image_attributes=consent_columns)]
-    steps += [StepSpec("Associate"), StepSpec("Disassociate")]
+    # Membership changes reach the sync through the list's own messages: Dataverse refuses N:N
+    # Associate/Disassociate on list members, so no (org-wide, unfilterable) Associate step is needed.
     steps += [StepSpec(m, "list") for m in ("AddMember", "AddListMembers", "RemoveMember")]
     return steps
 
@@ -114,20 +115,26 @@ def sync_steps(email_columns: tuple[str, ...] | list[str] = ("emailaddress1", "e
 WEBHOOK_NAME = "Straddle"
 
 
+#: The header Azure Functions reads a function key from (the other place is ?code=).
+FUNCTION_KEY_HEADER = "x-functions-key"
+
+
 def register_webhooks(client: Any, url: str, *, function_key: str | None = None, secret_header: str | None = None,
                       secret: str | None = None, email_columns: tuple[str, ...] | None = None,
                       name: str = WEBHOOK_NAME) -> Any:
     """Registers (idempotently) the service endpoint and every step the sync needs.
 
-    Authentication follows the app's settings: a shared-secret header (WEBHOOK_SECRET_HEADER and
-    WEBHOOK_SECRET) when configured, else the Azure Functions key as Dataverse's WebhookKey.
+    ``dataverse_webhook`` takes a function key, so the key is always sent; with a shared secret
+    configured (WEBHOOK_SECRET_HEADER and WEBHOOK_SECRET, as infra/ sets them) both go as HttpHeader
+    auth (the key in x-functions-key), else the key alone as Dataverse's WebhookKey (?code=).
     """
+    if not function_key:
+        raise ValueError("the function key of dataverse_webhook is needed to register the webhook")
     steps = sync_steps(email_columns) if email_columns else sync_steps()
     if secret_header and secret:
-        return client.register_webhook(url, name=name, auth="HttpHeader", auth_value={secret_header: secret},
+        return client.register_webhook(url, name=name, auth="HttpHeader",
+                                       auth_value={FUNCTION_KEY_HEADER: function_key, secret_header: secret},
                                        steps=steps)
-    if not function_key:
-        raise ValueError("a function key (or WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET) is needed to register the webhook")
     return client.register_webhook(url, name=name, auth="WebhookKey", auth_value=function_key, steps=steps)
 
 
@@ -159,11 +166,14 @@ def webhook_changes(status: dict[str, Any], url: str, auth: str) -> list[dict[st
 # --- webhook status ----------------------------------------------------------------------------
 
 def _step_key(message: str | None, table: str | None) -> tuple[str, str | None]:
-    return ((message or "").lower(), (table or None) and table.lower())
+    from shared.domain.events import LIST_MESSAGE_ALIASES
+
+    message = LIST_MESSAGE_ALIASES.get(message or "", message or "")
+    return (message.lower(), (table or None) and table.lower())
 
 
 def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_NAME,
-                   email_columns: tuple[str, ...] | None = None) -> dict[str, Any]:
+                   email_columns: tuple[str, ...] | None = None, secret_header: str | None = None) -> dict[str, Any]:
     """What is registered under ``url`` (or the endpoint name) against what the sync needs.
 
     Each needed step is ``registered``, ``missing``, ``disabled`` or ``attribute mismatch``
@@ -200,8 +210,11 @@ def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_N
         steps.append({"step": label, "message": spec.message, "table": spec.table, "state": state,
                       "detail": "; ".join(problems) or None})
     extra = [f"{s.message} {s.table or '(any table)'}" for s in by_key.values()]
+    auth_problem = None if endpoint is None else registration_auth_problem(
+        endpoint.auth_type, endpoint.auth_names, (secret_header or "").lower() or None)
     return {
-        "ok": endpoint is not None and all(s["state"] == "registered" for s in steps),
+        "ok": endpoint is not None and auth_problem is None and all(s["state"] == "registered" for s in steps),
+        "auth_problem": auth_problem,
         "endpoint": None if endpoint is None else {
             "id": endpoint.endpoint_id, "name": endpoint.name, "url": (endpoint.url or "").split("?")[0] or None,
             "auth_type": {4: "WebhookKey", 5: "HttpHeader", 6: "HttpQueryString"}.get(endpoint.auth_type,
@@ -210,6 +223,29 @@ def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_N
         "steps": steps,
         "extra_steps": extra,
     }
+
+
+def registration_auth_problem(auth_type: int | None, names: tuple[str, ...] | None,
+                              secret_header: str | None) -> str | None:
+    """Why a registration cannot authenticate against the app's settings, or None if it can.
+
+    The function always needs its key; with a shared secret configured the secret header too.
+    """
+    if auth_type == 4:  # WebhookKey: ?code= only
+        return (f"Dataverse sends only the function key, but the app also requires the {secret_header} header"
+                if secret_header else None)
+    if auth_type not in (5, 6):
+        return f"auth type {auth_type} is not one Straddle registers (WebhookKey or HttpHeader)"
+    if names is None:
+        return "the registration does not record which headers it sends (registered by an older version)"
+    if auth_type == 6 and secret_header:
+        return f"the secret goes in the query string, but the app reads it from the {secret_header} header"
+    key_name = FUNCTION_KEY_HEADER if auth_type == 5 else "code"
+    missing = [n for n in (key_name, secret_header) if n and n.lower() not in names]
+    if missing:
+        what = " and ".join("the function key" if m == key_name else f"the {m} header" for m in missing)
+        return f"Dataverse does not send {what}: every notification would get 401 (and 401 is not retried)"
+    return None
 
 
 # --- mappings discovery --------------------------------------------------------------------------
@@ -523,7 +559,8 @@ DOCTOR_WRITES = (
      "grant the app user's security role Write on Contact Point Consent (msdynmkt_contactpointconsent4) and Create"),
     ("write contact flags", "PATCH", "contacts({id})", {"donotbulkemail": True},
      "grant the app user's security role Write on Contact (and Lead)"),
-    ("remove list members", "DELETE", "lists({id})/listcontact_association({id2})/$ref", None,
+    # List membership is written only through the list's actions (Dataverse refuses $ref Associate on it).
+    ("remove list members", "POST", "lists({id})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": "{id2}"},
      "grant the app user's security role Write and Append To on Marketing List, Append on Contact and Lead"),
 )
 
@@ -688,7 +725,9 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         if client is None:
             checks.append(_check(name, "skip", "no Dataverse connection"))
             continue
-        probe = path.format(id=uuid.uuid4(), id2=uuid.uuid4())
+        ids = {"id": str(uuid.uuid4()), "id2": str(uuid.uuid4())}
+        probe = path.format(**ids)
+        body = body and {k: v.format(**ids) if isinstance(v, str) and v.startswith("{") else v for k, v in body.items()}
         try:
             client.request(method, probe, json=body, headers={"If-Match": "*"} if method == "PATCH" else None,
                            kind=f"{method} doctor probe")
@@ -752,14 +791,27 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         except Exception as exc:
             checks.append(_check("mappings", "fail", _failure(exc), "import the mappings again"))
 
+    if client is not None and reads_ok:  # which kind of tenant: said on the "read lists" check
+        lists_check = next(c for c in checks if c["check"] == "read lists")
+        try:
+            lists_check["detail"] = ("Outbound marketing columns present (msdyncrm_issubscription)"
+                                     if client.outbound_solution() else
+                                     "Outbound marketing columns absent (solution not installed): every list counts "
+                                     "as a possible subscription list; no msdyncrm_* column is read")
+        except Exception as exc:
+            lists_check.update(status="fail", detail=f"list columns not readable: {_failure(exc)}",
+                               fix="grant the app user read access to table definitions (EntityDefinitions)")
     if client is None or not reads_ok:
         checks.append(_check("webhooks", "skip", "no Dataverse connection"))
     else:
         try:
             mappings_doc = store.mappings.load() if store is not None else None
             columns = tuple(mappings_doc["email_attributes"]) if mappings_doc else None
-            status = webhook_status(client, webhook_url, email_columns=columns)
+            secret_header = settings.webhook_secret_header if settings.webhook_secret else None
+            status = webhook_status(client, webhook_url, email_columns=columns, secret_header=secret_header)
             bad = [f"{s['step']}: {s['state']}" for s in status["steps"] if s["state"] != "registered"]
+            if status["auth_problem"]:
+                bad.insert(0, f"authentication: {status['auth_problem']}")
             if status["endpoint"] is None:
                 detail = "no Straddle service endpoint registered"
             else:

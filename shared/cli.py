@@ -235,8 +235,15 @@ def _print_webhook_status(status: dict) -> None:
         print(f"  {s['state']:<18} {s['step']}" + (f"  ({s['detail']})" if s["detail"] else ""))
     for s in status["extra_steps"]:
         print(f"  {'not needed':<18} {s}")
+    if status.get("auth_problem"):
+        print(f"authentication: FAILS: {status['auth_problem']}; fix: straddle webhooks register --url URL "
+              "--function-key KEY (with the current WEBHOOK_SECRET_HEADER/WEBHOOK_SECRET)")
     print("ok: every step the sync needs is registered" if status["ok"] else
           f"missing: run {_prog()} webhooks register --url URL")
+
+
+def _secret_header(settings: Any) -> str | None:
+    return settings.webhook_secret_header if settings.webhook_secret else None
 
 
 def _email_columns(c: Any) -> tuple[str, ...] | None:
@@ -255,9 +262,8 @@ def cmd_webhooks_register(args: argparse.Namespace) -> int:
     c = _container()
     key = args.function_key or os.environ.get("STRADDLE_FUNCTION_KEY")
     s = c.settings
-    if not key and not (s.webhook_secret_header and s.webhook_secret):
-        raise CommandError("a function key is needed: --function-key KEY or STRADDLE_FUNCTION_KEY "
-                           "(or set WEBHOOK_SECRET_HEADER and WEBHOOK_SECRET)")
+    if not key:  # dataverse_webhook takes a function key, whatever else is configured
+        raise CommandError("the function key of dataverse_webhook is needed: --function-key KEY or STRADDLE_FUNCTION_KEY")
     columns = _email_columns(c)
     client = c.dataverse()
     if args.dry_run:
@@ -272,7 +278,7 @@ def cmd_webhooks_register(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = register_webhooks(client, args.url, function_key=key, secret_header=s.webhook_secret_header,
                                secret=s.webhook_secret, email_columns=columns)
-    status = webhook_status(client, args.url, email_columns=columns)
+    status = webhook_status(client, args.url, email_columns=columns, secret_header=_secret_header(s))
     counts = {"endpoint_created": result.endpoint_created, "created_steps": result.created_steps,
               "updated_steps": result.updated_steps, "created_images": result.created_images,
               "updated_images": result.updated_images}
@@ -290,7 +296,8 @@ def cmd_webhooks_status(args: argparse.Namespace) -> int:
     from shared.admin import webhook_status
 
     c = _container()
-    status = webhook_status(c.dataverse(), args.url, email_columns=_email_columns(c))
+    status = webhook_status(c.dataverse(), args.url, email_columns=_email_columns(c),
+                            secret_header=_secret_header(c.settings))
     if args.json:
         _print_json(status)
     else:

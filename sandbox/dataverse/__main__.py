@@ -1,4 +1,4 @@
-"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300]"""
+"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300] [--without-outbound-solution]"""
 from __future__ import annotations
 
 import argparse
@@ -18,11 +18,14 @@ def main(argv=None):
     ap.add_argument("--webhook-shuffle", action="store_true", help="deliver webhooks out of order")
     ap.add_argument("--webhook-duplicate-share", type=float, default=0.0)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--without-outbound-solution", action="store_true",
+                    help="an org whose Outbound marketing solution is uninstalled: no msdyncrm_* columns")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     srv = SandboxServer(port=args.port, host=args.host, seed=args.seed, latency_ms=args.latency_ms,
                         limit=parse_limit(args.limit), webhook_shuffle=args.webhook_shuffle,
-                        webhook_duplicate_share=args.webhook_duplicate_share, verbose=not args.quiet)
+                        webhook_duplicate_share=args.webhook_duplicate_share, verbose=not args.quiet,
+                        without_outbound_solution=args.without_outbound_solution)
     srv.start()
     logging.getLogger("sandbox.dataverse").info("Dataverse sandbox at %s", srv.api_url)
     try:

@@ -8,15 +8,17 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, unquote
 
 from . import odata
-from .errors import BAD_QUERY, DataverseError, bad_query
+from .errors import BAD_QUERY, DataverseError, bad_column, bad_query
 from .schema import BUSINESS_UNIT_ID, BY_SET, ORGANIZATION_ID, RELATIONSHIPS, TABLES
-from .store import MAX_PAGE, Store, parse_guid
+from .store import MAX_PAGE, OUTBOUND_PREFIX, Store, parse_guid
 
 _SEGMENT = re.compile(r"^([A-Za-z_$][\w.$]*)(?:\(([^)]*)\))?$")
 _JSON = "application/json; odata.metadata=minimal"
+_UNREADABLE = {"serviceendpoint": ("authvalue", "saskey", "sastoken")}
+_OUTBOUND_COLUMN = re.compile(r"\b" + OUTBOUND_PREFIX + r"[a-z0-9_]+")
 MAX_BATCH = 1000
 
 
@@ -91,8 +93,13 @@ class Api:
     def render(self, t, row: dict, select: list[str] | None) -> dict:
         out = {"@odata.etag": f'W/"{row.get("versionnumber", 0)}"'}
         get = row.get
+        if select is None and self.store.without_outbound_solution:
+            select = [c for c in t.columns if not c.startswith(OUTBOUND_PREFIX)]
         for c in (select or t.columns):
             out[c] = get(c)
+        for c in _UNREADABLE.get(t.name, ()):  # IsValidForRead false: never answered
+            if c in out:
+                out[c] = None
         return out
 
     def context(self, entity_set: str, select: list[str] | None, single: bool = False) -> str:
@@ -124,12 +131,20 @@ class Api:
             return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
                                        "BusinessUnitId": BUSINESS_UNIT_ID, "UserId": user_id,
                                        "OrganizationId": ORGANIZATION_ID})
+        if head in ("AddListMembersList", "Microsoft.Dynamics.CRM.AddListMembersList"):
+            if method != "POST" or len(parts) != 1:
+                raise DataverseError(405, BAD_QUERY, "AddListMembersList is an unbound action: POST it to the service root.")
+            return self._add_list_members(_json_body(body), user_id)
+        if head.startswith("EntityDefinitions("):
+            return self._entity_definitions(method, parts, params)
         if head == "$batch":
             raise bad_query("$batch is not allowed inside a batch.")
         name, key = _segment(head)
         t = BY_SET.get(name)
         if t is None:
             raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{name}'.")
+        if self.store.without_outbound_solution:
+            self._refuse_outbound_columns(t, params, body)
         rid = parse_guid(key, t.key) if key is not None else None
         rest = parts[1:]
         if rid is None:
@@ -164,27 +179,17 @@ class Api:
             if method != "POST" or len(rest) != 1:
                 raise DataverseError(405, BAD_QUERY, "Bound actions need POST.")
             return self._bound_action(t, rid, seg[len("Microsoft.Dynamics.CRM."):], _json_body(body), user_id)
+        if seg == "listaccount_association" and rest[1:] == ["$ref"] and method in ("POST", "DELETE"):
+            raise list_member_refused("Associate" if method == "POST" else "Disassociate")
         if seg in RELATIONSHIPS:
             rel, other = self.store.relationship_for(t.name, seg)
             ref = rest[1:] == ["$ref"]
             if key2 is not None:
                 if method == "DELETE" and ref:
-                    self.store.disassociate(t.name, rid, seg, parse_guid(key2), user_id)
-                    return no_content()
-                raise DataverseError(405, BAD_QUERY, "Use DELETE .../<nav>(<id>)/$ref to remove an association.")
-            if ref and method == "POST":
-                target = _json_body(body).get("@odata.id")
-                if not isinstance(target, str):
-                    raise bad_query("The body must be {\"@odata.id\": \".../<set>(<id>)\"}.")
-                other_table, other_id = self.store.parse_reference(target)
-                self.store.associate(t.name, rid, seg, other_id, user_id, other_table=other_table)
-                return no_content()
-            if ref and method == "DELETE":
-                target = params.get("$id")
-                if not target:
-                    raise bad_query("DELETE .../$ref needs the related row: .../<nav>(<id>)/$ref or ?$id=.")
-                self.store.disassociate(t.name, rid, seg, self.store.parse_reference(target)[1], user_id)
-                return no_content()
+                    raise list_member_refused("Disassociate")
+                raise DataverseError(405, BAD_QUERY, f"{method} is not supported on '{seg}({key2})'.")
+            if ref and method in ("POST", "DELETE"):
+                raise list_member_refused("Associate" if method == "POST" else "Disassociate")
             if not rest[1:] and method == "GET":
                 self.store.get(t.name, rid)
                 direction = "members" if t.name == "list" else "lists"
@@ -195,6 +200,20 @@ class Api:
             return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#{t.entity_set}({rid})/{seg}",
                                        "value": row.get(seg)})
         raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{rest[0]}'.")
+
+    def _refuse_outbound_columns(self, t, params: dict, body: bytes) -> None:
+        """Without the Outbound marketing solution its msdyncrm_* columns do not exist: naming one in
+        $select, $filter, $orderby, $expand or a written body is Dataverse's unknown-property 400."""
+        texts = [params.get(p) or "" for p in ("$select", "$filter", "$orderby", "$expand")]
+        if body.strip():
+            try:
+                texts.extend(str(k) for k in json.loads(body))
+            except (ValueError, TypeError):
+                pass  # not a JSON object: the handler names that problem
+        for text in texts:
+            m = _OUTBOUND_COLUMN.search(text)
+            if m:
+                raise bad_column(t.name, m.group(0))
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -354,25 +373,82 @@ class Api:
         return no_content()
 
     def _bound_action(self, t, rid: str, action: str, body: dict, user_id: str) -> Response:
-        if t.name != "list" or action not in ("AddMemberList", "RemoveMemberList", "AddListMembersList"):
+        # AddMemberList / RemoveMemberList: bound to list, one parameter EntityId (Edm.Guid).
+        if t.name != "list" or action not in ("AddMemberList", "RemoveMemberList"):
             raise DataverseError(404, BAD_QUERY, f"The action 'Microsoft.Dynamics.CRM.{action}' is not bound to {t.name}.")
-        if action == "AddListMembersList":
-            ids = body.get("MemberIds")
-            if not isinstance(ids, list) or not ids:
-                raise DataverseError(400, "0x80040203", "MemberIds must be a non-empty array of Guids.")
-            self.store.add_list_members(rid, [parse_guid(i, "MemberIds") for i in ids], user_id)
-            return no_content()
+        unknown = sorted(set(body) - {"EntityId"})
+        if unknown:
+            raise DataverseError(400, BAD_QUERY, f"The parameter '{unknown[0]}' in the request payload is not a valid "
+                                                 f"parameter for the operation '{action}'.")
         entity = body.get("EntityId")
         if entity is None:
             raise DataverseError(400, "0x80040203", "EntityId is required.")
         entity = parse_guid(entity, "EntityId")
         if action == "AddMemberList":
-            self.store.add_member(rid, entity, user_id)
+            listmember_id = self.store.add_member(rid, entity, user_id)
             return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.AddMemberListResponse",
-                                       "Id": entity})
+                                       "Id": listmember_id})
         self.store.remove_member(rid, entity, user_id)
         return no_content()
 
+    def _add_list_members(self, body: dict, user_id: str) -> Response:
+        """AddListMembersList: unbound; ``List`` a list entity, ``Members`` a collection of entities."""
+        unknown = sorted(set(body) - {"List", "Members"})
+        if unknown:
+            raise DataverseError(400, BAD_QUERY, f"The parameter '{unknown[0]}' in the request payload is not a valid "
+                                                 f"parameter for the operation 'AddListMembersList'.")
+        lst, members = body.get("List"), body.get("Members")
+        if not isinstance(lst, dict) or not lst.get("listid"):
+            raise DataverseError(400, "0x80040203", "List must be a list entity with its listid.")
+        if lst.get("@odata.type") not in (None, "Microsoft.Dynamics.CRM.list"):
+            raise DataverseError(400, "0x80040203", "List must be of type Microsoft.Dynamics.CRM.list.")
+        if not isinstance(members, list) or not members:
+            raise DataverseError(400, "0x80040203", "Members must be a non-empty collection of entities.")
+        list_id = parse_guid(lst["listid"], "listid")
+        _, member_table = self.store.list_member_rel(list_id)
+        ids = []
+        for m in members:
+            if not isinstance(m, dict):
+                raise DataverseError(400, "0x80040203", "Each member must be an entity object.")
+            otype = m.get("@odata.type")
+            if otype is not None and otype.rsplit(".", 1)[-1] != member_table:
+                raise DataverseError(400, "0x80040203", f"The list's members are of type {member_table}, not {otype}.")
+            key = m.get(f"{member_table}id")
+            if not key:
+                raise DataverseError(400, "0x80040203", f"Each member needs its '{member_table}id'.")
+            ids.append(parse_guid(key, f"{member_table}id"))
+        self.store.add_list_members(list_id, ids, user_id)
+        return no_content()
+
+    def _entity_definitions(self, method: str, parts: list[str], params: dict) -> Response:
+        """``EntityDefinitions(LogicalName='x')/Attributes`` (the metadata API), LogicalName only."""
+        m = re.match(r"^EntityDefinitions\(LogicalName='([a-z0-9_]+)'\)$", unquote(parts[0]))
+        if method != "GET" or m is None or parts[1:] != ["Attributes"]:
+            raise DataverseError(404, BAD_QUERY, "The sandbox serves EntityDefinitions(LogicalName='<table>')/Attributes only.")
+        t = TABLES.get(m.group(1))
+        if t is None:
+            raise DataverseError(404, "0x80040217", f"Could not find an entity with the LogicalName '{m.group(1)}'.")
+        for p in params:
+            if p not in ("$select", "$filter"):
+                raise bad_query(f"The query parameter {p} is not supported by the sandbox's metadata API.")
+        if params.get("$select", "LogicalName") != "LogicalName":
+            raise bad_query("The sandbox's metadata API answers $select=LogicalName only.")
+        names = sorted(self.store.attributes(t.name))
+        flt = params.get("$filter")
+        if flt:
+            wanted = re.findall(r"LogicalName eq '([a-z0-9_]+)'", flt)
+            if not wanted:
+                raise bad_query("The sandbox's metadata API filters on LogicalName eq '...' (or-ed) only.")
+            names = [n for n in names if n in wanted]
+        ctx = f"{self.api_url}/$metadata#EntityDefinitions('{t.name}')/Attributes(LogicalName)"
+        return json_response(200, {"@odata.context": ctx, "value": [
+            {"@odata.type": "#Microsoft.Dynamics.CRM.AttributeMetadata", "LogicalName": n} for n in names]})
+
+
+def list_member_refused(message: str) -> DataverseError:
+    """Dataverse refuses N:N Associate/Disassociate on the list member relationships; the list's
+    actions (AddMemberList, AddListMembersList, RemoveMemberList) are the way in and out."""
+    return DataverseError(400, "0x80040203", f"{message} is not supported for ListMember")
 
 
 def _split_top_level(text: str) -> list[str]:

@@ -11,6 +11,7 @@ UNAUTHORIZED = "0x80072560"
 UNEXPECTED = "0x80040216"
 BATCH_TOO_LARGE = "0x80040203"
 PRECONDITION = "0x80060882"
+BAD_CHOICE = "0x8004431a"  # option set value outside the column's choices (code: a guess, see FIDELITY.md)
 
 
 class DataverseError(Exception):

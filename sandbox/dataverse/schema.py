@@ -1,6 +1,8 @@
 """The tables the sandbox knows (docs/domain.md and the webhook registration tables).
 
-Column kinds: S string, B bool, I int, O option set, D datetime, G the primary key, F float.
+Column kinds: S string, B bool, I int, O option set, D datetime, G the primary key, F float,
+M managed property (an object). ``choices`` holds the documented values of option sets that have
+them (the registration tables'); a value outside them is refused as Dataverse does.
 Lookups are stored and read as ``_<attr>_value``; they are written through a navigation property
 (``<nav>@odata.bind``).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-S, B, I, O, D, G, F = "S", "B", "I", "O", "D", "G", "F"
+S, B, I, O, D, G, F, M = "S", "B", "I", "O", "D", "G", "F", "M"  # M: a ManagedProperty object
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Table:
     lookups: list[Lookup] = field(default_factory=list)
     indexed: tuple[str, ...] = ()  # columns with a secondary (case-folded) index
     metadata: bool = False  # kept by /_sandbox/reset
+    choices: dict[str, frozenset[int]] = field(default_factory=dict)  # option set -> documented values
 
     def __post_init__(self):
         self.columns = {self.key: G, **self.columns, **_SYSTEM}
@@ -70,18 +73,37 @@ TABLES: dict[str, Table] = {t.name: t for t in [
           indexed=("_msdynmkt_purposeid_value",)),
     Table("msdynmkt_compliancesettings4", "msdynmkt_compliancesettings4s", "msdynmkt_compliancesettings4id",
           {"msdynmkt_name": S, "msdynmkt_description": S}),
+    # The registration tables: every writable column of Microsoft's table references (lookups to
+    # tables the sandbox does not have excepted, see FIDELITY.md), with their documented choices.
     Table("serviceendpoint", "serviceendpoints", "serviceendpointid",
           {"name": S, "contract": O, "url": S, "authtype": O, "authvalue": S, "messageformat": O,
-           "namespaceaddress": S, "description": S, "userclaim": O, "connectionmode": O}),
+           "namespaceaddress": S, "namespaceformat": O, "description": S, "userclaim": O, "connectionmode": O,
+           "introducedversion": S, "iscustomizable": M, "messagecharset": O, "path": S,
+           "runtimeintegrationproperties": S, "saskey": S, "saskeyname": S, "sastoken": S, "schematype": O,
+           "solutionnamespace": S, "usekeyvaultconfiguration": B},
+          choices={"authtype": frozenset(range(1, 9)), "connectionmode": frozenset({1, 2}),
+                   "contract": frozenset(range(1, 11)), "messagecharset": frozenset({0, 1}),
+                   "messageformat": frozenset({1, 2, 3}), "namespaceformat": frozenset({1, 2}),
+                   "schematype": frozenset({1, 2}), "userclaim": frozenset({1, 2, 3})}),
     Table("sdkmessageprocessingstep", "sdkmessageprocessingsteps", "sdkmessageprocessingstepid",
           {"name": S, "stage": O, "mode": O, "rank": I, "supporteddeployment": O, "filteringattributes": S,
-           "asyncautodelete": B, "description": S, "configuration": S},
+           "asyncautodelete": B, "description": S, "configuration": S, "canbebypassed": B,
+           "canusereadonlyconnection": B, "category": S, "enablepluginprofiler": B, "eventexpander": S,
+           "introducedversion": S, "invocationsource": O, "iscustomizable": M, "ishidden": M,
+           "runtimeintegrationproperties": S},
           [Lookup("sdkmessageid", "sdkmessageid", "sdkmessage"),
            Lookup("sdkmessagefilterid", "sdkmessagefilterid", "sdkmessagefilter"),
-           Lookup("eventhandler", "eventhandler_serviceendpoint", "serviceendpoint")]),
+           Lookup("eventhandler", "eventhandler_serviceendpoint", "serviceendpoint"),
+           Lookup("impersonatinguserid", "impersonatinguserid", "systemuser")],
+          choices={"stage": frozenset({5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 80, 90}),
+                   "mode": frozenset({0, 1}), "supporteddeployment": frozenset({0, 1, 2}),
+                   "invocationsource": frozenset({-1, 0, 1}), "statecode": frozenset({0, 1}),
+                   "statuscode": frozenset({1, 2})}),
     Table("sdkmessageprocessingstepimage", "sdkmessageprocessingstepimages", "sdkmessageprocessingstepimageid",
-          {"name": S, "imagetype": O, "entityalias": S, "attributes": S, "messagepropertyname": S, "description": S},
-          [Lookup("sdkmessageprocessingstepid", "sdkmessageprocessingstepid", "sdkmessageprocessingstep")]),
+          {"name": S, "imagetype": O, "entityalias": S, "attributes": S, "messagepropertyname": S, "description": S,
+           "introducedversion": S, "iscustomizable": M, "relatedattributename": S},
+          [Lookup("sdkmessageprocessingstepid", "sdkmessageprocessingstepid", "sdkmessageprocessingstep")],
+          choices={"imagetype": frozenset({0, 1, 2})}),
     Table("sdkmessage", "sdkmessages", "sdkmessageid", {"name": S, "categoryname": S}, metadata=True),
     Table("sdkmessagefilter", "sdkmessagefilters", "sdkmessagefilterid",
           {"primaryobjecttypecode": S, "secondaryobjecttypecode": S, "iscustomprocessingstepallowed": B},

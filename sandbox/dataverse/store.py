@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import odata
-from .errors import DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (B, D, F, G, I, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
+from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
+from .schema import (B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
                      metadata_rows)
 
 MAX_PAGE = 5000
@@ -64,8 +64,13 @@ class _TableData:
         self.index: dict[str, dict[Any, set[str]]] = {c: {} for c in t.indexed}
 
 
+#: Columns the Outbound marketing solution adds; an org without that solution has none of them.
+OUTBOUND_PREFIX = "msdyncrm_"
+
+
 class Store:
-    def __init__(self):
+    def __init__(self, without_outbound_solution: bool = False):
+        self.without_outbound_solution = without_outbound_solution
         self.lock = threading.RLock()
         self.data = {name: _TableData(t) for name, t in TABLES.items()}
         # rel -> list id -> member ids, and rel -> member id -> list ids
@@ -219,9 +224,14 @@ class Store:
               I: isinstance(value, int) and not isinstance(value, bool),
               O: isinstance(value, int) and not isinstance(value, bool),
               F: isinstance(value, (int, float)) and not isinstance(value, bool),
-              G: isinstance(value, str), D: isinstance(value, str)}[kind]
+              G: isinstance(value, str), D: isinstance(value, str), M: isinstance(value, dict)}[kind]
         if not ok:
             raise DataverseError(400, BAD_COLUMN, f"Cannot convert the literal for property '{col}' to the expected type.")
+        allowed = t.choices.get(col)
+        if allowed is not None and value not in allowed:
+            raise DataverseError(400, BAD_CHOICE, f"A validation error occurred. The value {value} of '{col}' on record "
+                                                  f"of type '{t.name}' is outside the valid range. Accepted Values: "
+                                                  f"{','.join(map(str, sorted(allowed)))}")
         if kind == G:
             return parse_guid(value, col)
         if kind == D:
@@ -395,8 +405,9 @@ class Store:
             raise DataverseError(400, "0x80040203", "The list's Member Type (createdfromcode) must be 2 (contact) or 4 (lead).")
         return f"list{member}_association", member
 
-    def add_member(self, list_id: str, entity_id: str, user_id: str) -> None:
-        """AddMember: adding an existing member is a silent success (no duplicate)."""
+    def add_member(self, list_id: str, entity_id: str, user_id: str) -> str:
+        """AddMember: adding an existing member is a silent success (no duplicate). Returns the
+        listmember id (stable per list and member, as the intersect row's key would be)."""
         with self.lock:
             rel, member = self.list_member_rel(list_id)
             self.get(member, entity_id)
@@ -404,6 +415,7 @@ class Store:
             if self.hooks_active():
                 self._emit(Event("AddMember", "list", list_id, user_id,
                                  extra={"ListId": list_id, "EntityId": entity_id}))
+            return listmember_id(list_id, entity_id)
 
     def add_list_members(self, list_id: str, member_ids: list[str], user_id: str) -> None:
         with self.transaction():
@@ -423,6 +435,16 @@ class Store:
             if self.hooks_active():
                 self._emit(Event("RemoveMember", "list", list_id, user_id,
                                  extra={"ListId": list_id, "EntityId": entity_id}))
+
+    # --- metadata ----------------------------------------------------------------------------
+
+    def attributes(self, table: str) -> list[str]:
+        """The table's column logical names, as the metadata API lists them (lookups by attribute)."""
+        t = TABLES[table]
+        names = [c for c in t.columns if not c.startswith("_")] + [lk.attr for lk in t.all_lookups]
+        if self.without_outbound_solution:
+            names = [n for n in names if not n.startswith(OUTBOUND_PREFIX)]
+        return names
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -565,10 +587,20 @@ class Store:
         enabled = gc.isenabled()
         gc.disable()  # millions of new dicts would otherwise trigger many useless full collections
         try:
-            return load_seed(self, seed)
+            counts = load_seed(self, seed)
+            if self.without_outbound_solution:  # the solution's columns do not exist: drop them
+                for td in self.data.values():
+                    for rid, row in list(td.rows.items()):
+                        if any(k.startswith(OUTBOUND_PREFIX) for k in row):
+                            td.rows[rid] = {k: v for k, v in row.items() if not k.startswith(OUTBOUND_PREFIX)}
+            return counts
         finally:
             if enabled:
                 gc.enable()
+
+
+def listmember_id(list_id: str, member_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"listmember:{list_id}:{member_id}"))
 
 
 def _encode_token(state: dict) -> str:

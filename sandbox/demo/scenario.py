@@ -85,10 +85,12 @@ def _all_out(p: Person, brand: str, topic: str | None = None) -> Callable[[Marke
 
 def steps() -> list[Step]:
     c = Cast
-    ref = lambda m, p: {"@odata.id": f"{m.api_url}/contacts({p.id})"}  # noqa: E731
+    # Marketers change list membership the documented way: the list's AddMemberList/RemoveMemberList actions.
+    act = lambda m, name, action, p: m.call(  # noqa: E731
+        "POST", f"lists({list_id(name)})/Microsoft.Dynamics.CRM.{action}", {"EntityId": p.id})
     return [
         Step("Ann unsubscribes from the Contoso News list", "OBM", "R1, R2",
-             lambda m: m.call("DELETE", f"lists({list_id('Contoso News')})/listcontact_association({c.ann.id})/$ref"),
+             lambda m: act(m, "Contoso News", "RemoveMemberList", c.ann),
              [Effect("RTM", "both of Ann's addresses: Opted out of topic Contoso News", _all_out(c.ann, "Contoso", "Contoso News")),
               Effect("OBM", "Ann's duplicate record left Contoso News", _left("Contoso News", c.ann_twin))]),
         Step("Bo opts out of topic Fabrikam Deals", "RTM", "R2, R1",
@@ -117,14 +119,13 @@ def steps() -> list[Step]:
               Effect("OBM", "Ed joined the Fabrikam Opt-out list", _in("Fabrikam Opt-out", c.ed)),
               Effect("OBM", "Ed stays in Contoso News (other brand)", _in("Contoso News", c.ed))]),
         Step("Fay is added to the Fabrikam Opt-out list", "OBM", "R5",
-             lambda m: m.call("POST", f"lists({list_id('Fabrikam Opt-out')})/Microsoft.Dynamics.CRM.AddMemberList",
-                              {"EntityId": c.fay.id}),
+             lambda m: act(m, "Fabrikam Opt-out", "AddMemberList", c.fay),
              [Effect("OBM", "Fay left Fabrikam Deals and Fabrikam Events",
                      lambda m: _left("Fabrikam Deals", c.fay)(m) and _left("Fabrikam Events", c.fay)(m)),
               Effect("RTM", "both of Fay's addresses: Opted out of purpose Fabrikam marketing", _all_out(c.fay, "Fabrikam")),
               Effect("OBM", "Fay stays in Contoso News (other brand)", _in("Contoso News", c.fay))]),
         Step("A marketer adds Ann back to Contoso News", "OBM", "R6",
-             lambda m: m.call("POST", f"lists({list_id('Contoso News')})/listcontact_association/$ref", ref(m, c.ann)),
+             lambda m: act(m, "Contoso News", "AddMemberList", c.ann),
              [Effect("OBM", "Ann removed from Contoso News again (her address is opted out)", _left("Contoso News", c.ann))]),
     ]
 

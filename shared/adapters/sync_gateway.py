@@ -31,7 +31,7 @@ from shared.adapters.dataverse.client import (
 )
 from shared.adapters.dataverse.errors import DataverseError, DataverseThrottled, DataverseUnavailable
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, chunk_values, guid, in_function, query_string
-from shared.domain.consent import ConsentSource, ConsentValue, ContactPointType
+from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue, ContactPointType, normalise_email
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow, Member, WriteResult
 from shared.domain.planner import Action, AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
@@ -42,9 +42,16 @@ log = logging.getLogger(__name__)
 MEMBER_TABLES = ("contact", "lead")
 
 
+#: Addresses remembered as members hold them (normalised -> trimmed), at most this many.
+HELD_ADDRESSES_MAX = 200_000
+
+
 class DataverseSyncGateway:
     def __init__(self, client: DataverseClient):
         self.client = client
+        # A consent row Straddle creates keeps the address as the member holds it (trimmed, case
+        # kept): RTM finds the row whatever its own matching does. Filled by reads, used by writes.
+        self._held: dict[str, str] = {}
 
     def sync_user_id(self) -> str:
         with _transient():
@@ -95,7 +102,22 @@ class DataverseSyncGateway:
             for i in ids:
                 if (table, _guid_or_none(i) or i) not in seen_members:
                     out.missing_members.add((table, i))
+        self._remember_addresses(out)
         return out
+
+    def _remember_addresses(self, read: SyncRead) -> None:
+        if len(self._held) > HELD_ADDRESSES_MAX:
+            self._held = {}
+        held = self._held
+        for m, _ in read.members:
+            for raw in m.emails.values():
+                key = normalise_email(raw)
+                if key:
+                    held[key] = raw.strip()  # type: ignore[union-attr]
+        for c in read.consent_rows:  # a member's form wins over a consent row's
+            key = normalise_email(c.contact_point_value)
+            if key and key not in held:
+                held[key] = c.contact_point_value.strip()  # type: ignore[union-attr]
 
     def _member_query(self, table: str, cols: Sequence[str], flt: str) -> BatchOp:
         select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode"))
@@ -154,19 +176,21 @@ class DataverseSyncGateway:
     def _op(self, a: Action, marker: str) -> tuple[BatchOp, dict[str, Any]]:
         reason = f"{marker} {a.rule}" + (f" (event {a.cause[:8]})" if a.cause else "")
         if isinstance(a, OptOutConsent):
+            # Every column the table requires (value, source, logical reason; on create also the
+            # channel, address and purpose), as Microsoft's guidance for writing consent rows has it.
             fields: dict[str, Any] = {"value": ConsentValue.OPTED_OUT.value, "source": ConsentSource.INTERNAL.value,
-                                      "reason": reason[:500]}
+                                      "logical_reason": ConsentLogicalReason.NO_REASONS.value, "reason": reason[:500]}
             if a.row_id is not None:
                 return consent_update_op(a.row_id, fields), {}
-            fields.update(contact_point_value=a.email, consent_type=a.consent_type, purpose_id=a.purpose_id,
-                          topic_id=a.topic_id)
+            fields.update(contact_point_value=self._held.get(a.email, a.email), consent_type=a.consent_type,
+                          purpose_id=a.purpose_id, topic_id=a.topic_id)
             return consent_create_op(fields), {}
         if isinstance(a, SetDoNotBulkEmail):
             return member_update_op(*a.member, {"donotbulkemail": True}), {}
         if isinstance(a, RemoveFromList):
             return remove_member_op(a.list_id, *a.member), REMOVE_MEMBER_OK
         if isinstance(a, AddToOptOutList):
-            return add_member_op(self.client.api_url, a.list_id, *a.member), ADD_MEMBER_OK
+            return add_member_op(a.list_id, *a.member), ADD_MEMBER_OK
         raise TypeError(f"unknown action {type(a).__name__}")
 
 

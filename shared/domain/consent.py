@@ -36,6 +36,14 @@ class ConsentSource(IntEnum):
     EMAIL_LIST_UNSUBSCRIBE = 534120007
 
 
+class ConsentLogicalReason(IntEnum):
+    """``msdynmkt_logicalreason`` (required on the consent table); the sync propagates an opt-out
+    whose reason it does not know, so it writes NO_REASONS."""
+
+    NO_REASONS = 534119999
+    OPT_OUT_ONE_CLICK = 534120007
+
+
 class PurposeType(IntEnum):
     COMMERCIAL = 534120000
     TRANSACTIONAL = 534120001

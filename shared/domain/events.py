@@ -12,6 +12,11 @@ from typing import Any, Literal, Union
 
 SCHEMA_VERSION = 1
 
+#: The list membership messages under their other name: the SDK message (AddMember) or the Web API
+#: action (AddMemberList). Microsoft's pages use both; Straddle accepts either and calls it by the first.
+LIST_MESSAGE_ALIASES = {"AddMemberList": "AddMember", "RemoveMemberList": "RemoveMember",
+                        "AddListMembersList": "AddListMembers"}
+
 MemberTable = Literal["contact", "lead"]
 
 

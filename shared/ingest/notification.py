@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from shared.domain.consent import CONSENT_TABLE, EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
 from shared.domain.events import (
+    LIST_MESSAGE_ALIASES,
     Change,
     ChangeEvent,
     ConsentChanged,
@@ -65,11 +66,13 @@ def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = No
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
     if _SURROGATE_ESCAPE.search(raw):  # rare: only then walk every string (the fast path skips it)
         _reject_lone_surrogates(ctx, "")
-    return reduce_context(ctx, (headers or {}).get(SIZE_EXCEEDED_HEADER, "").strip().lower() == "true")
+    # Microsoft documents only that the header is sent when the context was stripped, not its value.
+    return reduce_context(ctx, SIZE_EXCEEDED_HEADER in (headers or {}))
 
 
 def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEvent | Irrelevant:
     message = _required_str(ctx, "MessageName")
+    message = LIST_MESSAGE_ALIASES.get(message, message)
     table = _required_str(ctx, "PrimaryEntityName").lower()
     record_id = _guid(ctx.get("PrimaryEntityId"), "PrimaryEntityId", required=True)
     origin = Origin(
@@ -86,6 +89,10 @@ def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEv
     change: Change | Irrelevant
     if size_exceeded:
         change = _reread(table, message)
+    elif not ctx.get("InputParameters") and message != "Delete":
+        # Stripped without the header, or a shape we do not know: a 400 would never be retried and
+        # the event would be lost, so a watched record is read again instead.
+        change = _reread(table, message, "no-input-parameters")
     else:
         inputs = _collection(ctx.get("InputParameters"), "InputParameters")
         if message in ("Associate", "Disassociate"):
@@ -127,11 +134,17 @@ def _event_id(origin: Origin, identity: tuple, table: str, record_id: str, messa
 
 # --- the kinds -------------------------------------------------------------------------------
 
-def _reread(table: str, message: str) -> RereadRecord | Irrelevant:
-    watched = table in MEMBER_TABLES + (CONSENT_TABLE, "list") or message in ("Associate", "Disassociate")
+#: (table, message) pairs a rule watches; Associate/Disassociate are watched on any table.
+WATCHED = frozenset([(t, m) for t in MEMBER_TABLES for m in ("Create", "Update", "Delete")]
+                    + [(CONSENT_TABLE, m) for m in ("Create", "Update")]
+                    + [("list", m) for m in ADD_MESSAGES + ("RemoveMember",)])
+
+
+def _reread(table: str, message: str, reason: str = "msg-size-exceeded") -> RereadRecord | Irrelevant:
+    watched = (table, message) in WATCHED or message in ("Associate", "Disassociate")
     if not watched:
         return Irrelevant(f"no rule watches {message} on {table}")
-    return RereadRecord(reason="msg-size-exceeded")
+    return RereadRecord(reason=reason)
 
 
 def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any]) -> ContactChanged | Irrelevant:

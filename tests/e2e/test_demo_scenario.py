@@ -11,9 +11,13 @@ from sandbox.demo.tenant import OPTED_OUT, Cast, generate, list_id, purpose_id, 
 pytestmark = pytest.mark.integration
 
 
+#: The webhook settings exactly as infra/ deploys them: a shared secret header on top of the function key.
+INFRA_SETTINGS = {"WEBHOOK_SECRET_HEADER": "x-straddle-secret", "WEBHOOK_SECRET": "e2e-webhook-secret-0123456789"}
+
+
 @pytest.fixture(scope="module")
 def stack(azurite_tables):
-    s = DemoStack({}, seed=generate(contacts=400, seed=3), azurite_connection=azurite_tables,
+    s = DemoStack(INFRA_SETTINGS, seed=generate(contacts=400, seed=3), azurite_connection=azurite_tables,
                   function_key="e2e-function-key", master_key="e2e-master-key").start()
     yield s
     s.close()
@@ -32,12 +36,14 @@ def opted_out(stack, email: str, brand: str, topic: str | None = None) -> bool:
     return bool(rows) and all(r["msdynmkt_value"] == OPTED_OUT for r in rows)
 
 
-def test_the_webhook_needs_the_function_key(stack):
+def test_the_webhook_needs_the_function_key_and_the_secret(stack):
     import requests
 
     url = f"{stack.host.url}/api/dataverse/webhook"
-    assert requests.post(url, data=b"{}").status_code == 401
-    assert requests.post(url, data=b"{}", params={"code": "e2e-function-key"}).status_code == 400
+    secret = {"x-straddle-secret": INFRA_SETTINGS["WEBHOOK_SECRET"]}
+    assert requests.post(url, data=b"{}", headers=secret).status_code == 401  # the host: no function key
+    assert requests.post(url, data=b"{}", params={"code": "e2e-function-key"}).status_code == 401  # the app: no secret
+    assert requests.post(url, data=b"{}", headers={"x-functions-key": "e2e-function-key", **secret}).status_code == 400
 
 
 def test_every_step_propagates_and_the_reconciliation_heals_the_drift(stack):
@@ -85,3 +91,31 @@ def test_the_timer_runs_through_the_admin_endpoint(stack):
         time.sleep(0.05)
     assert stack.host.functions["nightly_reconcile"].invocations == before + 1
     assert stack.host.functions["nightly_reconcile"].failures == 0
+
+
+def test_registration_sends_both_and_status_flags_one_that_cannot_authenticate(stack):
+    from shared.admin import webhook_status
+
+    client = stack.container.dataverse()
+    (endpoint,) = stack.sandbox.store.data["serviceendpoint"].rows.values()
+    assert endpoint["authtype"] == 5  # HttpHeader: the function key and the secret, both
+    assert "x-functions-key" in endpoint["authvalue"] and "x-straddle-secret" in endpoint["authvalue"]
+    ok = webhook_status(client, secret_header="x-straddle-secret")
+    assert ok["ok"] and ok["auth_problem"] is None
+    # Dataverse delivered every notification of the scenario with a 2xx, none was refused.
+    statuses = {d["status"] for d in stack.sandbox.webhooks.log}
+    assert statuses and statuses <= {200, 202}, statuses
+    # A registration as the old code made it (the secret only) is shown as failing, with its reason.
+    old = {**endpoint}
+    stack.sandbox.store.update("serviceendpoint", endpoint["serviceendpointid"], {
+        "authvalue": '<settings><setting name="x-straddle-secret" value="x" /></settings>',
+        "description": "Registered by Straddle"}, "someone")
+    bad = webhook_status(client, secret_header="x-straddle-secret")
+    assert not bad["ok"] and "older version" in bad["auth_problem"]
+    stack.sandbox.store.update("serviceendpoint", endpoint["serviceendpointid"], {
+        "description": "Registered by Straddle; authentication sent as: x-straddle-secret"}, "someone")
+    bad = webhook_status(client, secret_header="x-straddle-secret")
+    assert "does not send the function key" in bad["auth_problem"] and "401" in bad["auth_problem"]
+    stack.sandbox.store.update("serviceendpoint", endpoint["serviceendpointid"],
+                               {"authvalue": old["authvalue"], "description": old["description"]}, "someone")
+    assert webhook_status(client, secret_header="x-straddle-secret")["ok"]

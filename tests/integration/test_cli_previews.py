@@ -22,7 +22,7 @@ def test_webhooks_remove_asks_or_needs_yes(cli, stack, monkeypatch):
     assert cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "k")[0] == 0
     code, out, err = cli("webhooks", "remove")  # standard input is not a terminal here
     assert code == 2 and out == "" and registered(stack) == 1
-    assert "webhooks remove deletes the endpoint Straddle (http://127.0.0.1:9/api/dataverse/webhook) and its 13 " \
+    assert "webhooks remove deletes the endpoint Straddle (http://127.0.0.1:9/api/dataverse/webhook) and its 11 " \
            "step(s)" in err and "the sync stops" in err and "pass --yes to confirm" in err
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
@@ -41,8 +41,8 @@ def test_webhooks_register_dry_run_shows_exactly_what_would_change(cli, stack):
     assert lines[0] == "dry run: nothing written; register would:"
     assert lines[1] == f"  create  endpoint Straddle  ({HOOK_URL} (WebhookKey))"
     assert "  create  step Create contact  (with its image)" in lines
-    assert "  create  step Associate (any table)" in lines
-    assert sum(line.startswith("  create  step") for line in lines) == 13
+    assert "  create  step AddMember list" in lines
+    assert sum(line.startswith("  create  step") for line in lines) == 11
     assert cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "k")[0] == 0
     update_contact = narrow_and_disable_steps(stack)
     code, out, _ = cli("--json", "webhooks", "register", "--url", HOOK_URL + "2", "--function-key", "k", "--dry-run")

@@ -293,7 +293,7 @@ def test_list_membership_writes(client):
     assert all(r.ok for r in res), res  # c999 was never a member
     assert new[0] not in {m.id for m in client.list_members(OFFERS)}
     assert gid("l4") not in {m.id for m in client.list_members(LEADLIST, "lead")}
-    assert client.request_counts["batch:DELETE lists/listcontact_association/$ref"] == 2
+    assert client.request_counts["batch:POST lists/Microsoft.Dynamics.CRM.RemoveMemberList"] == 3  # contacts and leads alike
 
 
 def test_create_and_update_consent_rows(client):
@@ -361,6 +361,8 @@ def test_webhook_registration_is_idempotent(client):
     assert (create_image["imagetype"], create_image["messagepropertyname"]) == (1, "Id")
     step = client.get_json(f"sdkmessageprocessingsteps({first.step_ids[0]})")
     assert (step["stage"], step["mode"], step["rank"], step["supporteddeployment"]) == (40, 1, 1, 0)
+    assert step["asyncautodelete"] is True  # succeeded system jobs do not pile up
+    assert client.webhook_registrations("straddle-test")[0].auth_names == ("x-straddle-key",)
     assert step["filteringattributes"] == "donotbulkemail,donotemail,emailaddress1"
 
     # a changed filter is patched in place, not duplicated
@@ -369,7 +371,7 @@ def test_webhook_registration_is_idempotent(client):
     assert third.updated_steps == 1 and third.created_steps == 0 and third.step_ids == first.step_ids
 
     (status,) = client.webhook_registrations("straddle-test")
-    assert status.url == url and status.auth_type == 4 and len(status.steps) == 4
+    assert status.url == url and status.auth_type == 4 and len(status.steps) == 4 and status.auth_names == ("code",)
     by_message = {s.message: s for s in status.steps}
     assert by_message["Update"].table == "contact" and by_message["Update"].filtering_attributes == ("donotbulkemail",)
     assert by_message["Update"].images["PostImage"] == tuple(sorted(STEPS[0].image_attributes))
@@ -381,6 +383,30 @@ def test_webhook_registration_is_idempotent(client):
     assert count(client, "sdkmessageprocessingsteps", "sdkmessageprocessingstepid") == 0
 
 
+def test_old_steps_get_asyncautodelete_and_list_messages_may_carry_their_action_names():
+    from shared.adapters.dataverse.webhooks import StepSpec as Spec
+
+    with SandboxServer(port=0) as srv:
+        # An org whose sdkmessage for AddMember is named as the Web API action.
+        add = next(r for r in srv.store.data["sdkmessage"].rows.values() if r["name"] == "AddMember")
+        add["name"] = "AddMemberList"
+        c = DataverseClient(srv.api_url, StaticToken("straddle-integration"), retry_budget=5)
+        try:
+            first = c.register_webhook("https://x.test/h", name="s", auth="WebhookKey", auth_value="k",
+                                       steps=[Spec("AddMember", "list"), Spec("Delete", "contact")])
+            assert first.created_steps == 2
+            step = first.step_ids[1]
+            c.request("PATCH", f"sdkmessageprocessingsteps({step})", json={"asyncautodelete": False},
+                      headers={"If-Match": "*"})
+            again = c.register_webhook("https://x.test/h", name="s", auth="WebhookKey", auth_value="k",
+                                       steps=[Spec("AddMember", "list"), Spec("Delete", "contact")])
+            assert again.updated_steps == 1 and again.created_steps == 0
+            assert c.get_json(f"sdkmessageprocessingsteps({step})")["asyncautodelete"] is True
+            assert {s.message for s in c.webhook_registrations("s")[0].steps} == {"AddMemberList", "Delete"}
+        finally:
+            c.close()
+
+
 def test_unknown_message_is_named(client):
     with pytest.raises(DataverseNotFound, match="NoSuchMessage"):
         client.register_webhook("https://x.example/api/h", name="straddle-bad", auth="WebhookKey", auth_value="k",
@@ -390,6 +416,7 @@ def test_unknown_message_is_named(client):
 
 def test_threads_share_one_client(client, server):
     import threading
+    client.outbound_solution()  # the one-time metadata probe is not what this test counts
     before = sandbox_stats(server)["total"]
     client.reset_counts()
     errors: list[BaseException] = []

@@ -102,39 +102,67 @@ def _list(api, name="L", code=2):
                                                    "msdyncrm_issubscription": True}))
 
 
-def test_associations_both_directions(api):
+def test_list_membership_through_the_list_actions(api):
     lid = _list(api)
     cids = [_id(api.post(f"{api.base}/contacts", json={"emailaddress1": f"m{i}@x.org"})) for i in range(3)]
+    ids = set()
     for cid in cids:
-        r = api.post(f"{api.base}/lists({lid})/listcontact_association/$ref",
-                     json={"@odata.id": f"{api.base}/contacts({cid})"})
-        assert r.status_code == 204
+        r = api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": cid})
+        assert r.status_code == 200 and r.json()["@odata.context"].endswith("AddMemberListResponse")
+        ids.add(r.json()["Id"])  # the listmember row's id, not the contact's
+    assert len(ids) == 3 and not ids & set(cids)
     # adding twice is a no-op success, not a duplicate membership
-    assert api.post(f"{api.base}/lists({lid})/listcontact_association/$ref",
-                    json={"@odata.id": f"/contacts({cids[0]})"}).status_code == 204
+    assert api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.AddMemberList",
+                    json={"EntityId": cids[0]}).status_code == 200
     r = api.get(f"{api.base}/lists({lid})/listcontact_association",
                 params={"$select": "contactid,emailaddress1", "$filter": "emailaddress1 ne 'm1@x.org'"})
     assert sorted(v["emailaddress1"] for v in r.json()["value"]) == ["m0@x.org", "m2@x.org"]
     r = api.get(f"{api.base}/contacts({cids[0]})/listcontact_association", params={"$select": "listid,listname"})
     assert [v["listid"] for v in r.json()["value"]] == [lid]
-    assert api.delete(f"{api.base}/lists({lid})/listcontact_association({cids[0]})/$ref").status_code == 204
-    r = api.delete(f"{api.base}/lists({lid})/listcontact_association({cids[0]})/$ref")
-    assert r.status_code == 404 and "error" in r.json()
-    # bound actions
-    r = api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": cids[0]})
-    assert r.status_code == 200
-    assert api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.AddMemberList",
-                    json={"EntityId": cids[0]}).status_code == 200
-    assert len(api.get(f"{api.base}/lists({lid})/listcontact_association").json()["value"]) == 3
     assert api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.RemoveMemberList",
                     json={"EntityId": cids[1]}).status_code == 204
     assert len(api.get(f"{api.base}/lists({lid})/listcontact_association").json()["value"]) == 2
-    # leads through listlead_association
+    r = api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.RemoveMemberList", json={"EntityId": cids[1]})
+    assert r.status_code == 404 and "error" in r.json()
+    r = api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": cids[1], "ListId": lid})
+    assert r.status_code == 400 and "ListId" in r.json()["error"]["message"]
+    # leads through the same actions, on a list of leads
     llid = _list(api, "Leads", 4)
     lead = _id(api.post(f"{api.base}/leads", json={"emailaddress1": "lead@x.org"}))
-    assert api.post(f"{api.base}/lists({llid})/listlead_association/$ref",
-                    json={"@odata.id": f"/leads({lead})"}).status_code == 204
+    assert api.post(f"{api.base}/lists({llid})/Microsoft.Dynamics.CRM.AddMemberList",
+                    json={"EntityId": lead}).status_code == 200
     assert [v["leadid"] for v in api.get(f"{api.base}/lists({llid})/listlead_association").json()["value"]] == [lead]
+
+
+@pytest.mark.parametrize("nav,member", [("listcontact_association", "contacts"), ("listlead_association", "leads"),
+                                        ("listaccount_association", "accounts")])
+def test_ref_associate_and_disassociate_on_list_members_are_refused(api, nav, member):
+    lid = _list(api)
+    mid = str(uuid.uuid4())
+    r = api.post(f"{api.base}/lists({lid})/{nav}/$ref", json={"@odata.id": f"{api.base}/{member}({mid})"})
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Associate is not supported for ListMember"
+    r = api.delete(f"{api.base}/lists({lid})/{nav}({mid})/$ref")
+    assert r.status_code == 400 and r.json()["error"]["message"] == "Disassociate is not supported for ListMember"
+    r = api.delete(f"{api.base}/lists({lid})/{nav}/$ref", params={"$id": f"{api.base}/{member}({mid})"})
+    assert r.status_code == 400 and "not supported for ListMember" in r.json()["error"]["message"]
+
+
+def test_add_list_members_list_is_unbound_with_list_and_members(api):
+    lid = _list(api)
+    cids = [_id(api.post(f"{api.base}/contacts", json={"emailaddress1": f"b{i}@x.org"})) for i in range(2)]
+    body = {"List": {"@odata.type": "Microsoft.Dynamics.CRM.list", "listid": lid},
+            "Members": [{"@odata.type": "Microsoft.Dynamics.CRM.contact", "contactid": c} for c in cids]}
+    assert api.post(f"{api.base}/AddListMembersList", json=body).status_code == 204
+    members = api.get(f"{api.base}/lists({lid})/listcontact_association", params={"$select": "contactid"}).json()["value"]
+    assert sorted(m["contactid"] for m in members) == sorted(cids)
+    # bound to the list, or with the old MemberIds parameter: not how Dataverse defines it
+    assert api.post(f"{api.base}/lists({lid})/Microsoft.Dynamics.CRM.AddListMembersList",
+                    json={"Members": body["Members"]}).status_code == 404
+    r = api.post(f"{api.base}/AddListMembersList", json={"List": body["List"], "MemberIds": cids})
+    assert r.status_code == 400 and "MemberIds" in r.json()["error"]["message"]
+    r = api.post(f"{api.base}/AddListMembersList",
+                 json={"List": body["List"], "Members": [{"@odata.type": "Microsoft.Dynamics.CRM.lead", "leadid": cids[0]}]})
+    assert r.status_code == 400
 
 
 def test_paging_12000_rows_over_http(api, srv):
@@ -190,7 +218,7 @@ def test_expand_list_memberships_from_either_side(api):
     cid = _id(api.post(f"{api.base}/contacts", json={"emailaddress1": "x@x.org"}))
     lone = _id(api.post(f"{api.base}/contacts", json={"emailaddress1": "y@x.org"}))
     for l in (lid, other):
-        api.post(f"{api.base}/lists({l})/listcontact_association/$ref", json={"@odata.id": f"/contacts({cid})"})
+        api.post(f"{api.base}/lists({l})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": cid})
     r = api.get(f"{api.base}/contacts", params={"$select": "contactid", "$expand": "listcontact_association($select=listid)"})
     by_id = {v["contactid"]: sorted(x["listid"] for x in v["listcontact_association"]) for v in r.json()["value"]}
     assert by_id == {cid: sorted([lid, other]), lone: []}
@@ -289,13 +317,14 @@ def test_batch_change_set_is_atomic_and_stops_on_error(api, srv):
 
 
 def test_batch_success_with_content_id_and_entity_ids(api):
-    lid = _list(api)
+    lid, cid_ = _list(api), str(uuid.uuid4())
     body = _batch([_changeset([
-        _http("POST", "/api/data/v9.2/contacts", '{"emailaddress1": "cs@x.org"}', cid="1"),
-        _http("POST", f"/api/data/v9.2/lists({lid})/listcontact_association/$ref", '{"@odata.id": "$1"}', cid="2"),
+        _http("POST", "/api/data/v9.2/contacts", f'{{"contactid": "{cid_}", "emailaddress1": "cs@x.org"}}', cid="1"),
+        _http("POST", f"/api/data/v9.2/lists({lid})/Microsoft.Dynamics.CRM.AddMemberList",
+              f'{{"EntityId": "{cid_}"}}', cid="2"),
     ])])
     r = api.post(f"{api.base}/$batch", data=body, headers={"Content-Type": "multipart/mixed; boundary=batch_x"})
-    assert _responses(r) == [204, 204] and "changesetresponse_" in r.text and "OData-EntityId: " in r.text
+    assert _responses(r) == [204, 200] and "changesetresponse_" in r.text and "OData-EntityId: " in r.text
     members = api.get(f"{api.base}/lists({lid})/listcontact_association").json()["value"]
     assert [m["emailaddress1"] for m in members] == ["cs@x.org"]
 

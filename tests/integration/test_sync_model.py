@@ -238,13 +238,12 @@ def act(stack: Stack, w: World, action) -> set:
         return set()
     if LIST_TABLE[b] != table:
         return set()
-    rel = f"list{table}_association"
     if kind == "leave" and b in w.lists[a]:
-        stack.api("DELETE", f"lists({b})/{rel}({mid})/$ref")
+        stack.api("POST", f"lists({b})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": mid})
         w.lists[a].discard(b)
         return {(a, b)}
     if kind == "join" and b not in w.lists[a]:
-        stack.api("POST", f"lists({b})/{rel}/$ref", {"@odata.id": f"{stack.sandbox.api_url}/{table}s({mid})"})
+        stack.api("POST", f"lists({b})/Microsoft.Dynamics.CRM.AddMemberList", {"EntityId": mid})
         w.lists[a].add(b)
     return set()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.domain.consent import ConsentSource, ConsentValue
+from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue
 from sandbox.stack import Stack
 from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant
 
@@ -34,12 +34,16 @@ def make_stack(azurite_tables, table_prefix):
 def test_r1_leaving_a_list_opts_every_email_out_of_its_topic(make_stack):
     ann = contact("ann", "ann@contoso.test", "Ann.Home@example.test")
     s = make_stack(tenant([ann], list_members={L_NEWS: [ann["contactid"]], L_UNMAPPED: [ann["contactid"]]}))
-    s.api("DELETE", f"lists({L_NEWS})/listcontact_association({ann['contactid']})/$ref")
-    s.api("DELETE", f"lists({L_UNMAPPED})/listcontact_association({ann['contactid']})/$ref")
+    s.api("POST", f"lists({L_NEWS})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": ann['contactid']})
+    s.api("POST", f"lists({L_UNMAPPED})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": ann['contactid']})
     s.drain()
-    for email in ("ann@contoso.test", "ann.home@example.test"):
+    for email, held in (("ann@contoso.test", "ann@contoso.test"), ("ann.home@example.test", "Ann.Home@example.test")):
         (row,) = s.consent(email, CONTOSO, NEWS)
         assert row["msdynmkt_value"] == OUT and row["msdynmkt_source"] == ConsentSource.INTERNAL
+        # the address as the contact holds it, and every column the table requires
+        assert row["msdynmkt_contactpointvalue"] == held
+        assert row["msdynmkt_logicalreason"] == ConsentLogicalReason.NO_REASONS
+        assert row["msdynmkt_contactpointtype"] == 534120000 and row["_msdynmkt_purposeid_value"] == CONTOSO
         assert row["msdynmkt_reason"].startswith("Straddle sync R1")
         assert s.ledger_rules(email) == ["R1"]
     assert not s.consent("ann@contoso.test", CONTOSO, EVENTS)  # only the list that was left
@@ -104,8 +108,7 @@ def test_r5_joining_a_brand_opt_out_list(make_stack):
 def test_r6_re_adding_an_opted_out_contact_is_undone_and_the_ledger_says_why(make_stack):
     gus = contact("gus", "gus@x.test")
     s = make_stack(tenant([gus], consents=[consent_row("gus@x.test", CONTOSO, NEWS, OUT)]))
-    s.api("POST", f"lists({L_NEWS})/listcontact_association/$ref",
-          {"@odata.id": f"{s.sandbox.api_url}/contacts({gus['contactid']})"})
+    s.api("POST", f"lists({L_NEWS})/Microsoft.Dynamics.CRM.AddMemberList", {"EntityId": gus["contactid"]})
     s.drain()
     assert s.members_of(L_NEWS) == set()
     assert s.ledger_rules("gus@x.test") == ["R6/R2"]
@@ -142,7 +145,7 @@ def test_the_sync_settles_its_own_echoes_without_dataverse_requests(make_stack):
 def test_a_repeated_delivery_changes_nothing(make_stack):
     jo = contact("jo", "jo@x.test")
     s = make_stack(tenant([jo], list_members={L_NEWS: [jo["contactid"]]}))
-    s.api("DELETE", f"lists({L_NEWS})/listcontact_association({jo['contactid']})/$ref")
+    s.api("POST", f"lists({L_NEWS})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": jo['contactid']})
     s.sandbox.wait_for_webhooks(timeout=10)
     batch = s.queue.take()
     import function_app

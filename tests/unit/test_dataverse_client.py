@@ -336,16 +336,18 @@ def test_list_membership_writes_treat_goal_state_as_ok():
     res = client.add_list_members([(L1, "contact", C1), (L1, "lead", C2)])
     assert [r.ok for r in res] == [True, True] and res[0].id == C1
     ops = sent_ops(adapter.requests[0])
-    assert ops == [f"POST {ROOT}/lists({L1})/listcontact_association/$ref HTTP/1.1",
-                   f"POST {ROOT}/lists({L1})/listlead_association/$ref HTTP/1.1"]
-    assert f'{{"@odata.id":"{ROOT}/contacts({C1})"}}' in adapter.requests[0].body.decode()
+    # Dataverse's documented route: the list's bound actions (never $ref Associate), inside $batch.
+    assert ops == [f"POST {ROOT}/lists({L1})/Microsoft.Dynamics.CRM.AddMemberList HTTP/1.1"] * 2
+    assert f'{{"EntityId":"{C1.lower()}"}}' in adapter.requests[0].body.decode()
+    assert f'{{"EntityId":"{C2.lower()}"}}' in adapter.requests[0].body.decode()
 
     client, adapter, _ = make(scripted(batch_reply((404, {}, json.dumps(err("0x80040217", "not a member"))),
                                                    (500, {}, json.dumps(err("0x80040216", "boom"))))))
     res = client.remove_list_members([(L1, "contact", C1), (L1, "contact", C2)])
     assert [r.ok for r in res] == [True, False] and res[1].error_code == "0x80040216"
-    assert sent_ops(adapter.requests[0])[0] == f"DELETE {ROOT}/lists({L1})/listcontact_association({C1})/$ref HTTP/1.1"
-    assert client.request_counts["batch:DELETE lists/listcontact_association/$ref"] == 2
+    assert sent_ops(adapter.requests[0])[0] == f"POST {ROOT}/lists({L1})/Microsoft.Dynamics.CRM.RemoveMemberList HTTP/1.1"
+    assert client.request_counts["batch:POST lists/Microsoft.Dynamics.CRM.RemoveMemberList"] == 2
+    assert "$ref" not in adapter.requests[0].body.decode()
 
 
 def test_create_and_update_consent_rows():

@@ -255,8 +255,10 @@ def test_size_exceeded_yields_reread_record(ctx):
     assert e.record_id == ctx["PrimaryEntityId"] and e.table == ctx["PrimaryEntityName"]
 
 
-def test_size_exceeded_header_is_case_and_space_insensitive_in_value():
-    e = event(n.size_exceeded(n.add_member()), {"x-ms-dynamics-msg-size-exceeded": " True "})
+@pytest.mark.parametrize("value", ["true", " True ", "false", "", "1"])
+def test_size_exceeded_header_means_reread_whatever_its_value(value):
+    # Microsoft documents that the header is sent, not what it holds.
+    e = event(n.size_exceeded(n.add_member()), {"x-ms-dynamics-msg-size-exceeded": value})
     assert e.kind == "reread_record"
 
 
@@ -265,9 +267,29 @@ def test_size_exceeded_on_an_unwatched_table_is_ignored():
     assert isinstance(parse(ctx, {"x-ms-dynamics-msg-size-exceeded": "true"}), Irrelevant)
 
 
-def test_without_the_header_a_stripped_body_is_rejected_not_reread():
+@pytest.mark.parametrize("ctx", [
+    n.member_change("Update", "contact", {"donotbulkemail": True}),
+    n.consent("Create", n.consent_row()),
+    n.add_member(),
+], ids=["contact-update", "consent-create", "add-member"])
+def test_a_watched_message_without_input_parameters_is_reread_not_rejected(ctx):
+    # A 400 is never retried by Dataverse: the event would be lost. Reading the record again is not.
+    e = event(n.size_exceeded(ctx), {})
+    assert e.change == RereadRecord(reason="no-input-parameters")
+    ctx = dict(ctx)
+    del ctx["InputParameters"]
+    assert event(ctx, {}).kind == "reread_record"
+
+
+def test_an_unwatched_message_without_input_parameters_stays_irrelevant():
+    assert isinstance(parse(n.size_exceeded(n.context("Update", "account", n.LIST_ID)), {}), Irrelevant)
+
+
+def test_input_parameters_without_their_target_is_still_malformed():
+    ctx = n.member_change("Update", "contact", {"donotbulkemail": True})
+    ctx["InputParameters"] = [{"key": "Other", "value": 1}]
     with pytest.raises(NotificationError) as exc:
-        parse(n.size_exceeded(n.member_change("Update", "contact", {"donotbulkemail": True})), {})
+        parse(ctx, {})
     assert exc.value.path == "InputParameters.Target"
 
 
@@ -303,7 +325,9 @@ def _with(ctx, **values):
 
 def _target_removed(ctx):
     ctx = copy.deepcopy(ctx)
-    ctx["InputParameters"] = [p for p in ctx["InputParameters"] if p["key"] != "Target"]
+    # Other inputs stay (an Update carries ConcurrencyBehavior too): no InputParameters at all is a re-read.
+    ctx["InputParameters"] = [p for p in ctx["InputParameters"] if p["key"] != "Target"] + [
+        {"key": "ConcurrencyBehavior", "value": 0}]
     return ctx
 
 
@@ -409,3 +433,15 @@ def test_problems_never_quote_a_value_that_could_be_an_address(ctx):
     with pytest.raises(NotificationError) as exc:
         parse(ctx)
     assert "@" not in str(exc.value)
+
+
+@pytest.mark.parametrize("alias,name", [("AddMemberList", "AddMember"), ("RemoveMemberList", "RemoveMember"),
+                                        ("AddListMembersList", "AddListMembers")])
+def test_list_messages_are_read_under_their_web_api_action_names_too(alias, name):
+    ctx = n.add_list_members() if name == "AddListMembers" else n.add_member()
+    ctx = {**ctx, "MessageName": alias}
+    if name == "RemoveMember":
+        ctx["MessageName"] = alias
+    e = event(ctx)
+    assert e.message == name and e.kind == "membership_changed"
+    assert e.change.action == ("removed" if name == "RemoveMember" else "added")

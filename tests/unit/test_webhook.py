@@ -89,7 +89,7 @@ def _mutate(ctx, **values):
     (_mutate(RELEVANT, MessageName=KeyError), "MessageName"),
     (_mutate(RELEVANT, PrimaryEntityName=KeyError), "PrimaryEntityName"),
     (_mutate(RELEVANT, PrimaryEntityId=KeyError), "PrimaryEntityId"),
-    (_mutate(RELEVANT, InputParameters=[]), "InputParameters.Target"),
+    (_mutate(RELEVANT, InputParameters=[{"key": "ConcurrencyBehavior", "value": 0}]), "InputParameters.Target"),
     (_mutate(RELEVANT, Depth="1"), "Depth"),
     (_mutate(RELEVANT, InputParameters={"Target": None}), "InputParameters"),
     (_mutate(RELEVANT, PrimaryEntityId="6d81597f-0f9f-e711-8122-000d3aa2331"), "PrimaryEntityId"),

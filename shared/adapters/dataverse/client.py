@@ -8,6 +8,7 @@ in filters are sent as given (the caller normalises; Dataverse compares case-ins
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from shared.adapters.dataverse.auth import TokenProvider, token_provider_from_settings
@@ -31,7 +32,9 @@ CONSENT_SELECT = ",".join((
     CONSENT_ID, "msdynmkt_contactpointvalue", "msdynmkt_contactpointtype", "msdynmkt_contactpointconsenttype",
     "msdynmkt_value", "_msdynmkt_purposeid_value", "_msdynmkt_topicid_value", "msdynmkt_source",
     "msdynmkt_reason", "modifiedon", "statecode"))
-LIST_SELECT = "listid,listname,createdfromcode,msdyncrm_issubscription,statecode"
+LIST_SELECT = "listid,listname,createdfromcode,statecode"
+#: Added by the Outbound marketing solution; gone from orgs where that solution is uninstalled.
+SUBSCRIPTION_FLAG = "msdyncrm_issubscription"
 #: Dataverse's "Cannot insert duplicate key": adding a member who is already there.
 DUPLICATE_KEY = "0x80040237"
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -113,7 +116,8 @@ def list_from_row(row: Mapping[str, Any]) -> SubscriptionList:
         id=str(row["listid"]).lower(),
         name=row.get("listname") or "",
         member_table=LIST_MEMBER_TABLES.get(_int(row.get("createdfromcode")) or 0),  # type: ignore[arg-type]
-        is_subscription=bool(row.get("msdyncrm_issubscription")),
+        # Without the Outbound solution's flag every list may serve as a subscription list.
+        is_subscription=bool(row.get(SUBSCRIPTION_FLAG)) if SUBSCRIPTION_FLAG in row else True,
         active=row.get("statecode", 0) in (0, None),
     )
 
@@ -140,14 +144,22 @@ def consent_columns(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 # --- write operations as $batch parts (the typed methods below and the sync gateway share them) ---
 
-def add_member_op(api_url: str, list_id: str, table: str, member_id: str) -> BatchOp:
-    ref = {"@odata.id": f"{api_url}/{_entity_set(table)}({guid(member_id)})"}
-    return BatchOp("POST", f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}/$ref", ref)
+#: List membership is written only through the list's own actions: Dataverse refuses the N:N
+#: ``$ref`` Associate on the list member relationships ("Associate is not supported for ListMember").
+ADD_MEMBER_ACTION = "Microsoft.Dynamics.CRM.AddMemberList"
+REMOVE_MEMBER_ACTION = "Microsoft.Dynamics.CRM.RemoveMemberList"
+
+
+def add_member_op(list_id: str, table: str, member_id: str) -> BatchOp:
+    """AddMemberList bound to the list, ``EntityId`` the contact or lead (answers the listmember id)."""
+    _entity_set(table)
+    return BatchOp("POST", f"lists({guid(list_id)})/{ADD_MEMBER_ACTION}", {"EntityId": guid(member_id)})
 
 
 def remove_member_op(list_id: str, table: str, member_id: str) -> BatchOp:
+    """RemoveMemberList bound to the list, ``EntityId`` the contact or lead."""
     _entity_set(table)
-    return BatchOp("DELETE", f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}({guid(member_id)})/$ref")
+    return BatchOp("POST", f"lists({guid(list_id)})/{REMOVE_MEMBER_ACTION}", {"EntityId": guid(member_id)})
 
 
 def member_update_op(table: str, member_id: str, fields: Mapping[str, Any]) -> BatchOp:
@@ -178,6 +190,8 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         super().__init__(url, tokens, **transport)
         self._user_id: str | None = None
         self._listmember_query: bool | None = None  # None: not yet probed
+        self._outbound_solution: bool | None = None  # None: not yet probed
+        self._probe_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> "DataverseClient":
@@ -289,7 +303,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
 
     def add_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
         """(list id, member table, member id) -> joined; already a member counts as ok."""
-        parts = self.batch([add_member_op(self.api_url, l, t, m) for l, t, m in items])
+        parts = self.batch([add_member_op(l, t, m) for l, t, m in items])
         return [to_write_result(p, guid(m), **ADD_MEMBER_OK) for p, (_, _, m) in zip(parts, items)]
 
     def remove_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
@@ -347,12 +361,32 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         params = {"$select": "msdynmkt_topicid,msdynmkt_name,_msdynmkt_purposeid_value"}
         return [_topic(r) for r in self.query_rows("msdynmkt_topics", params)]
 
+    def outbound_solution(self) -> bool:
+        """Whether the list table has the Outbound marketing solution's columns (probed once
+        through the metadata API): on an org without that solution they do not exist, and naming
+        one in a query is a 400."""
+        with self._probe_lock:  # threads share the client: probe once
+            if self._outbound_solution is None:
+                self._outbound_solution = self._probe_outbound_solution()
+        return self._outbound_solution
+
+    def _probe_outbound_solution(self) -> bool:
+        rows = self.get_json("EntityDefinitions(LogicalName='list')/Attributes",
+                             {"$select": "LogicalName", "$filter": f"LogicalName eq {literal(SUBSCRIPTION_FLAG)}"})
+        return bool(rows.get("value"))
+
+    def _list_select(self) -> str:
+        return f"{LIST_SELECT},{SUBSCRIPTION_FLAG}" if self.outbound_solution() else LIST_SELECT
+
     def marketing_lists(self, subscription_only: bool = False) -> list[SubscriptionList]:
-        params = {"$select": LIST_SELECT, "$filter": "msdyncrm_issubscription eq true" if subscription_only else None}
-        return [list_from_row(r) for r in self.query_rows("lists", params)]
+        """Lists; ``subscription_only`` keeps those flagged as subscription lists (without the
+        Outbound solution there is no such flag, and every list is returned)."""
+        select = self._list_select()
+        flt = f"{SUBSCRIPTION_FLAG} eq true" if subscription_only and SUBSCRIPTION_FLAG in select else None
+        return [list_from_row(r) for r in self.query_rows("lists", {"$select": select, "$filter": flt})]
 
     def resolve_list(self, name_or_id: str) -> SubscriptionList:
-        return self._resolve("list", "lists", "listname", LIST_SELECT, name_or_id, list_from_row)
+        return self._resolve("list", "lists", "listname", self._list_select(), name_or_id, list_from_row)
 
     def resolve_purpose(self, name_or_id: str) -> Purpose:
         return self._resolve("purpose", "msdynmkt_purposes", "msdynmkt_name",

@@ -12,6 +12,7 @@ from xml.sax.saxutils import quoteattr
 
 from shared.adapters.dataverse.errors import DataverseNotFound
 from shared.adapters.dataverse.odata import guid, id_from_entity_url, literal
+from shared.domain.events import LIST_MESSAGE_ALIASES
 
 if TYPE_CHECKING:
     from shared.adapters.dataverse.transport import DataverseTransport
@@ -63,6 +64,7 @@ class WebhookRegistration:
     url: str | None
     auth_type: int | None
     steps: tuple[StepStatus, ...]
+    auth_names: tuple[str, ...] | None = None  # where the authentication is sent (names only)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,21 @@ def settings_xml(values: Mapping[str, str]) -> str:
     return f"<settings>{items}</settings>"
 
 
+AUTH_NAMES_PREFIX = "Registered by Straddle; authentication sent as: "
+
+
+def auth_description(names: Sequence[str]) -> str:
+    return AUTH_NAMES_PREFIX + ", ".join(n.lower() for n in names)
+
+
+def auth_names(description: str | None) -> tuple[str, ...] | None:
+    """The header/query names a registration sends its authentication in; None if not recorded."""
+    if not description or AUTH_NAMES_PREFIX not in description:
+        return None
+    tail = description.split(AUTH_NAMES_PREFIX, 1)[1]
+    return tuple(n.strip() for n in tail.split(",") if n.strip())
+
+
 def _attrs(text: str | None) -> tuple[str, ...]:
     return tuple(sorted({a.strip().lower() for a in (text or "").split(",") if a.strip()}))
 
@@ -99,8 +116,12 @@ class WebhookRegistrations:
     def _message_id(self, message: str) -> str:
         cache = self.__dict__.setdefault("_sdkmessage_ids", {})
         if message not in cache:
+            # A list message may be named as its Web API action (AddMemberList) instead.
+            names = [message] + [alias for alias, name in LIST_MESSAGE_ALIASES.items() if name == message]
+            flt = " or ".join(f"name eq {literal(n)}" for n in names)
             rows = self.get_json("sdkmessages", {"$select": "sdkmessageid,name",  # type: ignore[attr-defined]
-                                                 "$filter": f"name eq {literal(message)}"}).get("value") or []
+                                                 "$filter": flt}).get("value") or []
+            rows.sort(key=lambda r: names.index(r.get("name")) if r.get("name") in names else len(names))
             if not rows:
                 raise DataverseNotFound(f"sdkmessage {message!r} not found", status=404)
             cache[message] = str(rows[0]["sdkmessageid"]).lower()
@@ -121,12 +142,12 @@ class WebhookRegistrations:
     def _endpoints(self, name_or_url: str) -> list[dict]:
         flt = f"contract eq {WEBHOOK_CONTRACT} and (name eq {literal(name_or_url)} or url eq {literal(name_or_url)})"
         return list(self.query_rows("serviceendpoints",  # type: ignore[attr-defined]
-                                    {"$select": "serviceendpointid,name,url,authtype", "$filter": flt}))
+                                    {"$select": "serviceendpointid,name,url,authtype,description", "$filter": flt}))
 
     def _steps_of(self, endpoint_id: str) -> list[dict]:
         return list(self.query_rows("sdkmessageprocessingsteps", {  # type: ignore[attr-defined]
             "$select": "sdkmessageprocessingstepid,name,_sdkmessageid_value,_sdkmessagefilterid_value,"
-                       "filteringattributes,statecode",
+                       "filteringattributes,statecode,asyncautodelete",
             "$filter": f"_eventhandler_value eq {endpoint_id}"}))
 
     def _images_of(self, step_id: str) -> list[dict]:
@@ -138,10 +159,14 @@ class WebhookRegistrations:
                          steps: Sequence[StepSpec]) -> RegistrationResult:
         if auth not in AUTH_TYPES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_TYPES)}")
+        # authvalue cannot be read back (IsValidForRead false), so the description records which
+        # header or query names carry it (never the values): status checks them against the settings.
+        names = ["code"] if auth == "WebhookKey" else list(auth_value) if not isinstance(auth_value, str) else []
         if not isinstance(auth_value, str):
             auth_value = settings_xml(auth_value)
         endpoint = {"name": name, "contract": WEBHOOK_CONTRACT, "url": url, "authtype": AUTH_TYPES[auth],
-                    "authvalue": auth_value, "messageformat": MESSAGE_FORMAT_JSON}
+                    "authvalue": auth_value, "messageformat": MESSAGE_FORMAT_JSON,
+                    "description": auth_description(names)}
         found = [e for e in self._endpoints(name) if e.get("name") == name]
         if found:
             endpoint_id = str(found[0]["serviceendpointid"]).lower()
@@ -162,17 +187,22 @@ class WebhookRegistrations:
                           and _lower(s.get("_sdkmessagefilterid_value")) == filter_id), None)
             if match:
                 step_id = str(match["sdkmessageprocessingstepid"]).lower()
+                patch: dict[str, Any] = {}
                 if _attrs(match.get("filteringattributes")) != wanted_attrs:
+                    patch["filteringattributes"] = ",".join(wanted_attrs) or None
+                if match.get("asyncautodelete") is False:  # registered before system jobs were auto-deleted
+                    patch["asyncautodelete"] = True
+                if patch:
                     self.request("PATCH", f"sdkmessageprocessingsteps({step_id})",  # type: ignore[attr-defined]
-                                 json={"filteringattributes": ",".join(wanted_attrs) or None},
-                                 headers={"If-Match": "*"})
+                                 json=patch, headers={"If-Match": "*"})
                     counts["updated_steps"] += 1
             else:
                 body: dict[str, Any] = {
                     "name": f"{name}: {spec.message} of {spec.table or 'any table'}",
                     "description": "Registered by Straddle",
                     "stage": STAGE_POST_OPERATION, "mode": MODE_ASYNC, "rank": 1, "supporteddeployment": 0,
-                    "asyncautodelete": False,
+                    # Succeeded system jobs of async steps are deleted, not left to pile up.
+                    "asyncautodelete": True,
                     "sdkmessageid@odata.bind": f"/sdkmessages({message_id})",
                     "eventhandler_serviceendpoint@odata.bind": f"/serviceendpoints({endpoint_id})",
                 }
@@ -222,7 +252,7 @@ class WebhookRegistrations:
                     self._lookup_name("sdkmessagefilters", s.get("_sdkmessagefilterid_value"), "primaryobjecttypecode"),
                     _attrs(s.get("filteringattributes")), s.get("statecode", 0) in (0, None), images))
             out.append(WebhookRegistration(endpoint_id, e.get("name") or "", e.get("url"), e.get("authtype"),
-                                           tuple(steps)))
+                                           tuple(steps), auth_names(e.get("description"))))
         return out
 
     def _lookup_name(self, entity_set: str, row_id: Any, column: str) -> str | None:
