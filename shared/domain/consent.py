@@ -36,6 +36,12 @@ class ConsentSource(IntEnum):
     EMAIL_LIST_UNSUBSCRIBE = 534120007
 
 
+#: Sources a person uses: a row they set to Opted in from one of these is their own choice, which a
+#: sync never overwrites with an older opt-out. Internal and Loaded are marketers' and systems' writes.
+PERSONAL_SOURCES = frozenset({ConsentSource.PREFERENCE_PAGE, ConsentSource.PREFERENCE_CENTER,
+                              ConsentSource.REALTIME_FORM, ConsentSource.SUBSCRIPTION_CENTER})
+
+
 class PurposeType(IntEnum):
     COMMERCIAL = 534120000
     TRANSACTIONAL = 534120001
