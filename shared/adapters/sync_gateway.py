@@ -98,7 +98,8 @@ class DataverseSyncGateway:
         return out
 
     def _member_query(self, table: str, cols: Sequence[str], flt: str) -> BatchOp:
-        select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode"))
+        # modifiedon rides along: the timeline rule's upper bound for when a flag became true.
+        select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode", "modifiedon"))
         expand = f"{LIST_RELATIONSHIPS[table]}($select=listid)"
         return BatchOp("GET", f"{_entity_set(table)}?" + query_string({"$select": select, "$filter": flt, "$expand": expand}))
 

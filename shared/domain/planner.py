@@ -77,7 +77,7 @@ class State:
     cause_of: dict[object, str] = field(default_factory=dict)  # email or member key -> event that led here
     # Evidence for the timeline rule, read only where a re-consent meets an opt-out:
     ledger: dict[str, list[LedgerEntry]] = field(default_factory=dict)  # email -> the sync's own entries
-    joined_at: dict[tuple[MemberKey, str], str] = field(default_factory=dict)  # listmember createdon
+    joined_at: dict[tuple[MemberKey, str], str | None] = field(default_factory=dict)  # listmember createdon (None: read, unknown)
     sync_user: str | None = None  # the sync's application user: rows it wrote are not a person's
 
     def add_member(self, m: Member, lists: Iterable[str], cause: str | None = None) -> None:
@@ -353,7 +353,7 @@ class _Timeline:
             return self._times[root]
         dated = [(at, "change event") for at in self.events.get(root, ())]
         dated += [(at, "ledger") for at in self.sync_made.get(root, ())]
-        if root[0] == "in" and (root[1], root[2]) in self.state.joined_at:
+        if root[0] == "in" and self.state.joined_at.get((root[1], root[2])):
             dated.append((self.state.joined_at[(root[1], root[2])], "listmember createdon"))
         dated = [(instant(at), at, ev) for at, ev in dated if instant(at) is not None]
         if dated:

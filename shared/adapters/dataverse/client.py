@@ -30,7 +30,7 @@ CONSENT_ID = "msdynmkt_contactpointconsent4id"
 CONSENT_SELECT = ",".join((
     CONSENT_ID, "msdynmkt_contactpointvalue", "msdynmkt_contactpointtype", "msdynmkt_contactpointconsenttype",
     "msdynmkt_value", "_msdynmkt_purposeid_value", "_msdynmkt_topicid_value", "msdynmkt_source",
-    "msdynmkt_reason", "modifiedon", "statecode"))
+    "msdynmkt_reason", "modifiedon", "_modifiedby_value", "statecode"))
 LIST_SELECT = "listid,listname,createdfromcode,msdyncrm_issubscription,statecode"
 #: Dataverse's "Cannot insert duplicate key": adding a member who is already there.
 DUPLICATE_KEY = "0x80040237"
@@ -89,6 +89,7 @@ def member_from_row(table: str, row: Mapping[str, Any], email_columns: Sequence[
         donotbulkemail=bool(row.get("donotbulkemail")),
         donotemail=bool(row.get("donotemail")),
         active=row.get("statecode", 0) in (0, None),
+        modified_on=row.get("modifiedon"),
     )
 
 
@@ -105,6 +106,7 @@ def consent_from_row(row: Mapping[str, Any]) -> ConsentRow:
         reason=row.get("msdynmkt_reason"),
         modified_on=row.get("modifiedon"),
         active=row.get("statecode", 0) in (0, None),
+        modified_by=_lower(row.get("_modifiedby_value")),
     )
 
 
