@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Literal
 
-from shared.domain.consent import (PERSONAL_SOURCES, ConsentType, ConsentValue, ContactPointType,
+from shared.domain.consent import (CONSENT_TABLE, PERSONAL_SOURCES, ConsentType, ConsentValue, ContactPointType,
                                    normalise_email)
 from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Mappings
@@ -110,6 +110,7 @@ class OptOutConsent:
     rule: str
     cause: str | None
     note: str | None = None  # why a person's opt-in is overwritten (timeline rule), for the ledger
+    since: str | None = None  # when the opt-out it follows from happened (kept in the ledger: timeline evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class SetDoNotBulkEmail:
     emails: tuple[str, ...]
     rule: str
     cause: str | None
+    since: str | None = None  # when the opt-out it follows from happened (the ledger keeps it: timeline evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,7 @@ class AddToOptOutList:
     emails: tuple[str, ...]
     rule: str
     cause: str | None
+    since: str | None = None  # as for SetDoNotBulkEmail
 
 
 Action = OptOutConsent | SetDoNotBulkEmail | RemoveFromList | AddToOptOutList
@@ -294,12 +297,16 @@ class _Timeline:
                 if not x.recorded_at or not x.target_id:
                     continue
                 if x.outcome == "applied" and x.target_table in ("contact", "lead"):
-                    member = (x.target_table, x.target_id)
+                    # The sync's own opt-out dates from the opt-out it followed (origin_time), not
+                    # from when it was written: a re-consent between the two is still the newer choice.
+                    member, at = (x.target_table, x.target_id), x.origin_time or x.recorded_at
                     if x.action == SET_FLAG:
-                        self.sync_made.setdefault(("flag", member), []).append(x.recorded_at)
+                        self.sync_made.setdefault(("flag", member), []).append(at)
                     elif x.action.startswith(ADD_TO_OPT_OUT_LIST):
                         list_id = x.action[len(ADD_TO_OPT_OUT_LIST):]
-                        self.sync_made.setdefault(("in", member, list_id), []).append(x.recorded_at)
+                        self.sync_made.setdefault(("in", member, list_id), []).append(at)
+                elif x.outcome == "applied" and x.target_table == CONSENT_TABLE and x.after == "Opted out":
+                    self.sync_made.setdefault(("row", x.target_id), []).append(x.origin_time or x.recorded_at)
                 elif (x.outcome == "refused" and x.action.startswith(KEEP_RECONSENT) and x.origin_time
                       and (x.detail or "").startswith(AGAINST)):
                     self.remembered.add((x.target_id, x.origin_time, x.detail[len(AGAINST):].split(";")[0]))
@@ -308,6 +315,7 @@ class _Timeline:
         self.wanted_ledger: set[str] = set()
         self.wanted_joins: set[tuple[MemberKey, str]] = set()
         self._times: dict[Root, OptOutTime] = {}
+        self._rows: dict[str, ConsentRow] | None = None
 
     def live_roots(self, fact: tuple, roots: frozenset, rule: str, cause: str | None) -> frozenset:
         """The roots the person's re-consent does not outweigh (all of them when there is none)."""
@@ -352,7 +360,9 @@ class _Timeline:
         if root in self._times:
             return self._times[root]
         dated = [(at, "change event") for at in self.events.get(root, ())]
-        dated += [(at, "ledger") for at in self.sync_made.get(root, ())]
+        row = self._row(root[1]) if root[0] == "row" else None
+        if row is None or (self.state.sync_user and row.modified_by == self.state.sync_user):
+            dated += [(at, "ledger") for at in self.sync_made.get(root, ())]  # a row only while the sync's write is its last
         if root[0] == "in" and self.state.joined_at.get((root[1], root[2])):
             dated.append((self.state.joined_at[(root[1], root[2])], "listmember createdon"))
         dated = [(instant(at), at, ev) for at, ev in dated if instant(at) is not None]
@@ -362,14 +372,25 @@ class _Timeline:
         elif root[0] == "flag" and root[1] in self.state.members:
             m = self.state.members[root[1]]
             t = OptOutTime(m.modified_on, f"{m.table} modifiedon") if m.modified_on else OptOutTime(None, "none")
-        elif root[0] == "row":
-            rows = [r for rows in self.state.consent.values() for r in rows if r.id == root[1]]
-            t = OptOutTime(rows[0].modified_on, "consent row modifiedon") if rows and rows[0].modified_on \
-                else OptOutTime(None, "none")
+        elif row is not None and row.modified_on:
+            t = OptOutTime(row.modified_on, "consent row modifiedon")
         else:
             t = OptOutTime(None, "none")
         self._times[root] = t
         return t
+
+    def _row(self, row_id: str) -> ConsentRow | None:
+        if self._rows is None:
+            self._rows = {r.id: r for rows in self.state.consent.values() for r in rows}
+        return self._rows.get(row_id)
+
+    def since(self, roots: frozenset) -> str | None:
+        """When the latest of these opt-outs happened; None when any of them cannot be dated."""
+        times = [self.opt_out_time(r) for r in roots]
+        moments = [(instant(t.at), t.at) for t in times]
+        if not moments or any(m is None for m, _ in moments):
+            return None
+        return max(moments)[1]
 
     def reconsents(self, facts: dict) -> tuple[list[Reconsent], dict[tuple, str]]:
         """The verdict per judged scope, and a note per scope where the opt-out wins over a re-consent."""
@@ -518,7 +539,7 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
                     derive(("purpose", e, p), "R5", cause, root, roots)
 
     reconsents, notes = timeline.reconsents(facts)
-    actions = _actions(facts, state, mappings, emails_of, addition_causes, notes)
+    actions = _actions(facts, state, mappings, emails_of, addition_causes, notes, timeline.since)
     return Plan(actions, frontier_emails, frontier_members, reconsents, timeline.wanted_ledger,
                 timeline.wanted_joins)
 
@@ -538,9 +559,9 @@ def _label(rule: str, cause: str | None, from_state_root: bool, addition_causes:
     return rule
 
 
-def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes, notes) -> list[Action]:
+def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes, notes, since) -> list[Action]:
     actions: list[Action] = []
-    for fact, (rule, cause, root, _) in facts.items():
+    for fact, (rule, cause, root, roots) in facts.items():
         if rule == "state":
             continue  # already true: it was read that way
         kind = fact[0]
@@ -561,16 +582,17 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
                     if r.contact_point_type in (None, ContactPointType.EMAIL) and r.consent_type == ctype
                     and r.purpose_id == purpose_id and (r.topic_id == topic_id if topic_id else True)]
             if not rows:
-                actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, None, None, label, cause))
+                actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, None, None, label, cause,
+                                             since=since(roots)))
             for r in rows:  # every duplicate, active or not: RTM reads the newest, and it may change
                 if r.value != ConsentValue.OPTED_OUT:
                     actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, r.id, r.value, label, cause,
-                                                 notes.get(fact)))
+                                                 notes.get(fact), since(roots)))
         elif kind == "flag":
             k = fact[1]
             m = state.members.get(k)
             if m is not None and not m.donotbulkemail:
-                actions.append(SetDoNotBulkEmail(k, emails_of[k], label, cause))
+                actions.append(SetDoNotBulkEmail(k, emails_of[k], label, cause, since(roots)))
         elif kind == "not_in":
             _, k, list_id = fact
             if list_id in state.lists_of.get(k, ()):
@@ -578,7 +600,7 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
         elif kind == "in":
             _, k, list_id = fact
             if k in state.members and list_id not in state.lists_of.get(k, ()):
-                actions.append(AddToOptOutList(k, list_id, emails_of.get(k, ()), label, cause))
+                actions.append(AddToOptOutList(k, list_id, emails_of.get(k, ()), label, cause, since(roots)))
     return actions
 
 

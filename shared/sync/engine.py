@@ -341,6 +341,8 @@ def ledger_entries(action: Action, result: WriteResult, origin_system: str, orig
     outcome = "applied" if result.ok else "failed"
     detail = (action.note if isinstance(action, OptOutConsent) else None) if result.ok else \
         f"{result.status} {result.error_code or ''}".strip()
+    if getattr(action, "since", None):
+        origin_time = action.since  # when the opt-out it follows happened: the timeline rule's evidence
     return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
                         origin_time=origin_time, target_system=system, target_table=table,
                         target_id=target_id or result.id, action=what, before=before, after=after,
