@@ -363,10 +363,6 @@ def direct_scopes(w: World, action, joined_or_left: bool) -> set[tuple[str, str,
 @st.composite
 def reconsent_scenarios(draw):
     mode, start, raw_emails, opted_in, _, chaos = draw(scenarios())
-    if mode == "multi-brand":  # a seeded opt-out list join has no date here (no listmember createdon): drop them
-        for k in start.members:
-            start.lists[k] -= {OO_CONTOSO, OO_FABRIKAM}
-        start = close(World(mode, start.members, start.flags, start.lists, start.opt_outs), set())
     keys = sorted(start.members)
     targets = [(CONTOSO, None), (FABRIKAM, None), (CONTOSO, NEWS), (CONTOSO, EVENTS), (FABRIKAM, DEALS)]
     action = st.one_of(
@@ -406,7 +402,7 @@ def values_of(stack: Stack, scope) -> list[int]:
     return [r["msdynmkt_value"] for r in stack.consent(e, p, t)]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(scenario=reconsent_scenarios())
 def test_the_newest_personal_choice_stands_and_later_opt_outs_are_kept(stacks, scenario):
     from shared.reconcile import run_reconciliation
@@ -431,6 +427,9 @@ def test_the_newest_personal_choice_stands_and_later_opt_outs_are_kept(stacks, s
         if kind == "reconsent":
             reconsent(stack, a, b)
             last_reconsent[(a, *b)] = i
+            # The event path judges a re-consent within seconds and remembers one that stands; an
+            # edit of the contact landing before that verdict makes the order unknown (opt-out wins).
+            deliver(stack, chaos)
             continue
         if kind == "edit":  # an unrelated edit: the address respelled, the contact's modifiedon moves
             stack.api("PATCH", f"{a[0]}s({a[1]})", {"emailaddress1": raw_emails[a][0].upper()})
@@ -451,8 +450,11 @@ def test_the_newest_personal_choice_stands_and_later_opt_outs_are_kept(stacks, s
     assert report["status"] == "succeeded", report
     assert not stack.queue.parked, "no event may be given up on"
 
+    # A seeded opt-out list membership carries no date here (no ledger line, no listmember
+    # createdon): against it the order is unknown and the opt-out rightly wins, so P1 is not asked.
+    undated = any(start.lists[k] & {OO_CONTOSO, OO_FABRIKAM} for k in start.members)
     for scope, i in last_reconsent.items():
-        if not any(j > i for j in non_neutral):
+        if not undated and not any(j > i for j in non_neutral):
             assert values_of(stack, scope) and all(v == IN for v in values_of(stack, scope)), \
                 f"the re-consent {scope} was overwritten"
     for j, scopes in opt_outs:
