@@ -581,3 +581,9 @@ def test_docs_exist_and_cover_the_runbook():
                   "msdynmkt_contactpointconsent4", "serviceendpoint", "sdkmessageprocessingstep",
                   "sdkmessageprocessingstepimage"):
         assert f"`{table}`" in setup, table
+
+
+def test_workbook_shows_the_re_consents_the_operator_may_clear():
+    wb = json.loads((INFRA / "workbook.json").read_text())
+    tiles = [i["content"] for i in wb["items"] if i["type"] == 3 and "straddle_reconsented_in_rtm" in i["content"]["query"]]
+    assert tiles and "straddle_reconsented_in_rtm_oldest" in tiles[0]["query"] and "OBM" in tiles[0]["title"]
