@@ -294,7 +294,7 @@ class _Timeline:
         self.remembered: set[tuple[str, str, str]] = set()  # (row id, row modifiedon, root key)
         for entries in state.ledger.values():
             for x in entries:
-                if not x.recorded_at or not x.target_id:
+                if not x.target_id or not (x.origin_time or x.recorded_at):
                     continue
                 if x.outcome == "applied" and x.target_table in ("contact", "lead"):
                     # The sync's own opt-out dates from the opt-out it followed (origin_time), not

@@ -289,6 +289,32 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
                 pass  # a deleted member belongs to no list
         return out
 
+    def list_joined_at(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """(list id, member id) -> when the member joined the list (``listmember.createdon``), None
+        when unknown: not a member, or the service does not expose the intersect table."""
+        wanted = list(dict.fromkeys((guid(l), guid(m)) for l, m in pairs))
+        out: dict[tuple[str, str], str | None] = dict.fromkeys(wanted)
+        if not wanted or self._listmember_query is False:
+            return out
+        by_list: dict[str, list[str]] = {}
+        for list_id, member in wanted:
+            by_list.setdefault(list_id, []).append(member)
+        try:
+            for list_id, members in by_list.items():
+                for chunk in chunk_values(members):
+                    params = {"$select": "createdon,_entityid_value",
+                              "$filter": f"_listid_value eq {list_id} and {in_function('entityid', chunk)}"}
+                    for row in self.query_rows("listmembers", params):
+                        key = (list_id, _lower(row.get("_entityid_value")))
+                        if key in out:
+                            out[key] = row.get("createdon")
+            self._listmember_query = True
+        except (DataverseBadRequest, DataverseNotFound):
+            if self._listmember_query:  # it worked before: this failure is real
+                raise
+            self._listmember_query = False
+        return out
+
     def add_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
         """(list id, member table, member id) -> joined; already a member counts as ok."""
         parts = self.batch([add_member_op(self.api_url, l, t, m) for l, t, m in items])
