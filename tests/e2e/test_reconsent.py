@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import requests
 
 from sandbox.demo.scenario import Marketer
 from sandbox.demo.stack import DemoStack
@@ -74,12 +73,7 @@ def test_a_re_consent_after_the_propagated_opt_out_stands_on_both_paths(stack):
     assert row(stack)["msdynmkt_value"] == IN and flag(stack)  # the flag is not cleared: never an opt-in
 
     # 4. The nightly run, through the host's timer endpoint: nothing to heal, the re-consent counted.
-    r = requests.post(f"{stack.host.url}/admin/functions/nightly_reconcile", json={"input": ""},
-                      headers={"x-functions-key": "e2e-master-key"})
-    assert r.status_code == 202
-    deadline = time.monotonic() + 30
-    while stack.host.functions["nightly_reconcile"].invocations == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert stack.run_timer("nightly_reconcile") == 202
     assert stack.settle(30) and stack.host.functions["nightly_reconcile"].failures == 0
     report = stack.container.tables().runs.latest(1)[0]
     assert report["status"] == "succeeded" and report["drift_fixed"] == 0, report

@@ -16,7 +16,6 @@ from tests.domain_builders import (
     L_NEWS,
     OO_A,
     OO_C,
-    OUT,
     P_A,
     P_ACME,
     P_B,
