@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from shared.domain.mappings import Mappings, parse_mappings_file, resolve_mappings
@@ -444,6 +444,7 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
 
     rules: list[dict[str, Any]] = []
     pending: list[dict[str, Any]] = []
+    timeline: list[dict[str, Any]] = []
     elsewhere = 0
     complete = True
     if mappings is not None:
@@ -451,7 +452,8 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
         from shared.sync.engine import plan_in_rounds
 
         state, current, _, _ = plan_in_rounds(gateway, mappings, [Trigger("inspect_email", "explain", email=e)],
-                                              max_rounds)
+                                              max_rounds, history=getattr(ledger, "history", None))
+        timeline = [_timeline_entry(r, purpose_by_id, topic_by_id, list_name) for r in current.reconsents if r.email == e]
         complete = current.complete
         mine = {k for k, m in state.members.items() if e in m.contact_points(mappings.email_columns)}
         touched: set[tuple[str, str]] = set()  # ("list"|"topic"|"purpose", id)
@@ -523,6 +525,7 @@ def explain(email: str, client: Any, mappings: Any, ledger: Any, gateway: Any = 
         "pending": pending,
         "pending_elsewhere": elsewhere,  # on the person's other addresses or on people sharing them
         "closure_complete": complete,
+        "timeline": timeline,  # the person's re-consents against the opt-outs that would overwrite them
         "ledger": history,
     }
 
@@ -534,6 +537,38 @@ def named_action(action: str, names: dict[str, str]) -> str:
     """A ledger action with its list, topic or purpose named: "remove from list 'News'" for
     "remove from list <id>" (the id stays when Dataverse no longer has the row)."""
     return _LEDGER_SUBJECT.sub(lambda m: names.get(m.group(2).lower(), m.group(0)), action)
+
+
+_WHY = {
+    "stands": "the person opted in after every opt-out that would overwrite it: their newer choice stands "
+              "(the Outbound side keeps its opt-out; clearing it is an operator's decision)",
+    "opt-out newer": "an opt-out was given after the person opted in: the newer opt-out wins",
+    "order unknown": "no evidence shows the person opted in after the opposing opt-out: the opt-out wins (the safe side)",
+}
+
+
+def _timeline_entry(r: Any, purpose_by_id: dict, topic_by_id: dict, list_name: Callable[[str], str]) -> dict[str, Any]:
+    """One re-consent as explain shows it: the scope, when, and each opposing opt-out with its evidence."""
+    from shared.domain.consent import ConsentSource
+
+    purpose = purpose_by_id[r.purpose_id].name if r.purpose_id in purpose_by_id else r.purpose_id
+    scope = (f"topic {topic_by_id[r.topic_id].name if r.topic_id in topic_by_id else r.topic_id!r} of {purpose!r}"
+             if r.topic_id else f"purpose {purpose!r}")
+    return {
+        "scope": scope, "row_id": r.row_id, "reconsented_at": r.reconsented_at,
+        "source": _option_label(ConsentSource, r.source), "rule": r.rule, "verdict": r.verdict, "why": _WHY[r.verdict],
+        "against": [{"opt_out": _name_lists(j.against, list_name), "evidence": j.opt_out.evidence, "at": j.opt_out.at,
+                     "dated": j.opt_out.exact, "remembered": j.remembered, "stands": j.stands}
+                    for j in sorted(r.judgements, key=lambda j: j.against)],
+    }
+
+
+def _name_lists(root: str, list_name: Callable[[str], str]) -> str:
+    """'opt-out list <id> contact <id>' with the list's name for the id."""
+    words = root.split(" ")
+    if words[0] in ("opt-out", "left") and len(words) > 2:
+        words[2] = repr(list_name(words[2]))
+    return " ".join(words)
 
 
 def _gateway(client: Any) -> Any:

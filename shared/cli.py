@@ -397,11 +397,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not result["closure_complete"]:
             print("  (the check stopped before reading everyone linked to this address)")
         print("  consistent" if result["consistent"] else "  not consistent: the sync or reconcile will fix it")
+    _print_timeline(result.get("timeline") or ())
     print("ledger (newest first):" if result["ledger"] else "ledger: nothing recorded")
     for h in result["ledger"] or ():
         print(f"  {h['recorded_at']} {h['rule']:<6} {h['outcome']:<9} {h['target_system']} {h['target_table']} "
               f"{h['target_id'] or ''}: {h['action_named']}" + (f" ({h['detail']})" if h["detail"] else ""))
     return EXIT_OK
+
+
+def _print_timeline(timeline) -> None:
+    """The person's re-consents: when, against which opt-outs (with the evidence of their time), the verdict."""
+    if not timeline:
+        return
+    print("timeline (the person's own opt-ins met by opt-outs):")
+    for t in timeline:
+        print(f"  {t['scope']}: opted in {t['reconsented_at']} from {t['source'] or '-'}: {t['verdict']}")
+        for j in t["against"]:
+            when = f"{'at' if j['dated'] else 'at or before'} {j['at']}" if j["at"] else "time unknown"
+            print(f"      vs {j['opt_out']}: {when} ({j['evidence']})"
+                  + ("; remembered" if j["remembered"] else "") + ("; older" if j["stands"] else "; wins"))
+        print(f"      {t['why']}")
 
 
 # --- dead letters --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-from shared.domain.drift import DRIFT_CLASSES, DriftScan
+from shared.domain.drift import DRIFT_CLASSES, DriftScan, ReconsentTally
 from shared.domain.mappings import Mappings
 from shared.domain.planner import Action, OptOutConsent, RemoveFromList, State, Trigger
 from shared.ports import ListSnapshotsPort, RunReportsPort, TenantSource
@@ -103,6 +103,7 @@ class ChunkResult:
     oldest_unhealed_hours: float | None = None
     removed: list[tuple[str, str]] = field(default_factory=list)  # (list id, member id) the run removed
     unhealed: list[dict[str, Any]] = field(default_factory=list)  # failed changes (shared.review), no addresses
+    reconsent: ReconsentTally = field(default_factory=ReconsentTally)
 
     def add(self, other: "ChunkResult") -> None:
         for c in BUCKETS:
@@ -114,15 +115,18 @@ class ChunkResult:
             self.oldest_unhealed_hours = max(self.oldest_unhealed_hours or 0.0, other.oldest_unhealed_hours)
         self.removed += other.removed
         self.unhealed += other.unhealed[:MAX_UNHEALED - len(self.unhealed)]
+        self.reconsent.add(other.reconsent)
 
     def to_dict(self) -> dict[str, Any]:
         return {"found": self.found, "fixed": self.fixed, "failures": self.failures, "incomplete": self.incomplete,
-                "oldest_unhealed_hours": self.oldest_unhealed_hours, "unhealed": self.unhealed}
+                "oldest_unhealed_hours": self.oldest_unhealed_hours, "unhealed": self.unhealed,
+                **self.reconsent.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChunkResult":
         return cls(dict(d["found"]), dict(d["fixed"]), d["failures"], d["incomplete"], d["oldest_unhealed_hours"],
-                   unhealed=list(d.get("unhealed") or ()))
+                   unhealed=list(d.get("unhealed") or ()),
+                   reconsent=ReconsentTally.from_dict(d))
 
 
 def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], run_id: str, started_iso: str,
@@ -132,6 +136,7 @@ def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], 
     applied = engine.apply_rules(triggers, mappings, dry_run=dry_run)
     result = ChunkResult(incomplete=int(applied.incomplete))
     names = names_of(mappings) if applied.plan.actions else {}
+    result.reconsent.count(applied.plan.reconsents)
     for i, action in enumerate(applied.plan.actions):
         cls = drift_class(action, d4_cause(run_id))
         result.found[cls] += 1
@@ -148,7 +153,7 @@ def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], 
         age = _opt_out_age_hours(action, applied.state, clock())
         if age is not None:
             result.oldest_unhealed_hours = max(result.oldest_unhealed_hours or 0.0, age)
-    if not dry_run and applied.results:
+    if not dry_run and (applied.results or applied.plan.reconsents):
         engine.file(applied, lambda cause: ("reconcile", started_iso))
     return result
 
@@ -243,6 +248,7 @@ def finish(header: dict, total: ChunkResult, requests: int, started: float, cloc
         "oldest_unhealed_opt_out_hours": (round(total.oldest_unhealed_hours, 1)
                                           if total.oldest_unhealed_hours is not None else None),
         "unhealed": total.unhealed,  # the first MAX_UNHEALED failed changes, per record, no addresses
+        **total.reconsent.report(),
     }
     if header.get("first_snapshot_lists"):
         report["note"] = (f"first run for {header['first_snapshot_lists']} list(s): membership snapshot taken, "

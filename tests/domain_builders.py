@@ -10,7 +10,8 @@ import itertools
 from dataclasses import replace
 from typing import Iterable, Sequence
 
-from shared.domain.consent import EMAIL_COLUMNS, ConsentType, ConsentValue, ContactPointType
+from shared.domain.consent import CONSENT_TABLE, EMAIL_COLUMNS, ConsentType, ConsentValue, ContactPointType
+from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Brand, ListTopic, Mappings, OptOutList
 from shared.domain.model import ConsentRow, Member, Purpose
 from shared.domain.planner import (
@@ -87,9 +88,9 @@ def multi_brand(email_columns: Sequence[str] = EMAIL_COLUMNS) -> Mappings:
 # --- rows ------------------------------------------------------------------------------------------
 
 def member(table: str, id: str, *emails: str | None, dnb: bool = False, dne: bool = False,
-           active: bool = True) -> Member:
+           active: bool = True, modified: str | None = None) -> Member:
     cols = {col: e for col, e in zip(EMAIL_COLUMNS, emails)}
-    return Member(table, id, cols, donotbulkemail=dnb, donotemail=dne, active=active)
+    return Member(table, id, cols, donotbulkemail=dnb, donotemail=dne, active=active, modified_on=modified)
 
 
 def contact(id: str, *emails: str | None, **kw) -> Member:
@@ -105,12 +106,12 @@ _row_ids = itertools.count(1)
 
 def row(email: str, purpose: str, topic: str | None = None, value: int | None = OUT, *, id: str | None = None,
         modified: str | None = "2024-01-01T00:00:00Z", active: bool = True, cptype: int | None = EMAIL,
-        ctype: int | None = None) -> ConsentRow:
+        ctype: int | None = None, source: int | None = None, modified_by: str | None = None) -> ConsentRow:
     """A consent row; topic rows when ``topic`` is given, purpose rows otherwise."""
     if ctype is None:
         ctype = TOPIC if topic else PURPOSE
     return ConsentRow(id or f"row-{next(_row_ids)}", email, cptype, ctype, value, purpose, topic,
-                      modified_on=modified, active=active)
+                      source=source, modified_on=modified, active=active, modified_by=modified_by)
 
 
 def state(members: Iterable[Member | tuple[Member, Iterable[str]]] = (), consent: dict[str, list[ConsentRow]] | None = None,
@@ -135,7 +136,8 @@ def state(members: Iterable[Member | tuple[Member, Iterable[str]]] = (), consent
 def copy_state(s: State) -> State:
     return State(members=dict(s.members), lists_of=dict(s.lists_of),
                  consent={e: list(rows) for e, rows in s.consent.items()}, loaded_emails=set(s.loaded_emails),
-                 missing_members=set(s.missing_members), cause_of=dict(s.cause_of))
+                 missing_members=set(s.missing_members), cause_of=dict(s.cause_of),
+                 ledger={e: list(x) for e, x in s.ledger.items()}, joined_at=dict(s.joined_at), sync_user=s.sync_user)
 
 
 _stamp = itertools.count(1)
@@ -151,21 +153,39 @@ def apply(s: State, actions: Iterable[Action]) -> State:
         if isinstance(a, OptOutConsent):
             stamp = f"2999-01-01T00:00:{next(_stamp):06d}Z"
             rows = s.consent.setdefault(a.email, [])
+            row_id = a.row_id or f"new-{next(_row_ids)}"
             if a.row_id is None:
-                rows.append(ConsentRow(f"new-{next(_row_ids)}", a.email, EMAIL, a.consent_type, OUT, a.purpose_id,
-                                       a.topic_id, modified_on=stamp))
+                rows.append(ConsentRow(row_id, a.email, EMAIL, a.consent_type, OUT, a.purpose_id,
+                                       a.topic_id, modified_on=stamp, modified_by=s.sync_user))
             else:
                 i = next(i for i, r in enumerate(rows) if r.id == a.row_id)
-                rows[i] = replace(rows[i], value=OUT, modified_on=stamp)
+                rows[i] = replace(rows[i], value=OUT, modified_on=stamp, modified_by=s.sync_user)
+            if a.email in s.ledger:
+                s.ledger[a.email] = [*s.ledger[a.email], LedgerEntry(
+                    a.email, a.rule, "test", a.cause, a.since, "rtm", CONSENT_TABLE, row_id, "opt out", None,
+                    "Opted out", "applied", recorded_at=stamp)]
         elif isinstance(a, SetDoNotBulkEmail):
-            s.members[a.member] = replace(s.members[a.member], donotbulkemail=True)
+            stamp = f"2999-01-01T00:00:{next(_stamp):06d}Z"
+            s.members[a.member] = replace(s.members[a.member], donotbulkemail=True, modified_on=stamp)
+            _file(s, a, SET_FLAG, stamp)
         elif isinstance(a, RemoveFromList):
             s.lists_of[a.member] = s.lists_of.get(a.member, frozenset()) - {a.list_id}
         elif isinstance(a, AddToOptOutList):
+            stamp = f"2999-01-01T00:00:{next(_stamp):06d}Z"
             s.lists_of[a.member] = s.lists_of.get(a.member, frozenset()) | {a.list_id}
+            s.joined_at[(a.member, a.list_id)] = stamp
+            _file(s, a, f"{ADD_TO_OPT_OUT_LIST}{a.list_id}", stamp)
         else:  # pragma: no cover - a new action type must be modelled here
             raise TypeError(f"unknown action {a!r}")
     return s
+
+
+def _file(s: State, a, action: str, stamp: str) -> None:
+    """The ledger lines the engine files for a flag set or an opt-out list join (timeline evidence)."""
+    for e in a.emails:
+        if e in s.ledger:
+            s.ledger[e] = [*s.ledger[e], LedgerEntry(e, a.rule, "test", a.cause, a.since, "obm", a.member[0],
+                                                     a.member[1], action, None, None, "applied", recorded_at=stamp)]
 
 
 def key(m: Member) -> tuple[str, str]:
@@ -205,6 +225,11 @@ def load(world: State, s: State, p) -> None:
             if e in m.contact_points(EMAIL_COLUMNS) and k not in s.members:
                 s.add_member(m, world.lists_of.get(k, ()), cause)
         s.add_email(e, world.consent.get(e, ()), cause)
+    for e in p.frontier_ledger:
+        s.ledger[e] = list(world.ledger.get(e, ()))
+    for pair in p.frontier_joins:
+        s.joined_at[pair] = world.joined_at.get(pair)
+    s.sync_user = world.sync_user
 
 
 def in_rounds(world: State, m: Mappings, triggers, max_rounds: int = 20):

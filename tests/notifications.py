@@ -269,7 +269,8 @@ FIXTURES: dict[str, tuple[Callable[[], dict[str, Any]], dict[str, str], int, str
     "consent_create_topic_opted_out": (lambda: consent("Create", consent_row()), {}, 202, "consent_changed"),
     "consent_create_purpose_opted_out": (lambda: consent("Create", consent_row(consent_type=PURPOSE_CONSENT, topic=None)),
                                          {}, 202, "consent_changed"),
-    "consent_create_opted_in": (lambda: consent("Create", consent_row(value=OPTED_IN)), {}, 200, None),
+    # A person's own opt-in (subscription center) is kept: the sync judges it against opposing opt-outs.
+    "consent_create_opted_in": (lambda: consent("Create", consent_row(value=OPTED_IN)), {}, 202, "consent_changed"),
     "consent_create_text_channel": (lambda: consent("Create", consent_row(channel=TEXT_CHANNEL, email="+15550100")),
                                     {}, 200, None),
     "consent_update_value_only": (lambda: consent("Update", {"msdynmkt_value": option(OPTED_OUT)}), {}, 202, "consent_changed"),

@@ -79,6 +79,21 @@ class DemoStack:
             self.close()
             raise
 
+    def run_timer(self, name: str = "nightly_reconcile", timeout: float = 30.0) -> int:
+        """Runs a timer function now through the host's admin endpoint (master key), as an operator
+        would; waits until it was invoked. Returns the admin endpoint's status code."""
+        import time
+
+        import requests
+
+        before = self.host.functions[name].invocations
+        r = requests.post(f"{self.host.url}/admin/functions/{name}", json={"input": ""},
+                          headers={"x-functions-key": self.host.master_key})
+        deadline = time.monotonic() + timeout
+        while r.status_code == 202 and self.host.functions[name].invocations == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return r.status_code
+
     def settle(self, timeout: float = 30.0) -> bool:
         """Waits until webhooks are delivered and the host's queues are quiet (twice: the sync's own
         writes cause webhooks too)."""

@@ -120,7 +120,8 @@ class DataverseSyncGateway:
                 held[key] = c.contact_point_value.strip()  # type: ignore[union-attr]
 
     def _member_query(self, table: str, cols: Sequence[str], flt: str) -> BatchOp:
-        select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode"))
+        # modifiedon rides along: the timeline rule's upper bound for when a flag became true.
+        select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode", "modifiedon"))
         expand = f"{LIST_RELATIONSHIPS[table]}($select=listid)"
         return BatchOp("GET", f"{_entity_set(table)}?" + query_string({"$select": select, "$filter": flt, "$expand": expand}))
 
@@ -144,6 +145,14 @@ class DataverseSyncGateway:
                 params = {"$select": CONSENT_SELECT, "$filter": in_function("msdynmkt_contactpointconsent4id", chunk)}
                 out.extend(consent_from_row(r) for r in self.client.query_rows(CONSENT_SET, params))
         return out
+
+    def joined_at(self, pairs: Collection[tuple[tuple[str, str], str]]) -> dict[tuple[tuple[str, str], str], str | None]:
+        """(member, list id) -> listmember createdon: when an opt-out list join happened (timeline
+        evidence). Asked only where a person's re-consent meets that join, so rarely a request."""
+        keyed = {(list_id, _guid_or_none(member[1]) or member[1]): (member, list_id) for member, list_id in pairs}
+        with _transient():
+            found = self.client.list_joined_at([k for k in keyed if _guid_or_none(k[1])])
+        return {pair: found.get(k) for k, pair in keyed.items()}
 
     # --- the whole tenant, streamed (nightly reconciliation) -------------------------------------
 

@@ -43,6 +43,11 @@ class ConsentLogicalReason(IntEnum):
     NO_REASONS = 534119999
     OPT_OUT_ONE_CLICK = 534120007
 
+#: Sources a person uses: a row they set to Opted in from one of these is their own choice, which a
+#: sync never overwrites with an older opt-out. Internal and Loaded are marketers' and systems' writes.
+PERSONAL_SOURCES = frozenset({ConsentSource.PREFERENCE_PAGE, ConsentSource.PREFERENCE_CENTER,
+                              ConsentSource.REALTIME_FORM, ConsentSource.SUBSCRIPTION_CENTER})
+
 
 class PurposeType(IntEnum):
     COMMERCIAL = 534120000

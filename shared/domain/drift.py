@@ -14,6 +14,10 @@ miss. Drift classes (docs/domain.md):
 - D4 a member who left a mapped list since the previous run (R1 missed; needs a snapshot)
 - D5 a member of a brand's opt-out list still in the brand's lists or not opted out of its
      purposes (R5 missed)
+
+Not drift but reported beside it (``ReconsentTally``): a person who re-consented in RTM while
+OBM still says opted out. Their newer choice stands (timeline rule); Straddle never clears the
+OBM side, an operator decides.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import Iterable
 from shared.domain.consent import ConsentType, ConsentValue, ContactPointType, normalise_email
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow, Member
-from shared.domain.planner import MemberKey, Trigger
+from shared.domain.planner import MemberKey, Reconsent, Trigger, instant
 
 DRIFT_CLASSES = ("D1", "D2", "D3", "D4", "D5")
 
@@ -66,6 +70,52 @@ class Candidates:
         out = [Trigger("inspect_member", cause, member=k) for k in self.members]
         out += [Trigger("left_list", cause, member=k, list_id=list_id) for k, list_id in self.departures]
         return out
+
+
+@dataclass
+class ReconsentTally:
+    """Re-consents the planner judged: standing ones (count, oldest) and ones overwritten because the
+    order of the opposing opt-out could not be known (the safe side, said out loud)."""
+
+    standing: int = 0
+    oldest: str | None = None  # the earliest re-consent still standing against an OBM opt-out
+    order_unknown: int = 0
+    _seen: set = field(default_factory=set, repr=False)
+
+    def count(self, reconsents: Iterable[Reconsent]) -> None:
+        for r in reconsents:
+            key = (r.email, r.consent_type, r.purpose_id, r.topic_id)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            if r.verdict == "stands":
+                self.standing += 1
+                self._older(r.reconsented_at)
+            elif r.verdict == "order unknown":
+                self.order_unknown += 1
+
+    def add(self, other: "ReconsentTally") -> None:
+        self.standing += other.standing
+        self.order_unknown += other.order_unknown
+        self._older(other.oldest)
+
+    def _older(self, moment: str | None) -> None:
+        new = instant(moment)
+        if new is not None and (self.oldest is None or new < (instant(self.oldest) or new)):
+            self.oldest = moment
+
+    def to_dict(self) -> dict:
+        return {"reconsented": self.standing, "reconsented_oldest": self.oldest,
+                "reconsent_order_unknown": self.order_unknown}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReconsentTally":
+        return cls(int(d.get("reconsented") or 0), d.get("reconsented_oldest"), int(d.get("reconsent_order_unknown") or 0))
+
+    def report(self) -> dict:
+        """The run report's fields: re-consented in RTM while OBM still says opted out."""
+        return {"reconsented_in_rtm": self.standing, "reconsented_in_rtm_oldest": self.oldest,
+                "opt_out_order_unknown": self.order_unknown}
 
 
 class DriftScan:

@@ -27,3 +27,12 @@ class LedgerEntry:
     outcome: Outcome
     detail: str | None = None  # why (refusals, errors); never personal data
     recorded_at: str | None = None  # ISO 8601, set by the ledger when it stores the entry
+
+
+# Action texts the planner reads back as evidence of when the sync made an opt-out happen.
+SET_FLAG = "set donotbulkemail"
+ADD_TO_OPT_OUT_LIST = "add to opt-out list "  # + list id
+#: A re-consent the sync found newer than an opposing opt-out and left standing (remembered, so
+#: that a later unrelated edit of the contact, which moves its modifiedon, cannot flip the verdict).
+KEEP_RECONSENT = "keep re-consent "  # + "to purpose <id>" / "to topic <id>"
+AGAINST = "against "  # detail prefix: the opt-out the re-consent stood against (root key), then why

@@ -22,6 +22,7 @@ class Member:
     donotbulkemail: bool = False
     donotemail: bool = False
     active: bool = True
+    modified_on: str | None = None  # ISO 8601: an upper bound for when a flag became true
 
     def contact_points(self, columns: tuple[str, ...]) -> frozenset[str]:
         """The normalised addresses in the configured email columns."""
@@ -48,6 +49,7 @@ class ConsentRow:
     reason: str | None = None
     modified_on: str | None = None  # ISO 8601
     active: bool = True
+    modified_by: str | None = None  # the user who last wrote the row (the sync's own writes are not a person's)
 
     @property
     def opted_out(self) -> bool:

@@ -16,15 +16,26 @@ cause find nothing left to do. Actions are the facts that do not hold yet. Facts
 express an opt-in. Facts about an email or member whose rows have not been read yet go to the
 *frontier*; the caller reads them and plans again.
 
+The timeline rule: every fact remembers its *roots*, the opt-outs it follows from (a member's
+flag, an opt-out list membership, a list departure, an RTM opt-out row). An opt-out about to be
+propagated onto a consent row that the person set to Opted in themselves (a personal source, not
+the sync's own user) is judged root by root: a root the re-consent is known to be newer than
+(``OptOutTime``, from the best evidence in the state) stops there; any other root propagates, so
+where the order is unknown the opt-out wins. A re-consent found to stand is reported
+(``Plan.reconsents``), never copied to the Outbound side.
+
 Pure: no I/O, no clock.
 """
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Iterable, Literal
 
-from shared.domain.consent import ConsentType, ConsentValue, ContactPointType, normalise_email
+from shared.domain.consent import (CONSENT_TABLE, PERSONAL_SOURCES, ConsentType, ConsentValue, ContactPointType,
+                                   normalise_email)
+from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow, Member
 
@@ -50,6 +61,8 @@ class Trigger:
     email: str | None = None
     list_id: str | None = None
     reacts_to_addition: bool = False  # a create, email change or list join: state-made fixes are R6
+    at: str | None = None  # ISO 8601: when the event happened (evidence for the timeline rule)
+    opted_out: Literal["flag", "join"] | None = None  # the event set the member's flag / joined list_id
 
 
 @dataclass
@@ -62,6 +75,10 @@ class State:
     loaded_emails: set[str] = field(default_factory=set)
     missing_members: set[MemberKey] = field(default_factory=set)  # looked for, not found (deleted)
     cause_of: dict[object, str] = field(default_factory=dict)  # email or member key -> event that led here
+    # Evidence for the timeline rule, read only where a re-consent meets an opt-out:
+    ledger: dict[str, list[LedgerEntry]] = field(default_factory=dict)  # email -> the sync's own entries
+    joined_at: dict[tuple[MemberKey, str], str | None] = field(default_factory=dict)  # listmember createdon (None: read, unknown)
+    sync_user: str | None = None  # the sync's application user: rows it wrote are not a person's
 
     def add_member(self, m: Member, lists: Iterable[str], cause: str | None = None) -> None:
         k = member_key(m)
@@ -92,6 +109,8 @@ class OptOutConsent:
     before: int | None  # the row's value before, None for a new row
     rule: str
     cause: str | None
+    note: str | None = None  # why a person's opt-in is overwritten (timeline rule), for the ledger
+    since: str | None = None  # when the opt-out it follows from happened (kept in the ledger: timeline evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,7 @@ class SetDoNotBulkEmail:
     emails: tuple[str, ...]
     rule: str
     cause: str | None
+    since: str | None = None  # when the opt-out it follows from happened (the ledger keeps it: timeline evidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +138,58 @@ class AddToOptOutList:
     emails: tuple[str, ...]
     rule: str
     cause: str | None
+    since: str | None = None  # as for SetDoNotBulkEmail
 
 
 Action = OptOutConsent | SetDoNotBulkEmail | RemoveFromList | AddToOptOutList
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutTime:
+    """When an opposing opt-out happened, as far as the evidence tells.
+
+    ``at`` is a moment the opt-out happened at or before; ``exact`` says the evidence dates the
+    opt-out itself (the ledger, a change event, listmember createdon) rather than bounding it
+    (a row's modifiedon, moved by any later edit). ``at`` None: nothing tells.
+    """
+
+    at: str | None
+    evidence: str  # "ledger", "change event", "listmember createdon", "contact modifiedon", ..., "none"
+    exact: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """A re-consent against one opposing opt-out (a root)."""
+
+    against: str  # the root, e.g. "flag contact <id>", "opt-out list <id> contact <id>"
+    opt_out: OptOutTime
+    stands: bool
+    remembered: bool  # a verdict the ledger already holds for this row version and root
+
+
+@dataclass(frozen=True, slots=True)
+class Reconsent:
+    """A consent row the person set to Opted in themselves, met by an opt-out the rules propagate."""
+
+    email: str
+    consent_type: int
+    purpose_id: str
+    topic_id: str | None
+    row_id: str
+    reconsented_at: str  # the row's modifiedon
+    source: int | None
+    verdict: Literal["stands", "opt-out newer", "order unknown"]
+    judgements: tuple[Judgement, ...]
+    rule: str  # the rule that would have opted the row out
+    cause: str | None
+
+    @property
+    def to_remember(self) -> tuple[Judgement, ...]:
+        """Verdicts to file in the ledger: a standing re-consent the ledger does not hold yet."""
+        if self.verdict != "stands":
+            return ()
+        return tuple(j for j in self.judgements if not j.remembered)
 
 
 @dataclass
@@ -128,43 +197,231 @@ class Plan:
     actions: list[Action]
     frontier_emails: dict[str, str | None]  # emails to read before the plan is complete -> cause
     frontier_members: dict[MemberKey, str | None]
+    reconsents: list[Reconsent] = field(default_factory=list)
+    frontier_ledger: set[str] = field(default_factory=set)  # emails whose ledger the timeline needs
+    frontier_joins: set[tuple[MemberKey, str]] = field(default_factory=set)  # listmember createdon wanted
 
     @property
     def complete(self) -> bool:
-        return not self.frontier_emails and not self.frontier_members
+        return not (self.frontier_emails or self.frontier_members or self.frontier_ledger or self.frontier_joins)
 
 
 # --- the planner -------------------------------------------------------------------------------
 
-def effective_opt_outs(rows: Iterable[ConsentRow]) -> tuple[set[str], set[str]]:
-    """(purpose ids, topic ids) this email is Opted out of, as RTM sees it.
+def newest_rows(rows: Iterable[ConsentRow]) -> dict[tuple, ConsentRow]:
+    """("topic", topic id) or ("purpose", purpose id) -> the row RTM honours for that scope.
 
     Duplicate rows for one key can exist; RTM honours the most recently modified one.
     """
-    newest: dict[tuple[int | None, str | None, str | None], ConsentRow] = {}
+    newest: dict[tuple, ConsentRow] = {}
     for r in rows:
         if r.contact_point_type not in (None, ContactPointType.EMAIL):
             continue
-        key = (r.consent_type, r.purpose_id, r.topic_id if r.consent_type == ConsentType.TOPIC else None)
+        if r.consent_type == ConsentType.TOPIC and r.topic_id:
+            key = ("topic", r.topic_id)
+        elif r.consent_type == ConsentType.PURPOSE and r.purpose_id:
+            key = ("purpose", r.purpose_id)
+        else:
+            continue
         seen = newest.get(key)
         if seen is None or (r.modified_on or "") >= (seen.modified_on or ""):
             newest[key] = r
+    return newest
+
+
+def effective_opt_outs(rows: Iterable[ConsentRow]) -> tuple[set[str], set[str]]:
+    """(purpose ids, topic ids) this email is Opted out of, as RTM sees it."""
     purposes, topics = set(), set()
-    for (ctype, purpose, topic), r in newest.items():
-        if r.value != ConsentValue.OPTED_OUT:
-            continue
-        if ctype == ConsentType.TOPIC and topic:
-            topics.add(topic)
-        elif ctype == ConsentType.PURPOSE and purpose:
-            purposes.add(purpose)
+    for (kind, target), r in newest_rows(rows).items():
+        if r.value == ConsentValue.OPTED_OUT:
+            (topics if kind == "topic" else purposes).add(target)
     return purposes, topics
+
+
+def is_personal_opt_in(row: ConsentRow, sync_user: str | None) -> bool:
+    """The person's own Opted in: a source a person uses, not written by the sync's own user."""
+    return (row.value == ConsentValue.OPTED_IN and row.source in PERSONAL_SOURCES and bool(row.modified_on)
+            and not (sync_user and row.modified_by == sync_user))
+
+
+def instant(value: str | None) -> datetime | None:
+    """An ISO 8601 moment as an aware datetime (naive means UTC); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+Root = tuple  # ("flag", member) | ("in", member, list) | ("left", member, list) | ("row", row id)
+
+
+def root_key(root: Root) -> str:
+    """A root as the ledger and explain name it."""
+    kind = root[0]
+    if kind == "flag":
+        return f"flag {root[1][0]} {root[1][1]}"
+    if kind == "in":
+        return f"opt-out list {root[2]} {root[1][0]} {root[1][1]}"
+    if kind == "left":
+        return f"left list {root[2]} {root[1][0]} {root[1][1]}"
+    return f"consent row {root[1]}"
+
+
+class _Timeline:
+    """Judges re-consents against the roots of the opt-outs that would overwrite them."""
+
+    def __init__(self, state: State, triggers: list[Trigger], emails_of: dict[MemberKey, tuple[str, ...]]):
+        self.state = state
+        self.emails_of = emails_of
+        self.personal: dict[tuple, ConsentRow] = {}  # ("topic"|"purpose", email, id) -> row
+        for e in state.loaded_emails:
+            for (kind, target), r in newest_rows(state.consent.get(e, ())).items():
+                if is_personal_opt_in(r, state.sync_user):
+                    self.personal[(kind, e, target)] = r
+        self.events: dict[Root, list[str]] = {}  # root -> times change events put on it
+        for t in triggers:
+            if t.at and t.member:
+                if t.opted_out == "flag":
+                    self.events.setdefault(("flag", t.member), []).append(t.at)
+                elif t.opted_out == "join" and t.list_id:
+                    self.events.setdefault(("in", t.member, t.list_id), []).append(t.at)
+                elif t.kind == "left_list" and t.list_id:
+                    self.events.setdefault(("left", t.member, t.list_id), []).append(t.at)
+        self.sync_made: dict[Root, list[str]] = {}  # root -> when the ledger says the sync made it
+        self.remembered: set[tuple[str, str, str]] = set()  # (row id, row modifiedon, root key)
+        for entries in state.ledger.values():
+            for x in entries:
+                if not x.target_id or not (x.origin_time or x.recorded_at):
+                    continue
+                if x.outcome == "applied" and x.target_table in ("contact", "lead"):
+                    # The sync's own opt-out dates from the opt-out it followed (origin_time), not
+                    # from when it was written: a re-consent between the two is still the newer choice.
+                    member, at = (x.target_table, x.target_id), x.origin_time or x.recorded_at
+                    if x.action == SET_FLAG:
+                        self.sync_made.setdefault(("flag", member), []).append(at)
+                    elif x.action.startswith(ADD_TO_OPT_OUT_LIST):
+                        list_id = x.action[len(ADD_TO_OPT_OUT_LIST):]
+                        self.sync_made.setdefault(("in", member, list_id), []).append(at)
+                elif x.outcome == "applied" and x.target_table == CONSENT_TABLE and x.after == "Opted out":
+                    self.sync_made.setdefault(("row", x.target_id), []).append(x.origin_time or x.recorded_at)
+                elif (x.outcome == "refused" and x.action.startswith(KEEP_RECONSENT) and x.origin_time
+                      and (x.detail or "").startswith(AGAINST)):
+                    self.remembered.add((x.target_id, x.origin_time, x.detail[len(AGAINST):].split(";")[0]))
+        self.judged: dict[tuple, dict[Root, Judgement]] = {}  # fact -> root -> judgement
+        self.first: dict[tuple, tuple[str, str | None]] = {}  # fact -> (rule, cause) of the first judgement
+        self.wanted_ledger: set[str] = set()
+        self.wanted_joins: set[tuple[MemberKey, str]] = set()
+        self._times: dict[Root, OptOutTime] = {}
+        self._rows: dict[str, ConsentRow] | None = None
+
+    def live_roots(self, fact: tuple, roots: frozenset, rule: str, cause: str | None) -> frozenset:
+        """The roots the person's re-consent does not outweigh (all of them when there is none)."""
+        row = self.personal.get(fact)
+        if row is None:
+            return roots
+        reconsented = instant(row.modified_on)
+        seen = self.judged.setdefault(fact, {})
+        self.first.setdefault(fact, (rule, cause))
+        live = []
+        for root in roots:
+            j = seen.get(root)
+            if j is None:
+                j = seen[root] = self._judge(row, reconsented, fact[1], root)
+            if not j.stands:
+                live.append(root)
+        return frozenset(live)
+
+    def _judge(self, row: ConsentRow, reconsented: datetime | None, email: str, root: Root) -> Judgement:
+        self._want_evidence(email, root)
+        t = self.opt_out_time(root)
+        at = instant(t.at)
+        key = root_key(root)
+        remembered = (row.id, row.modified_on, key) in self.remembered
+        if reconsented is None:
+            stands = False
+        elif remembered:
+            stands = not (t.exact and at is not None and at >= reconsented)  # only a dated newer opt-out flips it
+        else:
+            stands = at is not None and at < reconsented
+        return Judgement(key, t, stands, remembered)
+
+    def _want_evidence(self, email: str, root: Root) -> None:
+        emails = {email}
+        if root[0] in ("flag", "in", "left"):
+            emails.update(self.emails_of.get(root[1], ()))
+        self.wanted_ledger.update(e for e in emails if e not in self.state.ledger)
+        if root[0] == "in" and (root[1], root[2]) not in self.state.joined_at:
+            self.wanted_joins.add((root[1], root[2]))
+
+    def opt_out_time(self, root: Root) -> OptOutTime:
+        if root in self._times:
+            return self._times[root]
+        dated = [(at, "change event") for at in self.events.get(root, ())]
+        row = self._row(root[1]) if root[0] == "row" else None
+        if row is None or (self.state.sync_user and row.modified_by == self.state.sync_user):
+            dated += [(at, "ledger") for at in self.sync_made.get(root, ())]  # a row only while the sync's write is its last
+        if root[0] == "in" and self.state.joined_at.get((root[1], root[2])):
+            dated.append((self.state.joined_at[(root[1], root[2])], "listmember createdon"))
+        dated = [(instant(at), at, ev) for at, ev in dated if instant(at) is not None]
+        if dated:
+            _, at, evidence = max(dated)  # the latest dated time the opt-out was (re)made
+            t = OptOutTime(at, evidence, True)
+        elif root[0] == "flag" and root[1] in self.state.members:
+            m = self.state.members[root[1]]
+            t = OptOutTime(m.modified_on, f"{m.table} modifiedon") if m.modified_on else OptOutTime(None, "none")
+        elif row is not None and row.modified_on:
+            t = OptOutTime(row.modified_on, "consent row modifiedon")
+        else:
+            t = OptOutTime(None, "none")
+        self._times[root] = t
+        return t
+
+    def _row(self, row_id: str) -> ConsentRow | None:
+        if self._rows is None:
+            self._rows = {r.id: r for rows in self.state.consent.values() for r in rows}
+        return self._rows.get(row_id)
+
+    def since(self, roots: frozenset) -> str | None:
+        """When the latest of these opt-outs happened; None when any of them cannot be dated."""
+        times = [self.opt_out_time(r) for r in roots]
+        moments = [(instant(t.at), t.at) for t in times]
+        if not moments or any(m is None for m, _ in moments):
+            return None
+        return max(moments)[1]
+
+    def reconsents(self, facts: dict) -> tuple[list[Reconsent], dict[tuple, str]]:
+        """The verdict per judged scope, and a note per scope where the opt-out wins over a re-consent."""
+        out: list[Reconsent] = []
+        notes: dict[tuple, str] = {}
+        for fact, judged in self.judged.items():
+            row = self.personal[fact]
+            kind, e, target = fact
+            rule, cause = self.first[fact]
+            if fact in facts:
+                live = [j for j in judged.values() if not j.stands]
+                newer = [j for j in live if j.opt_out.exact and j.opt_out.at and instant(j.opt_out.at)
+                         and instant(row.modified_on) and instant(j.opt_out.at) >= instant(row.modified_on)]
+                verdict = "opt-out newer" if newer else "order unknown"
+                j = (newer or live or list(judged.values()))[0]
+                notes[fact] = (f"{verdict}: opt-out wins over the re-consent of {row.modified_on} "
+                               f"({j.against}; {j.opt_out.evidence} {j.opt_out.at or ''})").strip()
+            else:
+                verdict = "stands"
+            out.append(Reconsent(e, int(ConsentType.TOPIC if kind == "topic" else ConsentType.PURPOSE),
+                                 row.purpose_id or "", target if kind == "topic" else None, row.id,
+                                 row.modified_on or "", row.source, verdict, tuple(judged.values()), rule, cause))
+        return out, notes
 
 
 def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
     triggers = list(triggers)
     columns = mappings.email_columns
     single_brand = mappings.mode == "single-brand"
-    facts: dict[tuple, tuple[str, str | None, bool]] = {}  # fact -> (rule, cause, from_state)
+    # fact -> (rule, cause, from_state, roots): roots are the opt-outs the fact follows from
+    facts: dict[tuple, tuple[str, str | None, bool, frozenset]] = {}
     queue: deque[tuple] = deque()
     frontier_emails: dict[str, str | None] = {}
     frontier_members: dict[MemberKey, str | None] = {}
@@ -177,11 +434,21 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
         emails_of[k] = emails
         for e in emails:
             members_with.setdefault(e, []).append(k)
+    timeline = _Timeline(state, triggers, emails_of)
 
-    def derive(fact: tuple, rule: str, cause: str | None, rooted_in_state: bool = False) -> None:
+    def derive(fact: tuple, rule: str, cause: str | None, rooted_in_state: bool, roots: frozenset) -> None:
         # rooted_in_state: the chain that led here started from something already read as true.
-        if fact not in facts:
-            facts[fact] = (rule, cause, rooted_in_state)
+        if fact[0] in ("topic", "purpose"):
+            roots = timeline.live_roots(fact, roots, rule, cause)
+            if not roots:
+                return  # the person's newer choice stands against every opt-out behind this one
+        seen = facts.get(fact)
+        if seen is None:
+            facts[fact] = (rule, cause, rooted_in_state, roots)
+            queue.append(fact)
+        elif not roots <= seen[3]:
+            # Another opt-out leads here too: carry it on, a re-consent must be newer than each.
+            facts[fact] = (*seen[:3], seen[3] | roots)
             queue.append(fact)
 
     def need_email(e: str, cause: str | None) -> bool:
@@ -207,30 +474,29 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
             if t.kind == "left_list" and t.list_id:
                 for mapping in mappings.topics_of_list.get(t.list_id, ()):  # R1
                     for e in emails_of[t.member]:
-                        derive(("topic", e, mapping.topic_id), "R1", t.cause)
+                        derive(("topic", e, mapping.topic_id), "R1", t.cause, False,
+                               frozenset({("left", t.member, t.list_id)}))
 
     # The state's own opt-outs.
     for e in state.loaded_emails:
-        purposes, topics = effective_opt_outs(state.consent.get(e, ()))
         cause = state.cause_of.get(e)
-        for p in purposes:
-            derive(("purpose", e, p), "state", cause, True)
-        for tp in topics:
-            derive(("topic", e, tp), "state", cause, True)
+        for (kind, target), r in newest_rows(state.consent.get(e, ())).items():
+            if r.value == ConsentValue.OPTED_OUT:
+                derive((kind, e, target), "state", cause, True, frozenset({("row", r.id)}))
     for k, m in state.members.items():
         cause = state.cause_of.get(k)
         if m.donotbulkemail:
-            derive(("flag", k), "state", cause, True)
+            derive(("flag", k), "state", cause, True, frozenset({("flag", k)}))
         elif m.donotemail:
-            _global_opt_out(k, "R3", cause, True, emails_of, mappings, derive)
+            _global_opt_out(k, "R3", cause, True, frozenset({("flag", k)}), emails_of, mappings, derive)
         for list_id in state.lists_of.get(k, ()):
             if list_id in mappings.brand_of_opt_out_list:
-                derive(("in", k, list_id), "state", cause, True)
+                derive(("in", k, list_id), "state", cause, True, frozenset({("in", k, list_id)}))
 
     # The rules, to a fixpoint.
     while queue:
         fact = queue.popleft()
-        rule, cause, root = facts[fact]
+        rule, cause, root, roots = facts[fact]
         kind = fact[0]
         if kind == "topic":
             _, e, topic = fact
@@ -238,7 +504,7 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
                 continue
             for k in members_with.get(e, ()):  # R2
                 for list_id in mappings.lists_of_topic.get(topic, ()):
-                    derive(("not_in", k, list_id), "R2", cause, root)
+                    derive(("not_in", k, list_id), "R2", cause, root, roots)
         elif kind == "purpose":
             _, e, purpose = fact
             if not need_email(e, cause):
@@ -248,40 +514,42 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
                     if single_brand:
                         # Everyone with the email, a donotemail member too: R3's opt-out comes back
                         # here as R4 and sets its donotbulkemail; redundant, but the rule as written.
-                        derive(("flag", k), "R4", cause, root)
+                        derive(("flag", k), "R4", cause, root, roots)
                     else:
                         for list_id in brand.list_ids:
-                            derive(("not_in", k, list_id), "R4", cause, root)
+                            derive(("not_in", k, list_id), "R4", cause, root, roots)
                         if brand.opt_out_list and brand.opt_out_list.member_table == k[0]:
-                            derive(("in", k, brand.opt_out_list.list_id), "R4", cause, root)
+                            derive(("in", k, brand.opt_out_list.list_id), "R4", cause, root, roots)
         elif kind == "flag":
-            _global_opt_out(fact[1], "R3", cause, root, emails_of, mappings, derive)
+            _global_opt_out(fact[1], "R3", cause, root, roots, emails_of, mappings, derive)
         elif kind == "not_in":
             _, k, list_id = fact
             if list_id in state.lists_of.get(k, ()):
                 # The sync's own removal is an OBM unsubscribe too (R1): settle its echo now.
                 for mapping in mappings.topics_of_list.get(list_id, ()):
                     for e in emails_of.get(k, ()):
-                        derive(("topic", e, mapping.topic_id), "R1", cause, root)
+                        derive(("topic", e, mapping.topic_id), "R1", cause, root, roots)
         elif kind == "in":
             _, k, list_id = fact
             brand = mappings.brand_of_opt_out_list[list_id]
             for other in brand.list_ids:  # R5
-                derive(("not_in", k, other), "R5", cause, root)
+                derive(("not_in", k, other), "R5", cause, root, roots)
             for e in emails_of.get(k, ()):
                 for p in brand.purpose_ids:
-                    derive(("purpose", e, p), "R5", cause, root)
+                    derive(("purpose", e, p), "R5", cause, root, roots)
 
-    actions = _actions(facts, state, mappings, emails_of, addition_causes)
-    return Plan(actions, frontier_emails, frontier_members)
+    reconsents, notes = timeline.reconsents(facts)
+    actions = _actions(facts, state, mappings, emails_of, addition_causes, notes, timeline.since)
+    return Plan(actions, frontier_emails, frontier_members, reconsents, timeline.wanted_ledger,
+                timeline.wanted_joins)
 
 
-def _global_opt_out(k: MemberKey, rule: str, cause: str | None, root: bool, emails_of, mappings: Mappings,
-                    derive) -> None:
+def _global_opt_out(k: MemberKey, rule: str, cause: str | None, root: bool, roots: frozenset, emails_of,
+                    mappings: Mappings, derive) -> None:
     """R3: a tenant-wide opt-out reaches every email of the member, for every covered purpose."""
     for e in emails_of.get(k, ()):
         for p in mappings.covered_purposes:
-            derive(("purpose", e, p), rule, cause, root)
+            derive(("purpose", e, p), rule, cause, root, roots)
 
 
 def _label(rule: str, cause: str | None, from_state_root: bool, addition_causes: set[str]) -> str:
@@ -291,9 +559,9 @@ def _label(rule: str, cause: str | None, from_state_root: bool, addition_causes:
     return rule
 
 
-def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes) -> list[Action]:
+def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes, notes, since) -> list[Action]:
     actions: list[Action] = []
-    for fact, (rule, cause, root) in facts.items():
+    for fact, (rule, cause, root, roots) in facts.items():
         if rule == "state":
             continue  # already true: it was read that way
         kind = fact[0]
@@ -314,15 +582,17 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
                     if r.contact_point_type in (None, ContactPointType.EMAIL) and r.consent_type == ctype
                     and r.purpose_id == purpose_id and (r.topic_id == topic_id if topic_id else True)]
             if not rows:
-                actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, None, None, label, cause))
+                actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, None, None, label, cause,
+                                             since=since(roots)))
             for r in rows:  # every duplicate, active or not: RTM reads the newest, and it may change
                 if r.value != ConsentValue.OPTED_OUT:
-                    actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, r.id, r.value, label, cause))
+                    actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, r.id, r.value, label, cause,
+                                                 notes.get(fact), since(roots)))
         elif kind == "flag":
             k = fact[1]
             m = state.members.get(k)
             if m is not None and not m.donotbulkemail:
-                actions.append(SetDoNotBulkEmail(k, emails_of[k], label, cause))
+                actions.append(SetDoNotBulkEmail(k, emails_of[k], label, cause, since(roots)))
         elif kind == "not_in":
             _, k, list_id = fact
             if list_id in state.lists_of.get(k, ()):
@@ -330,11 +600,12 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
         elif kind == "in":
             _, k, list_id = fact
             if k in state.members and list_id not in state.lists_of.get(k, ()):
-                actions.append(AddToOptOutList(k, list_id, emails_of.get(k, ()), label, cause))
+                actions.append(AddToOptOutList(k, list_id, emails_of.get(k, ()), label, cause, since(roots)))
     return actions
 
 
 __all__ = [
-    "Action", "AddToOptOutList", "MemberKey", "OptOutConsent", "Plan", "RemoveFromList", "SetDoNotBulkEmail",
-    "State", "Trigger", "effective_opt_outs", "member_key", "plan", "normalise_email",
+    "Action", "AddToOptOutList", "Judgement", "MemberKey", "OptOutConsent", "OptOutTime", "Plan", "Reconsent",
+    "RemoveFromList", "SetDoNotBulkEmail", "State", "Trigger", "effective_opt_outs", "instant",
+    "is_personal_opt_in", "member_key", "newest_rows", "normalise_email", "plan", "root_key",
 ]

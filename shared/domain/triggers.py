@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.domain.consent import CONSENT_TABLE, ConsentValue, ContactPointType, normalise_email
+from shared.domain.consent import (CONSENT_TABLE, OPT_OUT_FLAGS, PERSONAL_SOURCES, ConsentValue, ContactPointType,
+                                   normalise_email)
 from shared.domain.events import (
     ChangeEvent,
     ConsentChanged,
@@ -42,6 +43,11 @@ def is_echo(event: ChangeEvent, sync_user_id: str | None) -> bool:
     return bool(sync_user_id) and sync_user_id in (event.origin.initiating_user_id, event.origin.user_id)
 
 
+def is_personal_opt_in_event(c: ConsentChanged) -> bool:
+    return (c.value == ConsentValue.OPTED_IN and c.source in PERSONAL_SOURCES
+            and c.contact_point_type in (None, ContactPointType.EMAIL))
+
+
 def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | NeedsConsentRow | NoEffect:
     c = event.change
     cause = event.id
@@ -52,7 +58,11 @@ def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | Need
         hints = [Trigger("inspect_email", cause, email=e)
                  for e in {normalise_email(v) for k, v in c.emails.items() if k in mappings.email_columns} if e]
         added = event.message == "Create" or any(col.startswith("emailaddress") for col in c.changed)
-        return [Trigger("inspect_member", cause, member=key, reacts_to_addition=added), *hints]
+        # The event dates a flag it sets: evidence for the timeline rule, better than modifiedon.
+        flag_set = (event.message == "Create" or any(f in c.changed for f in OPT_OUT_FLAGS)) and bool(
+            c.donotbulkemail or c.donotemail)
+        return [Trigger("inspect_member", cause, member=key, reacts_to_addition=added, at=event.origin.time,
+                        opted_out="flag" if flag_set else None), *hints]
     if isinstance(c, MembershipChanged):
         out: list[Trigger] = []
         for list_id in c.list_ids:
@@ -63,15 +73,23 @@ def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | Need
                 key = (table, member_id)
                 if c.action == "removed":
                     if list_id in mappings.topics_of_list:
-                        out.append(Trigger("left_list", cause, member=key, list_id=list_id))
+                        out.append(Trigger("left_list", cause, member=key, list_id=list_id, at=event.origin.time))
                     else:
                         # Leaving a brand's opt-out list while still opted out of its purposes in
                         # RTM is undone (R4): opt-out wins until it is lifted where it was given.
                         out.append(Trigger("inspect_member", cause, member=key))
+                elif list_id in mappings.brand_of_opt_out_list:
+                    out.append(Trigger("inspect_member", cause, member=key, list_id=list_id, reacts_to_addition=True,
+                                       at=event.origin.time, opted_out="join"))
                 else:
                     out.append(Trigger("inspect_member", cause, member=key, reacts_to_addition=True))
         return out or NoEffect("no mapped or opt-out list in the membership change")
     if isinstance(c, ConsentChanged):
+        if is_personal_opt_in_event(c):
+            # The person opted back in: the planner judges it now, while the evidence of when the
+            # opposing opt-outs happened is fresh, and the ledger remembers a re-consent that stands.
+            email = normalise_email(c.contact_point_value)
+            return [Trigger("inspect_email", cause, email=email)] if email else NeedsConsentRow(event.record_id, cause)
         if c.value is not None and c.value != ConsentValue.OPTED_OUT:
             return NoEffect("consent row is not Opted out")
         if c.contact_point_type is not None and c.contact_point_type != ContactPointType.EMAIL:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from shared.domain.consent import CONSENT_TABLE, EMAIL_COLUMNS, OPT_OUT_FLAGS, ConsentValue, ContactPointType
+from shared.domain.triggers import is_personal_opt_in_event
 from shared.domain.events import (
     LIST_MESSAGE_ALIASES,
     Change,
@@ -180,7 +181,9 @@ def _consent(inputs: dict[str, Any], post: dict[str, Any]) -> ConsentChanged | I
         reason=_optional_text(state.get("msdynmkt_reason"), "msdynmkt_reason"),
     )
     # Only opt-outs propagate; an unknown value or channel is kept and settled by re-reading the row.
-    if change.value is not None and change.value != ConsentValue.OPTED_OUT:
+    # A person's own opt-in is kept too: it is judged against the opt-outs it meets (timeline rule),
+    # never propagated.
+    if change.value is not None and change.value != ConsentValue.OPTED_OUT and not is_personal_opt_in_event(change):
         return Irrelevant("consent row is not Opted out; the sync never propagates an opt-in")
     if change.contact_point_type is not None and change.contact_point_type != ContactPointType.EMAIL:
         return Irrelevant("consent row is not for the email channel")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Sequence
 
-from shared.domain.consent import CONSENT_TABLE, ConsentType, ConsentValue, normalise_email
+from shared.domain.consent import CONSENT_TABLE, PERSONAL_SOURCES, ConsentType, ConsentValue, normalise_email
 from shared.domain.events import ChangeEvent, EventFormatError, event_from_json
-from shared.domain.ledger import LedgerEntry
+from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Mappings
 from shared.domain.model import WriteResult
 from shared.domain.planner import (
@@ -27,6 +27,7 @@ from shared.domain.planner import (
     AddToOptOutList,
     OptOutConsent,
     Plan,
+    Reconsent,
     RemoveFromList,
     SetDoNotBulkEmail,
     State,
@@ -197,8 +198,10 @@ class SyncEngine:
         out = []
         for n in needs:
             row = rows.get(n.row_id)
-            # Only a row that is Opted out now propagates; a deleted or opted-in row has nothing to say.
-            if row and row.opted_out and row.contact_point_value:
+            # A row Opted out now propagates; a person's own opt-in is judged against the opt-outs
+            # it meets (timeline rule); a deleted or otherwise opted-in row has nothing to say.
+            personal = row is not None and row.value == ConsentValue.OPTED_IN and row.source in PERSONAL_SOURCES
+            if row and (row.opted_out or personal) and row.contact_point_value:
                 out.append(Trigger("inspect_email", n.cause, email=normalise_email(row.contact_point_value)))
         return out
 
@@ -212,7 +215,7 @@ class SyncEngine:
         return Applied(state, final, results, rounds, incomplete)
 
     def _plan_in_rounds(self, triggers: list[Trigger], mappings: Mappings) -> tuple[State, Plan, int, bool]:
-        return plan_in_rounds(self.gateway, mappings, triggers)
+        return plan_in_rounds(self.gateway, mappings, triggers, history=getattr(self.ledger, "history", None))
 
     # --- evidence -------------------------------------------------------------------------------
 
@@ -233,6 +236,11 @@ class SyncEngine:
                 if action.cause:
                     failed.setdefault(action.cause, detail)
             entries.extend(ledger_entries(action, result, system, origin_time))
+        for r in applied.plan.reconsents:
+            if r.verdict == "stands" and r.to_remember:
+                system, _ = origin(r.cause)
+                emit(log, "sync.reconsent_kept", rule=r.rule, origin=system, event_id=r.cause)
+                entries.extend(reconsent_entries(r, system))
         self.ledger.record(entries)
         return failed
 
@@ -261,9 +269,14 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trigger],
-                   max_rounds: int = MAX_ROUNDS) -> tuple[State, Plan, int, bool]:
+                   max_rounds: int = MAX_ROUNDS,
+                   history: Callable[[str], list[LedgerEntry]] | None = None) -> tuple[State, Plan, int, bool]:
     """Reads what the planner's frontier asks for (for all triggers at once) and plans again,
-    until the plan is complete or ``max_rounds`` reads were made: (state, plan, rounds, incomplete)."""
+    until the plan is complete or ``max_rounds`` reads were made: (state, plan, rounds, incomplete).
+
+    ``history`` reads a person's ledger: the timeline rule asks for it only where a re-consent
+    meets an opt-out, so most rounds read nothing from it.
+    """
     state = State()
     rounds = 0
     current = plan(state, mappings, triggers)
@@ -274,6 +287,16 @@ def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trig
                  emails=len(current.frontier_emails), members=len(current.frontier_members))
             return state, current, rounds, True
         rounds += 1
+        # Timeline evidence first: the ledger (Table Storage) and listmember createdon.
+        for e in current.frontier_ledger:
+            state.ledger[e] = list(history(e)) if history is not None else []
+        if current.frontier_joins:
+            joined = getattr(gateway, "joined_at", None)
+            state.joined_at.update(joined(current.frontier_joins) if joined is not None
+                                   else dict.fromkeys(current.frontier_joins))
+        if not current.frontier_emails and not current.frontier_members:
+            current = plan(state, mappings, triggers)
+            continue
         wanted_members: dict[str, set[str]] = {}
         for (table, member_id) in current.frontier_members:
             wanted_members.setdefault(table, set()).add(member_id)
@@ -292,6 +315,9 @@ def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trig
                 by_email[e].append(row)
         for e, rows in by_email.items():
             state.add_email(e, rows, current.frontier_emails.get(e))
+        if state.sync_user is None and any(r.value == ConsentValue.OPTED_IN and r.source in PERSONAL_SOURCES
+                                           for r in read.consent_rows):
+            state.sync_user = gateway.sync_user_id()  # cached by the adapter: a row it wrote is not a person's
         current = plan(state, mappings, triggers)
     return state, current, rounds, False
 
@@ -314,11 +340,11 @@ def describe(action: Action) -> tuple[str, str, str, str | None, str, str]:
         before = "no row" if action.row_id is None else _value_name(action.before)
         return "rtm", CONSENT_TABLE, what, action.row_id, before, "Opted out"
     if isinstance(action, SetDoNotBulkEmail):
-        return "obm", action.member[0], "set donotbulkemail", action.member[1], "false", "true"
+        return "obm", action.member[0], SET_FLAG, action.member[1], "false", "true"
     if isinstance(action, RemoveFromList):
         return "obm", action.member[0], f"remove from list {action.list_id}", action.member[1], "member", "not a member"
     if isinstance(action, AddToOptOutList):
-        return "obm", action.member[0], f"add to opt-out list {action.list_id}", action.member[1], "not a member", "member"
+        return "obm", action.member[0], f"{ADD_TO_OPT_OUT_LIST}{action.list_id}", action.member[1], "not a member", "member"
     raise TypeError(action)
 
 
@@ -333,8 +359,27 @@ def ledger_entries(action: Action, result: WriteResult, origin_system: str, orig
     system, table, what, target_id, before, after = describe(action)
     emails = (action.email,) if isinstance(action, OptOutConsent) else action.emails
     outcome = "applied" if result.ok else "failed"
-    detail = None if result.ok else f"{result.status} {result.error_code or ''}".strip()
+    detail = (action.note if isinstance(action, OptOutConsent) else None) if result.ok else \
+        f"{result.status} {result.error_code or ''}".strip()
+    if getattr(action, "since", None):
+        origin_time = action.since  # when the opt-out it follows happened: the timeline rule's evidence
     return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
                         origin_time=origin_time, target_system=system, target_table=table,
                         target_id=target_id or result.id, action=what, before=before, after=after,
                         outcome=outcome, detail=detail) for e in emails]
+
+
+def reconsent_entries(r: Reconsent, origin_system: str) -> list[LedgerEntry]:
+    """A standing re-consent, remembered per opposing opt-out (root) and row version.
+
+    ``origin_time`` is the row's modifiedon: a later change to the row (by anyone) is a new
+    choice to judge afresh.
+    """
+    scope = f"to topic {r.topic_id}" if r.topic_id else f"to purpose {r.purpose_id}"
+    return [LedgerEntry(email=r.email, rule=r.rule, origin_system=origin_system, origin_event_id=r.cause,
+                        origin_time=r.reconsented_at, target_system="rtm", target_table=CONSENT_TABLE,
+                        target_id=r.row_id, action=f"{KEEP_RECONSENT}{scope}", before="Opted in", after="Opted in",
+                        outcome="refused",
+                        detail=f"{AGAINST}{j.against}; the person's re-consent is newer than that opt-out "
+                               f"({j.opt_out.evidence} {j.opt_out.at or 'unknown'})")
+            for j in r.to_remember]

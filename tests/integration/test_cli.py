@@ -267,7 +267,8 @@ def test_explain_shows_both_worlds_the_verdict_and_the_ledger(cli, stack):
     assert code == 0
     data = json.loads(out)
     assert set(data) == {"email", "contacts", "leads", "consent", "mappings", "consistent", "rules", "pending",
-                         "pending_elsewhere", "closure_complete", "ledger", "known"}
+                         "pending_elsewhere", "closure_complete", "timeline", "ledger", "known"}
+    assert data["timeline"] == []  # no re-consent of this address meets an opt-out
     assert data["email"] == BO and data["mappings"] == "multi-brand" and data["consistent"] is False
     (c,) = data["contacts"]
     assert c["id"] == gid("bo") and c["email_columns"] == ["emailaddress1"] and c["donotbulkemail"] is False

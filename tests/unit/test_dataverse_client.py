@@ -505,3 +505,21 @@ def test_a_connection_that_cannot_be_made_is_told_apart_from_a_dropped_one():
     assert connect_failure(requests.ConnectTimeout("connect")) == "no answer to connect"
     assert connect_failure(requests.ConnectionError(ProtocolError("Connection aborted."))) is None
     assert connect_failure(requests.ReadTimeout("read")) is None
+
+
+def test_list_joined_at_reads_listmember_createdon():
+    rows = {"value": [{"_entityid_value": C1.upper(), "createdon": "2026-03-01T09:00:00Z"}]}
+    client, adapter, _ = make(scripted((200, {}, rows)))
+    assert client.list_joined_at([(L1, C1), (L1, C2)]) == {(L1, C1): "2026-03-01T09:00:00Z", (L1, C2): None}
+    url = unquote(adapter.requests[0].url)
+    assert "/listmembers?" in url and f"_listid_value eq {L1}" in url and "createdon" in url
+    assert len(adapter.requests) == 1
+
+
+def test_list_joined_at_is_unknown_where_the_intersect_table_is_not_exposed():
+    def handler(req):
+        return 404, {}, err("0x80060888", "Resource not found for the segment 'listmembers'.")
+    client, adapter, _ = make(handler)
+    assert client.list_joined_at([(L1, C1)]) == {(L1, C1): None}
+    assert client.list_joined_at([(L1, C2)]) == {(L1, C2): None}  # not probed again
+    assert len(adapter.requests) == 1

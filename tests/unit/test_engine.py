@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from shared.domain.consent import ConsentType, ConsentValue, ContactPointType, normalise_email
+from shared.domain.consent import ConsentSource, ConsentType, ConsentValue, ContactPointType, normalise_email
 from shared.domain.events import ChangeEvent, ConsentChanged, ContactChanged, MembershipChanged, Origin
 from shared.domain.model import ConsentRow, Member, WriteResult
 from shared.domain.planner import AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
@@ -300,3 +300,55 @@ def test_rounds_are_bounded(world, monkeypatch):
     assert report.incomplete and report.rounds == MAX_ROUNDS
     assert report.outcomes[0].disposition == "processed" and "incomplete" in report.outcomes[0].detail
     assert dv.lists[("contact", "c0")] == set()  # what was found is still written
+
+
+# --- the timeline rule on the event path ---------------------------------------------------------
+
+class HistoryLedger(FakeLedger):
+    """The fake ledger with the history read the timeline rule uses."""
+
+    def history(self, email):
+        return [e for e in reversed(self.entries) if e.email == email]
+
+
+def reconsent_event(email: str) -> ChangeEvent:
+    return event(ConsentChanged(email, ContactPointType.EMAIL, ConsentType.PURPOSE, ConsentValue.OPTED_IN, P_ACME,
+                                None, int(ConsentSource.PREFERENCE_CENTER), None))
+
+
+def test_a_propagated_flag_is_dated_by_the_opt_out_it_followed_and_a_later_re_consent_stands():
+    dv = FakeDataverse()
+    engine = SyncEngine(dv, single_brand, FakeProcessed(), HistoryLedger(), FakeRetries(), clock=lambda: 1_800_000_000.0)
+    dv.add(contact("c1", "fay@x.test"))
+    row = dv.row("fay@x.test", P_ACME, None, ConsentValue.OPTED_OUT)  # modified 2026-01-01
+    engine.process([msg(consent_out("fay@x.test", topic=None))])
+    flag_line, = [e for e in engine.ledger.entries if e.action == "set donotbulkemail"]
+    assert flag_line.origin_time == "2026-01-01T00:00:00Z"  # the opt-out's time, not the write's (R4)
+    # The person opts back in from the preference centre; a contact edit moves modifiedon past it.
+    dv.rows[row.id] = replace(row, value=ConsentValue.OPTED_IN, source=int(ConsentSource.PREFERENCE_CENTER),
+                              modified_on="2026-03-01T00:00:00Z", modified_by=PERSON)
+    dv.members[("contact", "c1")] = replace(dv.members[("contact", "c1")], modified_on="2026-04-01T00:00:00Z")
+    report = engine.process([msg(reconsent_event("fay@x.test"))])
+    assert report.outcomes[0].disposition == "processed" and dv.rows[row.id].value == ConsentValue.OPTED_IN
+    kept = [e for e in engine.ledger.entries if e.action.startswith("keep re-consent")]
+    assert [(k.outcome, k.origin_time, k.target_id) for k in kept] == [("refused", "2026-03-01T00:00:00Z", row.id)]
+    assert kept[0].detail.startswith("against flag contact c1;") and "ledger 2026-01-01T00:00:00Z" in kept[0].detail
+    # An unrelated edit's event later: still stands, and it is not remembered twice.
+    edit = event(ContactChanged(("emailaddress1",), emails={"emailaddress1": "FAY@x.test"}), table="contact",
+                 record_id="c1")
+    engine.process([msg(edit)])
+    assert dv.rows[row.id].value == ConsentValue.OPTED_IN
+    assert len([e for e in engine.ledger.entries if e.action.startswith("keep re-consent")]) == 1
+
+
+def test_a_flag_set_by_a_crm_user_after_the_re_consent_wins_and_the_ledger_says_why():
+    dv = FakeDataverse()
+    engine = SyncEngine(dv, single_brand, FakeProcessed(), HistoryLedger(), FakeRetries(), clock=lambda: 1_800_000_000.0)
+    dv.add(replace(contact("c1", "gus@x.test"), donotbulkemail=True, modified_on="2027-01-15T08:00:00Z"))
+    row = dv.row("gus@x.test", P_ACME, None, ConsentValue.OPTED_IN)
+    dv.rows[row.id] = replace(row, source=int(ConsentSource.SUBSCRIPTION_CENTER), modified_by=PERSON)  # 2026-01-01
+    flag = event(ContactChanged(("donotbulkemail",), donotbulkemail=True), table="contact", record_id="c1")
+    engine.process([msg(flag)])  # the event's time, 2027-01-15, is after the re-consent
+    assert dv.rows[row.id].value == ConsentValue.OPTED_OUT
+    line, = [e for e in engine.ledger.entries if e.target_id == row.id]
+    assert line.outcome == "applied" and line.detail.startswith("opt-out newer: opt-out wins over the re-consent")

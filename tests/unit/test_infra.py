@@ -741,3 +741,9 @@ def test_azd_down_then_up_with_the_same_name_is_documented(tree):
     assert "enablePurgeProtection" not in vault.properties  # purge protection would make the name unusable for 90 days
     runbook = (ROOT / "docs" / "runbook.md").read_text()
     assert "azd down --purge" in runbook and "az keyvault purge" in runbook
+
+
+def test_workbook_shows_the_re_consents_the_operator_may_clear():
+    wb = json.loads((INFRA / "workbook.json").read_text())
+    tiles = [i["content"] for i in wb["items"] if i["type"] == 3 and "straddle_reconsented_in_rtm" in i["content"]["query"]]
+    assert tiles and "straddle_reconsented_in_rtm_oldest" in tiles[0]["query"] and "OBM" in tiles[0]["title"]

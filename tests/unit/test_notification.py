@@ -209,10 +209,17 @@ def test_purpose_level_consent_has_no_topic():
     assert c.consent_type == n.PURPOSE_CONSENT and c.topic_id is None and c.purpose_id == n.PURPOSE_ID
 
 
-@pytest.mark.parametrize("value", [n.OPTED_IN, n.NOT_SET])
-def test_consent_that_is_not_opted_out_is_ignored(value):
-    r = parse(n.consent("Create", n.consent_row(value=value)))
+@pytest.mark.parametrize("value,source", [(n.NOT_SET, n.SOURCE_SUBSCRIPTION_CENTER), (n.OPTED_IN, 534120000),
+                                          (n.OPTED_IN, 534120003)])  # Internal, Loaded: not the person's
+def test_consent_that_is_not_opted_out_is_ignored(value, source):
+    row = {**n.consent_row(value=value), "msdynmkt_source": n.option(source)}
+    r = parse(n.consent("Create", row))
     assert isinstance(r, Irrelevant) and "not Opted out" in r.reason
+
+
+def test_a_persons_own_opt_in_is_kept_for_the_timeline_rule():
+    c = event(n.consent("Update", {"msdynmkt_value": n.option(n.OPTED_IN)}, post=n.consent_row(value=n.OPTED_IN))).change
+    assert c.value == n.OPTED_IN and c.source == n.SOURCE_SUBSCRIPTION_CENTER
 
 
 def test_text_channel_consent_is_ignored():
@@ -231,7 +238,8 @@ def test_consent_update_target_overrides_post_image():
 
 
 def test_consent_update_to_opted_in_over_an_opted_out_image_is_ignored():
-    assert isinstance(parse(n.consent("Update", {"msdynmkt_value": n.option(n.OPTED_IN)}, post=n.consent_row())), Irrelevant)
+    internal = {**n.consent_row(), "msdynmkt_source": n.option(534120000)}  # a flow's opt-in, not the person's
+    assert isinstance(parse(n.consent("Update", {"msdynmkt_value": n.option(n.OPTED_IN)}, post=internal)), Irrelevant)
 
 
 def test_option_set_values_may_be_bare_integers():

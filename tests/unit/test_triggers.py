@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from shared.domain.consent import ConsentValue, ContactPointType
+from shared.domain.consent import ConsentSource, ConsentValue, ContactPointType
 from shared.domain.events import (
     ChangeEvent,
     ConsentChanged,
@@ -42,18 +42,19 @@ from tests.domain_builders import (
 SB, MB = single_brand(), multi_brand()
 SYNC_USER, PERSON = "5a1c0000-0000-0000-0000-000000000001", "9e000000-0000-0000-0000-000000000002"
 EV = "ev-1"
+AT = "2024-05-01T10:00:00Z"  # the events' origin time
 
 
 def origin(user=PERSON, initiating=PERSON) -> Origin:
-    return Origin("2024-05-01T10:00:00Z", user, initiating, "corr", "org", 1)
+    return Origin(AT, user, initiating, "corr", "org", 1)
 
 
 def event(change, table="contact", record_id="c1", message="Update", o: Origin | None = None) -> ChangeEvent:
     return ChangeEvent(EV, table, record_id, message, o or origin(), change)
 
 
-def consent(value=OUT, email=" A@X.com ", cptype=EMAIL, ctype=TOPIC) -> ConsentChanged:
-    return ConsentChanged(email, cptype, ctype, value, P_A, T_A1, None, None)
+def consent(value=OUT, email=" A@X.com ", cptype=EMAIL, ctype=TOPIC, source=None) -> ConsentChanged:
+    return ConsentChanged(email, cptype, ctype, value, P_A, T_A1, source, None)
 
 
 # --- contact and lead changes ---------------------------------------------------------------------
@@ -63,7 +64,7 @@ def test_create_inspects_member_as_addition_with_email_hints(table):
     c = ContactChanged(("emailaddress1", "emailaddress2", "donotbulkemail"), donotbulkemail=False,
                        emails={"emailaddress1": " A@X.com", "emailaddress2": "a@x.com ", "emailaddress3": None})
     got = triggers_for(event(c, table=table, message="Create"), SB)
-    assert got == [Trigger("inspect_member", EV, member=(table, "c1"), reacts_to_addition=True),
+    assert got == [Trigger("inspect_member", EV, member=(table, "c1"), reacts_to_addition=True, at=AT),
                    Trigger("inspect_email", EV, email="a@x.com")]  # normalised, one hint per address
 
 
@@ -77,14 +78,26 @@ def test_create_inspects_member_as_addition_with_email_hints(table):
 ])
 def test_update_is_an_addition_only_when_an_email_changed(changed, added):
     got = triggers_for(event(ContactChanged(changed, emails={})), SB)
-    assert got == [Trigger("inspect_member", EV, member=("contact", "c1"), reacts_to_addition=added)]
+    assert got == [Trigger("inspect_member", EV, member=("contact", "c1"), reacts_to_addition=added, at=AT)]
+
+
+@pytest.mark.parametrize("message,changed,dnb,dne,dated", [
+    ("Update", ("donotbulkemail",), True, None, True),
+    ("Update", ("donotemail",), None, True, True),
+    ("Update", ("donotbulkemail",), False, None, False),  # cleared: no opt-out to date
+    ("Update", ("emailaddress1",), True, None, False),  # the flag was already set: the event does not date it
+    ("Create", (), True, False, True),
+])
+def test_an_event_that_sets_a_flag_dates_it(message, changed, dnb, dne, dated):
+    got = triggers_for(event(ContactChanged(changed, donotbulkemail=dnb, donotemail=dne), message=message), SB)
+    assert got[0].at == AT and got[0].opted_out == ("flag" if dated else None)
 
 
 def test_email_hints_only_for_configured_columns_and_non_blank():
     m = single_brand(email_columns=("emailaddress1",))
     c = ContactChanged(("emailaddress1", "emailaddress2"), emails={"emailaddress1": "  ", "emailaddress2": "b@x.com"})
     got = triggers_for(event(c), m)
-    assert got == [Trigger("inspect_member", EV, member=("contact", "c1"), reacts_to_addition=True)]
+    assert got == [Trigger("inspect_member", EV, member=("contact", "c1"), reacts_to_addition=True, at=AT)]
 
 
 def test_contact_change_on_another_table_has_no_effect():
@@ -105,21 +118,23 @@ def test_contact_change_on_another_table_has_no_effect():
 def test_removed_from_a_mapped_list_is_left_list(m, list_id, member_table, expected_table):
     got = triggers_for(event(MembershipChanged("removed", (list_id,), ("m1",), member_table), table="list",
                              record_id=list_id, message="RemoveMember"), m)
-    assert got == [Trigger("left_list", EV, member=(expected_table, "m1"), list_id=list_id)]
+    assert got == [Trigger("left_list", EV, member=(expected_table, "m1"), list_id=list_id, at=AT)]
 
 
 @pytest.mark.parametrize("m,list_id", [(SB, L_NEWS), (SB, L_LEADS), (MB, L_A1), (MB, OO_A), (MB, OO_B)])
 def test_added_to_a_mapped_or_opt_out_list_inspects_the_member_as_addition(m, list_id):
     table = m.member_table_of_list[list_id]
     got = triggers_for(event(MembershipChanged("added", (list_id,), ("m1", "m2"), None), table="list"), m)
-    assert got == [Trigger("inspect_member", EV, member=(table, "m1"), reacts_to_addition=True),
-                   Trigger("inspect_member", EV, member=(table, "m2"), reacts_to_addition=True)]
+    # Joining an opt-out list is an opt-out the event dates (timeline evidence); a mapped list is not.
+    dated = dict(list_id=list_id, at=AT, opted_out="join") if list_id in m.brand_of_opt_out_list else {}
+    assert got == [Trigger("inspect_member", EV, member=(table, "m1"), reacts_to_addition=True, **dated),
+                   Trigger("inspect_member", EV, member=(table, "m2"), reacts_to_addition=True, **dated)]
 
 
 def test_several_lists_and_members_skip_the_unmapped_ones():
     c = MembershipChanged("removed", (L_OTHER, L_A1, L_B1), ("m1", "m2"), "contact")
     got = triggers_for(event(c, table="contact"), MB)
-    assert got == [Trigger("left_list", EV, member=("contact", mid), list_id=lid)
+    assert got == [Trigger("left_list", EV, member=("contact", mid), list_id=lid, at=AT)
                    for lid in (L_A1, L_B1) for mid in ("m1", "m2")]
 
 
@@ -150,6 +165,22 @@ def test_consent_opted_out_or_unknown_inspects_the_email(value, cptype, ctype):
                                           (OUT, int(ContactPointType.VOICE)), (None, TEXT)])
 def test_consent_opted_in_or_not_email_has_no_effect(value, cptype):
     got = triggers_for(event(consent(value, cptype=cptype), table=CONSENT_TABLE), MB)
+    assert isinstance(got, NoEffect)
+
+
+@pytest.mark.parametrize("source", [ConsentSource.PREFERENCE_PAGE, ConsentSource.PREFERENCE_CENTER,
+                                    ConsentSource.REALTIME_FORM, ConsentSource.SUBSCRIPTION_CENTER])
+def test_a_personal_opt_in_inspects_the_email(source):
+    """The person opted back in: judged at once (timeline rule), while the evidence is fresh."""
+    got = triggers_for(event(consent(IN, source=int(source)), table=CONSENT_TABLE, record_id="r1"), MB)
+    assert got == [Trigger("inspect_email", EV, email="a@x.com")]
+    got = triggers_for(event(consent(IN, email=None, source=int(source)), table=CONSENT_TABLE, record_id="r1"), MB)
+    assert got == NeedsConsentRow("r1", EV)
+
+
+@pytest.mark.parametrize("source", [None, ConsentSource.INTERNAL, ConsentSource.LOADED, ConsentSource.TEXT_MESSAGE])
+def test_an_opt_in_by_a_marketer_or_system_has_no_effect(source):
+    got = triggers_for(event(consent(IN, source=None if source is None else int(source)), table=CONSENT_TABLE), MB)
     assert isinstance(got, NoEffect)
 
 

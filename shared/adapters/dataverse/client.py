@@ -31,7 +31,7 @@ CONSENT_ID = "msdynmkt_contactpointconsent4id"
 CONSENT_SELECT = ",".join((
     CONSENT_ID, "msdynmkt_contactpointvalue", "msdynmkt_contactpointtype", "msdynmkt_contactpointconsenttype",
     "msdynmkt_value", "_msdynmkt_purposeid_value", "_msdynmkt_topicid_value", "msdynmkt_source",
-    "msdynmkt_reason", "modifiedon", "statecode"))
+    "msdynmkt_reason", "modifiedon", "_modifiedby_value", "statecode"))
 LIST_SELECT = "listid,listname,createdfromcode,statecode"
 #: Added by the Outbound marketing solution; gone from orgs where that solution is uninstalled.
 SUBSCRIPTION_FLAG = "msdyncrm_issubscription"
@@ -92,6 +92,7 @@ def member_from_row(table: str, row: Mapping[str, Any], email_columns: Sequence[
         donotbulkemail=bool(row.get("donotbulkemail")),
         donotemail=bool(row.get("donotemail")),
         active=row.get("statecode", 0) in (0, None),
+        modified_on=row.get("modifiedon"),
     )
 
 
@@ -108,6 +109,7 @@ def consent_from_row(row: Mapping[str, Any]) -> ConsentRow:
         reason=row.get("msdynmkt_reason"),
         modified_on=row.get("modifiedon"),
         active=row.get("statecode", 0) in (0, None),
+        modified_by=_lower(row.get("_modifiedby_value")),
     )
 
 
@@ -299,6 +301,32 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
                     out[member].add(str(row["listid"]).lower())
             except DataverseNotFound:
                 pass  # a deleted member belongs to no list
+        return out
+
+    def list_joined_at(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """(list id, member id) -> when the member joined the list (``listmember.createdon``), None
+        when unknown: not a member, or the service does not expose the intersect table."""
+        wanted = list(dict.fromkeys((guid(l), guid(m)) for l, m in pairs))
+        out: dict[tuple[str, str], str | None] = dict.fromkeys(wanted)
+        if not wanted or self._listmember_query is False:
+            return out
+        by_list: dict[str, list[str]] = {}
+        for list_id, member in wanted:
+            by_list.setdefault(list_id, []).append(member)
+        try:
+            for list_id, members in by_list.items():
+                for chunk in chunk_values(members):
+                    params = {"$select": "createdon,_entityid_value",
+                              "$filter": f"_listid_value eq {list_id} and {in_function('entityid', chunk)}"}
+                    for row in self.query_rows("listmembers", params):
+                        key = (list_id, _lower(row.get("_entityid_value")))
+                        if key in out:
+                            out[key] = row.get("createdon")
+            self._listmember_query = True
+        except (DataverseBadRequest, DataverseNotFound):
+            if self._listmember_query:  # it worked before: this failure is real
+                raise
+            self._listmember_query = False
         return out
 
     def add_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
