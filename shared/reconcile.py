@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 import time
 import uuid
+import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
-from shared.domain.drift import DRIFT_CLASSES, DriftScan
+from shared.domain.drift import DRIFT_CLASSES, DriftScan, PartScan
 from shared.domain.mappings import Mappings
+from shared.domain.partitions import KeyRange, ScanSource, plan_ranges
 from shared.domain.planner import Action, OptOutConsent, RemoveFromList, State, Trigger
 from shared.ports import ListSnapshotsPort, RunReportsPort, TenantSource
 from shared.sync.engine import SyncEngine
@@ -42,6 +47,9 @@ CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
 class ReconcileConfig:
     chunk: int = 5000  # candidates planned together: bounds the state held, keeps $batch reads full
     fanout_above: int | None = None  # candidates above which chunks go to the queue (None: never)
+    readers: int = 16  # concurrent scan reads (Dataverse allows 52 per user; each holds one page)
+    partition_rows: int = 50_000  # rows per key-range partition (10 pages): few extra requests
+    max_partitions: int = 64  # per source
 
 
 def drift_class(action: Action, d4_cause: str) -> str:
@@ -56,34 +64,162 @@ def drift_class(action: Action, d4_cause: str) -> str:
 @dataclass
 class Scan:
     triggers: list[Trigger]
-    snapshots: dict[str, set[str]]  # mapped list -> member ids now
+    snapshots: dict[str, set[int]]  # mapped list -> member ids now (as integers)
     suspected: dict[str, int]
     first_snapshot_lists: int
     rows_scanned: int
     candidates: int
+    partitions: int = 0  # partitions the scan was made of
+    partitions_read: int = 0  # of those, read by this invocation (the rest came from checkpoints)
+
+
+class ScanReader:
+    """Reads the scan's sources in key-range partitions on ``readers`` threads, phase by phase.
+
+    A source's first page (in key order) is its partition 0; when more follow, its largest key is
+    asked for and the rest is cut into key ranges (``plan_ranges``) read concurrently. Each
+    finished partition is checkpointed with its compact result (and partition 0 with the plan),
+    so a resumed run merges what is done and reads only the rest.
+    """
+
+    def __init__(self, tenant: TenantSource, scan: DriftScan, columns: Sequence[str], config: "ReconcileConfig",
+                 checkpoints: Callable[[str, dict, bytes], None] | None, done: dict[str, tuple[dict, bytes]],
+                 note: Progress):
+        self.tenant, self.scan, self.columns, self.config = tenant, scan, columns, config
+        self.checkpoint, self.done, self.note = checkpoints, done, note
+        self.lock = threading.Lock()
+        self.finished = 0
+        self.read = 0
+        self.total = 0
+
+    def phase(self, sources: list[ScanSource]) -> None:
+        with ThreadPoolExecutor(max_workers=self.config.readers, thread_name_prefix="scan") as pool:
+            running: set[Future] = set()
+            for source in sources:
+                name = f"{source.name}.0"
+                self.total += 1
+                if name in self.done:
+                    meta, payload = self.done[name]
+                    self._merge(source, decode_part(meta, payload))
+                    for i, rng in enumerate(meta["ranges"], 1):
+                        running |= self._range(pool, source, i, KeyRange(*rng))
+                else:
+                    running.add(pool.submit(self._head, source))
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    follow = f.result()  # a failed read fails the scan (the run resumes later)
+                    if follow:
+                        source, ranges = follow
+                        for i, rng in enumerate(ranges, 1):
+                            running |= self._range(pool, source, i, rng)
+
+    def _range(self, pool: ThreadPoolExecutor, source: ScanSource, i: int, rng: KeyRange) -> set[Future]:
+        name = f"{source.name}.{i}"
+        self.total += 1
+        if name in self.done:
+            self._merge(source, decode_part(*self.done[name]))
+            return set()
+        return {pool.submit(self._tail, source, name, rng)}
+
+    def _part(self, source: ScanSource, values: Iterable) -> PartScan:
+        if source.phase == "consent":
+            return self.scan.consent_part(values)
+        if source.phase == "list_members":
+            return self.scan.list_part(str(source.list_id), values)
+        return self.scan.member_part(values)
+
+    def _head(self, source: ScanSource) -> tuple[ScanSource, list[KeyRange]] | None:
+        pages = self.tenant.scan_pages(source, self.columns)
+        values, more = next(pages, ([], False))
+        pages.close()
+        part = self._part(source, values)
+        ranges: list[KeyRange] = []
+        if more and values:
+            largest = self.tenant.largest_key(source, self.columns)
+            if largest is not None:
+                ranges = plan_ranges(values[0].id, values[-1].id, largest, len(values),
+                                     self.config.partition_rows, self.config.max_partitions)
+            else:
+                ranges = [KeyRange(values[-1].id, None)]
+        self._finish(source, f"{source.name}.0", part,
+                     {"ranges": [r.to_list() for r in ranges], "requests": 1 + bool(more and values)})
+        return (source, ranges) if ranges else None
+
+    def _tail(self, source: ScanSource, name: str, rng: KeyRange) -> None:
+        pages = 0
+
+        def rows():
+            nonlocal pages
+            for values, _ in self.tenant.scan_pages(source, self.columns, rng.after, rng.upto):
+                pages += 1
+                yield from values
+        part = self._part(source, rows())
+        self._finish(source, name, part, {"requests": pages})
+
+    def _finish(self, source: ScanSource, name: str, part: PartScan, meta: dict) -> None:
+        if self.checkpoint is not None:
+            meta_, payload = encode_part(part)
+            self.checkpoint(name, {**meta, **meta_}, payload)
+        self._merge(source, part, read=True)
+
+    def _merge(self, source: ScanSource, part: PartScan, read: bool = False) -> None:
+        with self.lock:
+            self.scan.add(source.phase, part, source.list_id)
+            self.finished += 1
+            self.read += read
+            self.note("partitions", self.finished, None)
 
 
 def scan_tenant(tenant: TenantSource, mappings: Mappings, snapshots: ListSnapshotsPort, run_id: str,
-                note: Progress) -> Scan:
+                note: Progress, config: "ReconcileConfig | None" = None,
+                checkpoints: Callable[[str, dict, bytes], None] | None = None,
+                done: dict[str, tuple[dict, bytes]] | None = None) -> Scan:
+    """Pass 1. ``checkpoints(name, meta, payload)`` records each finished partition; ``done`` holds
+    those of an interrupted attempt of the same run (merged, not read again)."""
+    config = config or ReconcileConfig()
     scan = DriftScan(mappings)
-    scan.consent_rows(_counted(tenant.stream_consent_rows(), note, "consent rows"))
-    now: dict[str, set[str]] = {}
+    reader = ScanReader(tenant, scan, mappings.email_columns, config, checkpoints, done or {}, note)
+    reader.phase([ScanSource("consent")])
+    scan.settle()
     relevant = sorted(mappings.relevant_lists)
+    reader.phase([ScanSource("list_members", mappings.member_table_of_list[l], l) for l in relevant])
+    now: dict[str, set[int]] = {}
     for i, list_id in enumerate(relevant, 1):
         previous = snapshots.load(list_id)
-        table = mappings.member_table_of_list[list_id]
-        members = tenant.stream_list_members(list_id, table, mappings.email_columns)
-        ids = scan.list_members_of(list_id, members, previous[0] if previous else None)
+        ids = scan.finish_list(list_id, previous[0] if previous else None)
         if list_id in mappings.topics_of_list:
             now[list_id] = set(ids)
         note("lists", i, len(relevant))
-    for table in ("contact", "lead"):
-        scan.members(_counted(tenant.stream_members(table, mappings.email_columns), note, f"{table}s"))
+    reader.phase([ScanSource("members", "contact"), ScanSource("members", "lead")])
     found = scan.finish()
     d4 = d4_cause(run_id)
     triggers = [t if t.kind != "left_list" else replace(t, cause=d4) for t in found.triggers(run_id)]
     return Scan(triggers, now, found.suspected(), len(found.first_snapshot), sum(scan.rows_seen.values()),
-                len(found.members) + len(found.departures))
+                len(found.members) + len(found.departures), reader.total, reader.read)
+
+
+def encode_part(part: PartScan) -> tuple[dict, bytes]:
+    """A partition's result as (meta, payload): member ids packed 16 bytes each, then the consent
+    digests and candidates as compressed JSON."""
+    purposes = sorted({p for _, p, _ in part.consent})
+    topics = sorted({t for _, _, t in part.consent if t})
+    pi, ti = {p: i for i, p in enumerate(purposes)}, {t: i for i, t in enumerate(topics)}
+    rest = {"p": purposes, "t": topics,
+            "c": [[ek, pi[p], ti[t] if t else -1, stamp, out] for (ek, p, t), (stamp, out) in part.consent.items()],
+            "f": part.found}
+    ids = b"".join(i.to_bytes(16, "big") for i in part.ids)
+    return {"rows": part.rows, "ids": len(part.ids)}, ids + zlib.compress(json.dumps(rest, separators=(",", ":")).encode())
+
+
+def decode_part(meta: dict, payload: bytes) -> PartScan:
+    n = int(meta["ids"]) * 16
+    rest = json.loads(zlib.decompress(payload[n:]))
+    purposes, topics = rest["p"], rest["t"]
+    consent = {(ek, sys.intern(purposes[p]), sys.intern(topics[t]) if t >= 0 else None): (stamp, out)
+               for ek, p, t, stamp, out in rest["c"]}
+    ids = [int.from_bytes(payload[i:i + 16], "big") for i in range(0, n, 16)]
+    return PartScan(int(meta["rows"]), consent, ids, [tuple(f) for f in rest["f"]])
 
 
 def d4_cause(run_id: str) -> str:
@@ -112,12 +248,17 @@ class ChunkResult:
         self.removed += other.removed
 
     def to_dict(self) -> dict[str, Any]:
+        removed: dict[str, list[str]] = {}
+        for list_id, member_id in self.removed:
+            removed.setdefault(list_id, []).append(member_id)
         return {"found": self.found, "fixed": self.fixed, "failures": self.failures, "incomplete": self.incomplete,
-                "oldest_unhealed_hours": self.oldest_unhealed_hours}
+                "oldest_unhealed_hours": self.oldest_unhealed_hours, "removed": removed}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChunkResult":
-        return cls(dict(d["found"]), dict(d["fixed"]), d["failures"], d["incomplete"], d["oldest_unhealed_hours"])
+        removed = [(list_id, m) for list_id, ms in (d.get("removed") or {}).items() for m in ms]
+        return cls(dict(d["found"]), dict(d["fixed"]), d["failures"], d["incomplete"], d["oldest_unhealed_hours"],
+                   removed)
 
 
 def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], run_id: str, started_iso: str,
@@ -145,24 +286,37 @@ def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], 
 
 def nightly(container, clock: Callable[[], float] = time.time) -> dict:
     """The timer's job: purge idempotency keys past their retention, then reconcile (fanning out
-    to reconcile_chunk when the tenant is big)."""
+    to reconcile_chunk when the tenant is big). A run interrupted while scanning or healing inline
+    (worker recycled, timeout, crash) within the last day is resumed rather than started afresh."""
     settings = container.settings
     cutoff = datetime.fromtimestamp(clock(), tz=timezone.utc) - timedelta(days=settings.processed_retention_days)
     purged = container.tables().processed.purge(cutoff)
-    config = ReconcileConfig(settings.reconcile_chunk_size, settings.reconcile_fanout_above)
-    report = run_reconciliation(container, config=config, fanout=lambda bodies: container.event_queue().send_raw(
-        settings.reconcile_queue, bodies))
+    config = ReconcileConfig(settings.reconcile_chunk_size, settings.reconcile_fanout_above,
+                             readers=settings.reconcile_readers)
+    unfinished = unfinished_run(container.tables().runs, clock)
+    report = run_reconciliation(container, config=config, run_id=unfinished, fanout=lambda bodies: (
+        container.event_queue().send_raw(settings.reconcile_queue, bodies)))
     report["processed_purged"] = purged
     return report
 
 
+def unfinished_run(runs, clock: Callable[[], float] = time.time, within_hours: float = 23) -> str | None:
+    """The newest run still "scanning" (it stopped before its report), if it started recently."""
+    for r in runs.latest(limit=5):
+        started = datetime.fromisoformat(str(r["started_at"]).replace("Z", "+00:00")).timestamp()
+        if r.get("status") == "scanning" and clock() - started < within_hours * 3600:
+            return str(r["run_id"])
+    return None
+
+
 def run_reconciliation(container, *, dry_run: bool = False, progress: Progress | None = None,
-                       config: ReconcileConfig | None = None, fanout=None) -> dict:
+                       config: ReconcileConfig | None = None, fanout=None, run_id: str | None = None) -> dict:
     """The reconciliation with the app's own adapters (the timer function and the CLI call this)."""
     engine = container.sync_engine()
     tables = container.tables()
+    config = config or ReconcileConfig(readers=container.settings.reconcile_readers)
     return reconcile(engine, engine.gateway, container.mappings(), tables.snapshots, tables.runs,
-                     dry_run=dry_run, progress=progress, config=config, fanout=fanout)
+                     dry_run=dry_run, progress=progress, config=config, fanout=fanout, run_id=run_id)
 
 
 def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | None,
@@ -170,27 +324,52 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
               progress: Progress | None = None, run_id: str | None = None,
               config: ReconcileConfig | None = None, fanout: Callable[[list[tuple[str, bytes]]], None] | None = None,
               clock: Callable[[], float] = time.time) -> dict:
-    """Scans and heals (inline, or by fanning the chunks out); returns the report."""
+    """Scans and heals (inline, or by fanning the chunks out); returns the report.
+
+    A real run records its progress under its id (status "scanning", each finished scan
+    partition, each healed chunk); called again with the id of a run that stopped early, it
+    merges what is recorded, reads and heals only the rest, and writes the report once. A dry
+    run writes nothing, so it is not resumable.
+    """
     config = config or ReconcileConfig()
+    keep = runs if not dry_run else None  # where progress is recorded
+    previous = keep.get(run_id) if keep is not None and run_id else None
+    if previous is not None and previous.get("status") != "scanning":
+        previous = None  # finished, or fanned out (its chunks resume themselves): start afresh
+        run_id = None
     run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     started = clock()
     header: dict[str, Any] = {"run_id": run_id, "started_at": _iso(started), "dry_run": dry_run}
+    if previous is not None:
+        header["started_at"] = previous["started_at"]
+        started = datetime.fromisoformat(header["started_at"].replace("Z", "+00:00")).timestamp()
     requests_before = tenant.request_count()
     if mappings is None:
         report = {**header, "status": "no_mappings", "finished_at": _iso(clock()), "duration_ms": 0}
         emit(log, "reconcile.report", logging.ERROR, **report)
         return report
     note = progress or (lambda stage, done, total: None)
-    scanned = scan_tenant(tenant, mappings, snapshots, run_id, note)
+    done: dict[str, tuple[dict, bytes]] = {}
+    if keep is not None:
+        if previous is None:
+            keep.save({**header, "status": "scanning"})
+        else:
+            done = keep.partitions(run_id)
+            emit(log, "reconcile.resumed", run_id=run_id, partitions_done=len(done))
+    save_part = (lambda name, meta, payload: keep.save_partition(run_id, name, meta, payload)) if keep else None
+    scanned = scan_tenant(tenant, mappings, snapshots, run_id, note, config, save_part, done)
+    earlier = sum(int(meta.get("requests", 0)) for meta, _ in done.values())  # an interrupted attempt's reads
     header.update(candidates=scanned.candidates, rows_scanned=scanned.rows_scanned,
-                  first_snapshot_lists=scanned.first_snapshot_lists,
+                  first_snapshot_lists=scanned.first_snapshot_lists, scan_partitions=scanned.partitions,
                   **{f"suspected_{k}": v for k, v in scanned.suspected.items()})
+    if previous is not None:
+        header["resumed_partitions"] = scanned.partitions - scanned.partitions_read
     chunks = [scanned.triggers[i:i + config.chunk] for i in range(0, len(scanned.triggers), config.chunk)]
 
     if (fanout is not None and not dry_run and config.fanout_above is not None
             and scanned.candidates > config.fanout_above):
         _save_snapshots(snapshots, scanned.snapshots, [], clock)
-        header.update(status="running", scan_requests=tenant.request_count() - requests_before)
+        header.update(status="running", scan_requests=tenant.request_count() - requests_before + earlier)
         parts = [p for c in chunks for p in fit_in_messages(c)]
         header["chunks"] = len(parts)
         if runs is not None:
@@ -198,17 +377,31 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
         fanout([(f"{run_id}.{i}", chunk_message(run_id, header["started_at"], i, len(parts), p))
                 for i, p in enumerate(parts)])
         emit(log, "reconcile.fanned_out", run_id=run_id, chunks=len(parts), candidates=scanned.candidates)
+        if runs is not None:
+            runs.clear_partitions(run_id)
         return header
 
     total = ChunkResult()
-    for done, chunk in enumerate(chunks, 1):
-        total.add(heal_chunk(engine, mappings, chunk, run_id, header["started_at"], dry_run, clock))
-        note("healing", done, len(chunks))
+    for i, chunk in enumerate(chunks):
+        # A chunk healed before an interruption is not healed again: its recorded result counts.
+        recorded = keep.get_chunk(run_id, i) if previous is not None and keep is not None else None
+        if recorded is not None:
+            result = ChunkResult.from_dict(recorded)
+            earlier += int(recorded.get("requests") or 0)
+        else:
+            before = tenant.request_count()
+            result = heal_chunk(engine, mappings, chunk, run_id, header["started_at"], dry_run, clock)
+            if keep is not None:
+                keep.save_chunk(run_id, i, {**result.to_dict(), "requests": tenant.request_count() - before})
+        total.add(result)
+        note("healing", i + 1, len(chunks))
     if not dry_run:
         _save_snapshots(snapshots, scanned.snapshots, total.removed, clock)
-    report = finish(header, total, tenant.request_count() - requests_before, started, clock)
-    if runs is not None and not dry_run:
-        runs.save(report)
+    report = finish(header, total, tenant.request_count() - requests_before + earlier, started, clock)
+    if keep is not None:
+        if not keep.save_final(report):
+            return report  # another attempt of this run wrote it first
+        keep.clear_partitions(run_id)
     emit(log, "reconcile.report", **report)
     return report
 
@@ -294,24 +487,15 @@ def run_chunk(container, body: bytes, clock: Callable[[], float] = time.time) ->
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def _save_snapshots(snapshots: ListSnapshotsPort, now: dict[str, set[str]], removed: list[tuple[str, str]],
+def _save_snapshots(snapshots: ListSnapshotsPort, now: dict[str, set[int]], removed: list[tuple[str, str]],
                     clock: Callable[[], float]) -> None:
     # A member the run itself removed did not "leave" the list: keep it out of the next diff.
     for list_id, member_id in removed:
         if list_id in now:
-            now[list_id].discard(member_id)
+            now[list_id].discard(uuid.UUID(member_id).int)
     taken = _iso(clock())
     for list_id, ids in now.items():
-        snapshots.save(list_id, ids, taken)
-
-
-def _counted(rows, note: Progress, stage: str):
-    n = 0
-    for n, row in enumerate(rows, 1):
-        if n % 5000 == 0:
-            note(stage, n, None)
-        yield row
-    note(stage, n, None)
+        snapshots.save(list_id, (str(uuid.UUID(int=i)) for i in ids), taken)
 
 
 def _opt_out_age_hours(action: Action, state: State, now: float) -> float | None:

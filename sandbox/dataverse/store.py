@@ -60,7 +60,9 @@ class _TableData:
     def __init__(self, t: Table):
         self.t = t
         self.rows: dict[str, dict] = {}
-        self.order: list[str] = []  # sorted ids: default order and the streaming paging cursor
+        # ids in SQL Server uniqueidentifier order (odata.guid_order): Dataverse's default order,
+        # the order of $orderby=<key>, and the streaming paging cursor
+        self.order: list[str] = []
         self.index: dict[str, dict[Any, set[str]]] = {c: {} for c in t.indexed}
 
 
@@ -105,14 +107,14 @@ class Store:
     def _insert(self, td: _TableData, row: dict):
         rid = row[td.t.key]
         td.rows[rid] = row
-        bisect.insort(td.order, rid)
+        bisect.insort(td.order, rid, key=odata.guid_order)
         self._index_add(td, row)
         if self._undo is not None:
             self._undo.append(lambda: self._remove(td, rid))
 
     def _remove(self, td: _TableData, rid: str) -> dict:
         row = td.rows.pop(rid)
-        i = bisect.bisect_left(td.order, rid)
+        i = bisect.bisect_left(td.order, odata.guid_order(rid), key=odata.guid_order)
         if i < len(td.order) and td.order[i] == rid:
             del td.order[i]
         self._index_remove(td, row)
@@ -487,7 +489,7 @@ class Store:
                     self._cursors.move_to_end(state["c"])
                     return self._cursor_page(td, ids, state["c"], state["p"], page_size), \
                         self._cursor_next(ids, state["c"], state["p"], page_size), None
-                return self._stream_page(td, pred, page_size, state["k"])
+                return self._stream_page(td, pred, page_size, state["k"], odata.key_range(t, node))
             limit = min(top, MAX_PAGE) if top is not None else None
             candidates = None
             if scope is not None:
@@ -499,17 +501,23 @@ class Store:
                 narrowed = self._candidates(td, terms)
                 if narrowed is not None:
                     candidates = narrowed if candidates is None else candidates & narrowed
-            if candidates is None and not orderby:
+            # In key order (none asked, or the key ascending) the page streams from the key order,
+            # starting and stopping at the key range's bounds, as SQL Server seeks its clustered index.
+            by_key = not orderby or orderby == [(t.key, False)]
+            if candidates is None and (by_key or (orderby == [(t.key, True)] and limit is not None)):
+                bounds = odata.key_range(t, node)
+                if not by_key:
+                    return self._last_rows(td, pred, limit, bounds), None, (self._count(td, pred) if count else None)
                 if limit is not None:
-                    rows, _, _ = self._stream_page(td, pred, limit, None)
+                    rows, _, _ = self._stream_page(td, pred, limit, None, bounds)
                     return rows, None, (self._count(td, pred) if count else None)
-                rows, token, _ = self._stream_page(td, pred, page_size, None)
+                rows, token, _ = self._stream_page(td, pred, page_size, None, bounds)
                 return rows, token, (self._count(td, pred) if count else None)
             ids = [i for i in candidates if i in td.rows] if candidates is not None else list(td.order)
             if pred is not None:
                 rows_ = td.rows
                 ids = [i for i in ids if pred(rows_[i])]
-            ids = odata.sort_ids(t, td.rows, ids, orderby) if orderby else sorted(ids)
+            ids = odata.sort_ids(t, td.rows, ids, orderby) if orderby else sorted(ids, key=odata.guid_order)
             total = len(ids) if count else None
             if limit is not None:
                 return [td.rows[i] for i in ids[:limit]], None, total
@@ -526,14 +534,35 @@ class Store:
             return len(td.rows)
         return sum(1 for r in td.rows.values() if pred(r))
 
-    def _stream_page(self, td: _TableData, pred, size: int, after: str | None):
-        order, rows = td.order, td.rows
-        i = bisect.bisect_right(order, after) if after else 0
+    @staticmethod
+    def _span(td: _TableData, bounds) -> tuple[int, int]:
+        """Positions in the key order between a key range's bounds."""
+        lo, lo_inc, hi, hi_inc = bounds if bounds else (None, False, None, False)
+        order, key = td.order, odata.guid_order
+        i = 0 if lo is None else (bisect.bisect_left if lo_inc else bisect.bisect_right)(order, lo, key=key)
+        j = len(order) if hi is None else (bisect.bisect_right if hi_inc else bisect.bisect_left)(order, hi, key=key)
+        return i, j
+
+    def _last_rows(self, td: _TableData, pred, limit: int, bounds) -> list[dict]:
+        """``$orderby=<key> desc&$top=n``: walks back from the range's end."""
+        i, j = self._span(td, bounds)
         out = []
-        n = len(order)
+        while j > i and len(out) < limit:
+            j -= 1
+            r = td.rows[td.order[j]]
+            if pred is None or pred(r):
+                out.append(r)
+        return out
+
+    def _stream_page(self, td: _TableData, pred, size: int, after: str | None, bounds=None):
+        order, rows = td.order, td.rows
+        i, n = self._span(td, bounds)
+        if after:
+            i = max(i, bisect.bisect_right(order, odata.guid_order(after), key=odata.guid_order))
+        out = []
         if pred is None:
             # A slice, not a loop: 1M-row paging stays linear and cheap.
-            chunk = order[i:i + size + 1]
+            chunk = order[i:min(i + size + 1, n)]
             out = [rows[k] for k in chunk[:size]]
             more = len(chunk) > size
         else:

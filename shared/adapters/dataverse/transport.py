@@ -221,6 +221,12 @@ class DataverseTransport:
     def iter_pages(self, path: str, params: Mapping[str, str | None] | None = None,
                    page_size: int | None = None) -> Iterator[list[dict]]:
         """Pages of rows, following ``@odata.nextLink`` unchanged; one page is held at a time."""
+        for page, _ in self.iter_pages_more(path, params, page_size):
+            yield page
+
+    def iter_pages_more(self, path: str, params: Mapping[str, str | None] | None = None,
+                        page_size: int | None = None) -> Iterator[tuple[list[dict], bool]]:
+        """(page, whether another page follows): a caller may stop after any page."""
         size = min(page_size or self.page_size, MAX_PAGE_SIZE)
         headers = {"Prefer": f"odata.maxpagesize={size}"}
         kind = f"GET {path_kind(path)}"
@@ -230,7 +236,7 @@ class DataverseTransport:
             next_url = body.get("@odata.nextLink")
             page = body.get("value") or []
             del body
-            yield page
+            yield page, bool(next_url)
 
     def query_rows(self, path: str, params: Mapping[str, str | None] | None = None,
                    page_size: int | None = None) -> Iterator[dict]:
