@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from shared.domain.drift import DRIFT_CLASSES, DriftScan, PartScan
 from shared.domain.mappings import Mappings
-from shared.domain.partitions import KeyRange, ScanSource, plan_ranges
+from shared.domain.partitions import KeyRange, ScanSource, plan_ranges, rows_after
 from shared.domain.planner import Action, OptOutConsent, RemoveFromList, State, Trigger
 from shared.ports import ListSnapshotsPort, RunReportsPort, TenantSource
 from shared.sync.engine import SyncEngine
@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total or None)
 BUCKETS = (*DRIFT_CLASSES, "follow_on")
+PAGE_ROWS = 5000  # rows per page the client asks for (Dataverse's most)
+DRY_RUN_PLANNERS = 4  # chunks a dry run plans at once (each a few $batch reads)
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.
 CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
 
@@ -48,7 +50,7 @@ class ReconcileConfig:
     chunk: int = 5000  # candidates planned together: bounds the state held, keeps $batch reads full
     fanout_above: int | None = None  # candidates above which chunks go to the queue (None: never)
     readers: int = 16  # concurrent scan reads (Dataverse allows 52 per user; each holds one page)
-    partition_rows: int = 50_000  # rows per key-range partition (10 pages): few extra requests
+    partition_rows: int = 2 * PAGE_ROWS  # smallest key-range partition worth its partial last page
     max_partitions: int = 64  # per source
 
 
@@ -76,10 +78,14 @@ class Scan:
 class ScanReader:
     """Reads the scan's sources in key-range partitions on ``readers`` threads, phase by phase.
 
-    A source's first page (in key order) is its partition 0; when more follow, its largest key is
-    asked for and the rest is cut into key ranges (``plan_ranges``) read concurrently. Each
-    finished partition is checkpointed with its compact result (and partition 0 with the plan),
-    so a resumed run merges what is done and reads only the rest.
+    A source's first page (in key order) is its partition 0. When more follow, the rest is cut
+    into key ranges (``plan_ranges``) read concurrently: sized from the first page's density and
+    the source's largest key (asked for at once for contacts and leads, the big tables; for a list
+    or the consent rows only when the first page suggests much more than two pages remain), about
+    as many ranges as the phase leaves readers per source, each at least two pages, so the extra
+    requests (a partial last page per range) stay few. Each finished partition is checkpointed
+    with its compact result (partition 0 with the plan), so a resumed run merges what is done and
+    reads only the rest.
     """
 
     def __init__(self, tenant: TenantSource, scan: DriftScan, columns: Sequence[str], config: "ReconcileConfig",
@@ -93,34 +99,68 @@ class ScanReader:
         self.total = 0
 
     def phase(self, sources: list[ScanSource]) -> None:
+        per_source = max(1, -(-self.config.readers // max(1, len(sources))))
         with ThreadPoolExecutor(max_workers=self.config.readers, thread_name_prefix="scan") as pool:
-            running: set[Future] = set()
+            jobs: dict[Future, tuple[str, ScanSource]] = {}
+            heads: dict[ScanSource, tuple[PartScan, Head]] = {}
+            largest: dict[ScanSource, str | None] = {}
+            probed: set[ScanSource] = set()
             for source in sources:
-                name = f"{source.name}.0"
                 self.total += 1
+                name = f"{source.name}.0"
                 if name in self.done:
                     meta, payload = self.done[name]
                     self._merge(source, decode_part(meta, payload))
                     for i, rng in enumerate(meta["ranges"], 1):
-                        running |= self._range(pool, source, i, KeyRange(*rng))
-                else:
-                    running.add(pool.submit(self._head, source))
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        self._range(pool, jobs, source, i, KeyRange(*rng))
+                    continue
+                jobs[pool.submit(self._head, source)] = ("head", source)
+                if source.phase == "members":  # the big tables: ask for the largest key meanwhile
+                    jobs[pool.submit(self.tenant.largest_key, source, self.columns)] = ("probe", source)
+                    probed.add(source)
+            while jobs:
+                finished, _ = wait(list(jobs), return_when=FIRST_COMPLETED)
                 for f in finished:
-                    follow = f.result()  # a failed read fails the scan (the run resumes later)
-                    if follow:
-                        source, ranges = follow
-                        for i, rng in enumerate(ranges, 1):
-                            running |= self._range(pool, source, i, rng)
+                    what, source = jobs.pop(f)
+                    result = f.result()  # a failed read fails the scan (the run resumes later)
+                    if what == "tail":
+                        continue
+                    if what == "probe":
+                        largest[source] = result
+                    else:
+                        heads[source] = result
+                    if source not in heads:
+                        continue
+                    part, head = heads[source]
+                    if head.more and source not in largest:
+                        if source.phase == "members" or head.remaining() > 2 * PAGE_ROWS:
+                            if source not in probed:
+                                jobs[pool.submit(self.tenant.largest_key, source, self.columns)] = ("probe", source)
+                                probed.add(source)
+                            continue
+                        largest[source] = None  # little left: one more range, no probe
+                    ranges = self._plan(head, largest.get(source), per_source)
+                    self._finish(source, f"{source.name}.0", part,
+                                 {"ranges": [r.to_list() for r in ranges], "requests": 1 + (source in probed)})
+                    del heads[source]
+                    for i, rng in enumerate(ranges, 1):
+                        self._range(pool, jobs, source, i, rng)
 
-    def _range(self, pool: ThreadPoolExecutor, source: ScanSource, i: int, rng: KeyRange) -> set[Future]:
+    def _plan(self, head: "Head", largest: str | None, per_source: int) -> list[KeyRange]:
+        if not head.more:
+            return []
+        if largest is None:
+            return [KeyRange(head.last, None)]
+        cap = min(self.config.max_partitions, per_source)
+        return plan_ranges(head.first, head.last, largest, head.rows, self.config.partition_rows, cap)
+
+    def _range(self, pool: ThreadPoolExecutor, jobs: dict, source: ScanSource, i: int, rng: KeyRange) -> None:
         name = f"{source.name}.{i}"
         self.total += 1
         if name in self.done:
             self._merge(source, decode_part(*self.done[name]))
-            return set()
-        return {pool.submit(self._tail, source, name, rng)}
+        else:
+            jobs[pool.submit(self._tail, source, name, rng)] = ("tail", source)
 
     def _part(self, source: ScanSource, values: Iterable) -> PartScan:
         if source.phase == "consent":
@@ -129,22 +169,13 @@ class ScanReader:
             return self.scan.list_part(str(source.list_id), values)
         return self.scan.member_part(values)
 
-    def _head(self, source: ScanSource) -> tuple[ScanSource, list[KeyRange]] | None:
+    def _head(self, source: ScanSource) -> tuple[PartScan, "Head"]:
         pages = self.tenant.scan_pages(source, self.columns)
         values, more = next(pages, ([], False))
         pages.close()
-        part = self._part(source, values)
-        ranges: list[KeyRange] = []
-        if more and values:
-            largest = self.tenant.largest_key(source, self.columns)
-            if largest is not None:
-                ranges = plan_ranges(values[0].id, values[-1].id, largest, len(values),
-                                     self.config.partition_rows, self.config.max_partitions)
-            else:
-                ranges = [KeyRange(values[-1].id, None)]
-        self._finish(source, f"{source.name}.0", part,
-                     {"ranges": [r.to_list() for r in ranges], "requests": 1 + bool(more and values)})
-        return (source, ranges) if ranges else None
+        more = more and bool(values)
+        head = Head(values[0].id if values else "", values[-1].id if values else "", len(values), more)
+        return self._part(source, values), head
 
     def _tail(self, source: ScanSource, name: str, rng: KeyRange) -> None:
         pages = 0
@@ -169,6 +200,21 @@ class ScanReader:
             self.finished += 1
             self.read += read
             self.note("partitions", self.finished, None)
+
+
+@dataclass
+class Head:
+    """A source's first page: its first and last key, rows, and whether more follow."""
+
+    first: str
+    last: str
+    rows: int
+    more: bool
+
+    def remaining(self) -> float:
+        """Rows after the first page if keys are spread evenly (random GUIDs); sequential ones
+        look like far more, which only costs asking for the largest key."""
+        return rows_after(self.first, self.last, self.rows)
 
 
 def scan_tenant(tenant: TenantSource, mappings: Mappings, snapshots: ListSnapshotsPort, run_id: str,
@@ -382,6 +428,13 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
         return header
 
     total = ChunkResult()
+    if dry_run:  # planning only reads, so chunks may be planned side by side (healing chunks write)
+        with ThreadPoolExecutor(max_workers=min(DRY_RUN_PLANNERS, config.readers)) as pool:
+            for i, result in enumerate(pool.map(lambda c: heal_chunk(engine, mappings, c, run_id, header["started_at"],
+                                                                     True, clock), chunks)):
+                total.add(result)
+                note("healing", i + 1, len(chunks))
+        chunks = []
     for i, chunk in enumerate(chunks):
         # A chunk healed before an interruption is not healed again: its recorded result counts.
         recorded = keep.get_chunk(run_id, i) if previous is not None and keep is not None else None

@@ -38,6 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox: SandboxServer = self.server.sandbox  # type: ignore[attr-defined]
         with sandbox._inflight:
             sandbox._inflight_count += 1
+            sandbox.peak_concurrent = max(sandbox.peak_concurrent, sandbox._inflight_count)
         try:
             resp = sandbox.serve(self.command, self.path, headers, body)
         except Exception:
@@ -82,6 +83,7 @@ class SandboxServer:
         self.stats = Stats()
         self._inflight = threading.Condition()
         self._inflight_count = 0
+        self.peak_concurrent = 0  # requests being served at once, at most (/_sandbox/stats)
         self.webhooks = Webhooks(self.store, shuffle=webhook_shuffle, duplicate_share=webhook_duplicate_share,
                                  seed=webhook_seed)
         self._httpd: _HTTPServer | None = None
@@ -228,9 +230,11 @@ class SandboxServer:
             lim = self.throttle.limit
             return json_response(200, {"requests": lim[0], "seconds": lim[1]} if lim else {"requests": None})
         if name == "stats" and method == "GET":
-            return json_response(200, self.stats.snapshot())
+            return json_response(200, {**self.stats.snapshot(), "peak_concurrent": self.peak_concurrent})
         if name == "stats/reset" and method == "POST":
             self.stats.reset()
+            with self._inflight:
+                self.peak_concurrent = self._inflight_count
             return json_response(200, {"reset": True})
         if name == "notifications":
             if method == "DELETE":

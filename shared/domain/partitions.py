@@ -62,6 +62,12 @@ class KeyRange:
         return [self.after, self.upto]
 
 
+def rows_after(first_key: str, last_key: str, page_rows: int) -> float:
+    """Rows beyond a full first page if keys were spread evenly over the whole key space."""
+    lo, first = sql_order(last_key), sql_order(first_key)
+    return page_rows * ((1 << 128) - 1 - lo) / max(1, lo - first)
+
+
 def plan_ranges(first_key: str, last_key: str, largest_key: str, page_rows: int, rows_per_partition: int,
                 max_partitions: int) -> list[KeyRange]:
     """Cuts ``(last_key, largest_key]`` (what follows a full first page) into key ranges.
