@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total or None)
 BUCKETS = (*DRIFT_CLASSES, "follow_on")
-PAGE_ROWS = 5000  # rows per page the client asks for (Dataverse's most)
 DRY_RUN_PLANNERS = 4  # chunks a dry run plans at once (each a few $batch reads)
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.
 CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
@@ -50,7 +49,7 @@ class ReconcileConfig:
     chunk: int = 5000  # candidates planned together: bounds the state held, keeps $batch reads full
     fanout_above: int | None = None  # candidates above which chunks go to the queue (None: never)
     readers: int = 16  # concurrent scan reads (Dataverse allows 52 per user; each holds one page)
-    partition_rows: int = 2 * PAGE_ROWS  # smallest key-range partition worth its partial last page
+    partition_rows: int | None = None  # smallest key-range partition (None: two pages) worth its partial last page
     max_partitions: int = 64  # per source
 
 
@@ -118,33 +117,42 @@ class ScanReader:
                 if source.phase == "members":  # the big tables: ask for the largest key meanwhile
                     jobs[pool.submit(self.tenant.largest_key, source, self.columns)] = ("probe", source)
                     probed.add(source)
-            while jobs:
-                finished, _ = wait(list(jobs), return_when=FIRST_COMPLETED)
-                for f in finished:
-                    what, source = jobs.pop(f)
-                    result = f.result()  # a failed read fails the scan (the run resumes later)
-                    if what == "tail":
+            try:
+                self._run(pool, jobs, heads, largest, probed, per_source)
+            except BaseException:
+                for f in jobs:  # a failed read ends the scan: start nothing more, keep what is checkpointed
+                    f.cancel()
+                raise
+
+    def _run(self, pool: ThreadPoolExecutor, jobs: dict, heads: dict, largest: dict, probed: set,
+             per_source: int) -> None:
+        while jobs:
+            finished, _ = wait(list(jobs), return_when=FIRST_COMPLETED)
+            for f in finished:
+                what, source = jobs.pop(f)
+                result = f.result()  # a failed read fails the scan (the run resumes later)
+                if what == "tail":
+                    continue
+                if what == "probe":
+                    largest[source] = result
+                else:
+                    heads[source] = result
+                if source not in heads:
+                    continue
+                part, head = heads[source]
+                if head.more and source not in largest:
+                    if source.phase == "members" or head.remaining() > 2 * head.rows:
+                        if source not in probed:
+                            jobs[pool.submit(self.tenant.largest_key, source, self.columns)] = ("probe", source)
+                            probed.add(source)
                         continue
-                    if what == "probe":
-                        largest[source] = result
-                    else:
-                        heads[source] = result
-                    if source not in heads:
-                        continue
-                    part, head = heads[source]
-                    if head.more and source not in largest:
-                        if source.phase == "members" or head.remaining() > 2 * PAGE_ROWS:
-                            if source not in probed:
-                                jobs[pool.submit(self.tenant.largest_key, source, self.columns)] = ("probe", source)
-                                probed.add(source)
-                            continue
-                        largest[source] = None  # little left: one more range, no probe
-                    ranges = self._plan(head, largest.get(source), per_source)
-                    self._finish(source, f"{source.name}.0", part,
-                                 {"ranges": [r.to_list() for r in ranges], "requests": 1 + (source in probed)})
-                    del heads[source]
-                    for i, rng in enumerate(ranges, 1):
-                        self._range(pool, jobs, source, i, rng)
+                    largest[source] = None  # little left: one more range, no probe
+                ranges = self._plan(head, largest.get(source), per_source)
+                self._finish(source, f"{source.name}.0", part,
+                             {"ranges": [r.to_list() for r in ranges], "requests": 1 + (source in probed)})
+                del heads[source]
+                for i, rng in enumerate(ranges, 1):
+                    self._range(pool, jobs, source, i, rng)
 
     def _plan(self, head: "Head", largest: str | None, per_source: int) -> list[KeyRange]:
         if not head.more:
@@ -152,7 +160,8 @@ class ScanReader:
         if largest is None:
             return [KeyRange(head.last, None)]
         cap = min(self.config.max_partitions, per_source)
-        return plan_ranges(head.first, head.last, largest, head.rows, self.config.partition_rows, cap)
+        size = self.config.partition_rows or 2 * head.rows  # a full first page is one page of the client's size
+        return plan_ranges(head.first, head.last, largest, head.rows, size, cap)
 
     def _range(self, pool: ThreadPoolExecutor, jobs: dict, source: ScanSource, i: int, rng: KeyRange) -> None:
         name = f"{source.name}.{i}"
