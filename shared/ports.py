@@ -68,6 +68,10 @@ class TenantSource(Protocol):
 
     def largest_key(self, source: ScanSource, columns: Sequence[str]) -> str | None: ...
 
+    def parallelism_hint(self) -> int | None:
+        """The concurrency Dataverse recommends for this environment (``x-ms-dop-hint``), if known."""
+        ...
+
     def request_count(self) -> int:
         """HTTP requests made so far (the run report's Dataverse requests)."""
         ...

@@ -98,8 +98,10 @@ class ScanReader:
         self.total = 0
 
     def phase(self, sources: list[ScanSource]) -> None:
-        per_source = max(1, -(-self.config.readers // max(1, len(sources))))
-        with ThreadPoolExecutor(max_workers=self.config.readers, thread_name_prefix="scan") as pool:
+        hint = getattr(self.tenant, "parallelism_hint", lambda: None)()
+        readers = min(self.config.readers, hint) if hint else self.config.readers  # Dataverse's advice caps it
+        per_source = max(1, -(-readers // max(1, len(sources))))
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="scan") as pool:
             jobs: dict[Future, tuple[str, ScanSource]] = {}
             heads: dict[ScanSource, tuple[PartScan, Head]] = {}
             largest: dict[ScanSource, str | None] = {}

@@ -155,6 +155,9 @@ class DataverseSyncGateway:
     def request_count(self) -> int:
         return self.client.total_requests
 
+    def parallelism_hint(self) -> int | None:
+        return self.client.dop_hint
+
     # --- writes ---------------------------------------------------------------------------------
 
     def write(self, actions: Sequence[Action], marker: str) -> list[WriteResult]:

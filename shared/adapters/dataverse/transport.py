@@ -109,6 +109,8 @@ class DataverseTransport:
         self._rng = rng or random.Random()
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._counts = RequestCounter()
+        #: The degree of parallelism Dataverse last recommended (``x-ms-dop-hint``), if it did.
+        self.dop_hint: int | None = None
         if session is None:
             session = requests.Session()
             # Retries are ours (max_retries=0); the pool lets a few sync threads share connections.
@@ -179,6 +181,9 @@ class DataverseTransport:
             emit(log, "dataverse.request", logging.DEBUG, kind=kind, status=status,
                  ms=round(resp.elapsed.total_seconds() * 1000))
             if status < 400 or status in ok_statuses:
+                hint = resp.headers.get("x-ms-dop-hint")
+                if hint and hint.isdigit() and int(hint) > 0:
+                    self.dop_hint = int(hint)
                 return resp
             if status == 401 and not refreshed and getattr(self._tokens, "refreshable", False):
                 # A token revoked or expired early: one fresh fetch, then give up.
