@@ -248,6 +248,7 @@ def scan_tenant(tenant: TenantSource, mappings: Mappings, snapshots: ListSnapsho
         if list_id in mappings.topics_of_list:
             now[list_id] = set(ids)
         note("lists", i, len(relevant))
+    scan.lists_done()
     reader.phase([ScanSource("members", "contact"), ScanSource("members", "lead")])
     found = scan.finish()
     d4 = d4_cause(run_id)

@@ -89,10 +89,9 @@ class Api:
     # --- rendering ---------------------------------------------------------------------------
 
     def render(self, t, row: dict, select: list[str] | None) -> dict:
-        out = {"@odata.etag": f'W/"{row.get("versionnumber", 0)}"'}
         get = row.get
-        for c in (select or t.columns):
-            out[c] = get(c)
+        out = {"@odata.etag": f'W/"{get("versionnumber", 0)}"'}
+        out.update({c: get(c) for c in (select or t.columns)})
         return out
 
     def context(self, entity_set: str, select: list[str] | None, single: bool = False) -> str:

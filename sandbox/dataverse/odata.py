@@ -412,6 +412,8 @@ def parse_orderby(table: Table, text: str | None) -> list[tuple[str, bool]]:
 def sort_ids(table: Table, rows: dict[str, dict], ids: list[str], orderby: list[tuple[str, bool]]) -> list[str]:
     """Stable multi-key sort; nulls sort lowest as in SQL Server; ties broken by the key.
     GUID columns (the key too) sort in SQL Server's uniqueidentifier order."""
+    if len(orderby) == 1 and orderby[0][0] == table.key:  # by the key alone: one sort
+        return sorted(ids, key=guid_order, reverse=orderby[0][1])
     ids = sorted(ids, key=guid_order)
     for col, desc in reversed(orderby):
         conv = fold if table.columns[col] == S else guid_order if table.columns[col] == G else None

@@ -185,9 +185,20 @@ class SandboxServer:
                                                  {"Retry-After": str(int(retry))}))
             self.stats.status(429)
             return resp
+        arrived = time.monotonic()
         delay, fault = self.faults.draw()
         if delay:
             time.sleep(delay)
+        resp = self._answer(method, sub, query, headers, body, user_id, fault)
+        # The base latency is the answer time: Dataverse's own work happens within it (on its many
+        # servers at once), so only what is left of it is waited after serving.
+        rest = self.faults.latency_ms / 1000 - (time.monotonic() - arrived)
+        if rest > 0:
+            time.sleep(rest)
+        return resp
+
+    def _answer(self, method: str, sub: str, query: str, headers: dict, body: bytes, user_id: str,
+                fault: int | None) -> Response:
         if fault is not None:
             self.stats.bump("fault", str(fault))
             hdrs = {"Retry-After": str(self.faults.retry_after)} if fault in (429, 503) else {}

@@ -40,7 +40,11 @@ def email_key(email: str) -> int:
 
 
 def _mid(member_id: str) -> int:
-    return uuid.UUID(member_id).int
+    """A member id (a GUID) as its 128-bit integer, the same value ``uuid.UUID(member_id).int`` gives."""
+    digits = member_id.replace("-", "")
+    if len(digits) != 32:
+        return uuid.UUID(member_id).int  # braces or other forms: let uuid read (or refuse) them
+    return int(digits, 16)
 
 
 @dataclass
@@ -92,8 +96,8 @@ def _newer(newest: dict, key: tuple, seen: tuple[str, int]) -> None:
 class DriftScan:
     """The scan in three phases, each made of partitions read in any order and merged with ``add``:
     consent rows (``consent_part``), then, after ``settle``, each relevant list (``list_part``,
-    then ``finish_list`` once all of a list's partitions are in), then every contact and lead
-    (``member_part``). A part only reads what earlier phases settled, so the parts of one phase
+    then ``finish_list`` once all of a list's partitions are in), then, after ``lists_done``,
+    every contact and lead (``member_part``). A part only reads what earlier phases settled, so the parts of one phase
     can be computed concurrently; ``add`` must not run concurrently with itself."""
 
     def __init__(self, mappings: Mappings):
@@ -105,6 +109,10 @@ class DriftScan:
         self.list_members: dict[str, set[int]] = {}  # relevant list -> member ids (as ints)
         self.candidates = Candidates()
         self.rows_seen = {"consent": 0, "list_members": 0, "members": 0}
+        self._any_out: set[int] = set()
+        self._brands: list[tuple] = []
+        self._d5: set[int] = set()
+        self._lists_done = False
 
     def add(self, phase: str, part: PartScan, list_id: str | None = None) -> None:
         """Merges a partition's result (``phase``: consent, list_members or members)."""
@@ -183,10 +191,23 @@ class DriftScan:
 
     # --- 3. every contact and lead ----------------------------------------------------------
 
+    def lists_done(self) -> None:
+        """Ends the list phase: what every member check needs, computed once (not per member)."""
+        lm = self.list_members
+        self._any_out = set().union(*self.purpose_out.values())
+        self._brands = [(b, tuple(b.purpose_ids), set().union(*(lm.get(x, ()) for x in b.list_ids)))
+                        for b in self.m.brands]
+        self._d5 = set()  # in a brand's opt-out list and still in one of its lists
+        for list_id, brand in self.m.brand_of_opt_out_list.items():
+            self._d5 |= lm.get(list_id, set()) & set().union(*(lm.get(x, ()) for x in brand.list_ids))
+        self._lists_done = True
+
     def member_part(self, members: Iterable[Member]) -> PartScan:
         assert self._newest is None, "settle() the consent rows first"
+        assert self._lists_done, "lists_done() after the lists"
         single = self.m.mode == "single-brand"
-        covered = self.m.covered_purposes
+        covered = tuple(self.m.covered_purposes)
+        purpose_out, any_out, brands, d5 = self.purpose_out, self._any_out, self._brands, self._d5
         part = PartScan()
         found = part.found
         for member in members:
@@ -196,25 +217,23 @@ class DriftScan:
                 continue
             mid = _mid(member.id)
             if (member.donotbulkemail or member.donotemail) and any(
-                    ek not in self.purpose_out.get(p, ()) for p in covered for ek in eks):
+                    ek not in purpose_out.get(p, ()) for p in covered for ek in eks):
                 found.append((member.table, member.id, "D3"))
-            for brand in self.m.brands:
-                if not any(ek in self.purpose_out.get(p, ()) for p in brand.purpose_ids for ek in eks):
-                    continue
-                if single:
-                    if not member.donotbulkemail:
+            if any(ek in any_out for ek in eks):  # most members have no opt-out at all
+                for brand, purposes, in_brand_lists in brands:
+                    if not any(ek in purpose_out.get(p, ()) for p in purposes for ek in eks):
+                        continue
+                    if single:
+                        if not member.donotbulkemail:
+                            found.append((member.table, member.id, "D2"))
+                        continue
+                    oo = brand.opt_out_list
+                    missing_oo = oo is not None and oo.member_table == member.table and \
+                        mid not in self.list_members.get(oo.list_id, ())
+                    if mid in in_brand_lists or missing_oo:
                         found.append((member.table, member.id, "D2"))
-                    continue
-                in_lists = any(mid in self.list_members.get(lst, ()) for lst in brand.list_ids)
-                oo = brand.opt_out_list
-                missing_oo = oo is not None and oo.member_table == member.table and \
-                    mid not in self.list_members.get(oo.list_id, ())
-                if in_lists or missing_oo:
-                    found.append((member.table, member.id, "D2"))
-            for list_id, brand in self.m.brand_of_opt_out_list.items():  # D5: still in the brand's lists
-                if mid in self.list_members.get(list_id, ()) and any(
-                        mid in self.list_members.get(lst, ()) for lst in brand.list_ids):
-                    found.append((member.table, member.id, "D5"))
+            if mid in d5:  # D5: still in the brand's lists
+                found.append((member.table, member.id, "D5"))
         return part
 
     def finish(self) -> Candidates:
