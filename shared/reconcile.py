@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total or None)
 BUCKETS = (*DRIFT_CLASSES, "follow_on")
 DRY_RUN_PLANNERS = 4  # chunks a dry run plans at once (each a few $batch reads)
+#: The scan's share of one function invocation (functionTimeout is 10 minutes; the partitions being
+#: read when it runs out still finish): the rest goes on in a fresh invocation.
+SCAN_SECONDS_PER_INVOCATION = 240.0
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.
 CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
 
@@ -51,6 +54,7 @@ class ReconcileConfig:
     readers: int = 16  # concurrent scan reads (Dataverse allows 52 per user; each holds one page)
     partition_rows: int | None = None  # smallest key-range partition (None: two pages) worth its partial last page
     max_partitions: int = 64  # per source
+    scan_seconds: float | None = None  # after this, the scan hands what is left to a fresh invocation
 
 
 def drift_class(action: Action, d4_cause: str) -> str:
@@ -96,6 +100,15 @@ class ScanReader:
         self.finished = 0
         self.read = 0
         self.total = 0
+        self.deadline = time.monotonic() + config.scan_seconds if config.scan_seconds is not None else None
+        self.paused = False
+
+    def _out_of_time(self) -> bool:
+        """Past the invocation's scan budget (having read something, so every invocation advances)."""
+        if self.deadline is None or self.read == 0 or time.monotonic() < self.deadline:
+            return False
+        self.paused = True
+        return True
 
     def phase(self, sources: list[ScanSource]) -> None:
         hint = getattr(self.tenant, "parallelism_hint", lambda: None)()
@@ -125,6 +138,8 @@ class ScanReader:
                 for f in jobs:  # a failed read ends the scan: start nothing more, keep what is checkpointed
                     f.cancel()
                 raise
+        if self.paused:
+            raise ScanPaused(f"{self.read} partitions read, the rest is left to the next invocation")
 
     def _run(self, pool: ThreadPoolExecutor, jobs: dict, heads: dict, largest: dict, probed: set,
              per_source: int) -> None:
@@ -137,6 +152,8 @@ class ScanReader:
                     continue
                 if what == "probe":
                     largest[source] = result
+                elif result is None:
+                    continue  # out of time: not read
                 else:
                     heads[source] = result
                 if source not in heads:
@@ -180,7 +197,9 @@ class ScanReader:
             return self.scan.list_part(str(source.list_id), values)
         return self.scan.member_part(values)
 
-    def _head(self, source: ScanSource) -> tuple[PartScan, "Head"]:
+    def _head(self, source: ScanSource) -> tuple[PartScan, "Head"] | None:
+        if self._out_of_time():
+            return None
         pages = self.tenant.scan_pages(source, self.columns)
         values, more = next(pages, ([], False))
         pages.close()
@@ -189,6 +208,8 @@ class ScanReader:
         return self._part(source, values), head
 
     def _tail(self, source: ScanSource, name: str, rng: KeyRange) -> None:
+        if self._out_of_time():
+            return
         pages = 0
 
         def rows():
@@ -211,6 +232,10 @@ class ScanReader:
             self.finished += 1
             self.read += read
             self.note("partitions", self.finished, None)
+
+
+class ScanPaused(Exception):
+    """The scan used its invocation's time; what it finished is checkpointed."""
 
 
 @dataclass
@@ -349,8 +374,7 @@ def nightly(container, clock: Callable[[], float] = time.time) -> dict:
     settings = container.settings
     cutoff = datetime.fromtimestamp(clock(), tz=timezone.utc) - timedelta(days=settings.processed_retention_days)
     purged = container.tables().processed.purge(cutoff)
-    config = ReconcileConfig(settings.reconcile_chunk_size, settings.reconcile_fanout_above,
-                             readers=settings.reconcile_readers)
+    config = nightly_config(settings)
     unfinished = unfinished_run(container.tables().runs, clock)
     report = run_reconciliation(container, config=config, run_id=unfinished, fanout=lambda bodies: (
         container.event_queue().send_raw(settings.reconcile_queue, bodies)))
@@ -415,7 +439,16 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
             done = keep.partitions(run_id)
             emit(log, "reconcile.resumed", run_id=run_id, partitions_done=len(done))
     save_part = (lambda name, meta, payload: keep.save_partition(run_id, name, meta, payload)) if keep else None
-    scanned = scan_tenant(tenant, mappings, snapshots, run_id, note, config, save_part, done)
+    if keep is None or fanout is None:
+        config = replace(config, scan_seconds=None)  # only a run that can hand over may stop early
+    try:
+        scanned = scan_tenant(tenant, mappings, snapshots, run_id, note, config, save_part, done)
+    except ScanPaused as paused:
+        # One invocation's worth of scan is done: a message carries the run to a fresh invocation.
+        assert fanout is not None
+        fanout([(f"{run_id}.scan.{int(clock())}", scan_message(run_id))])
+        emit(log, "reconcile.scan_continued", run_id=run_id, detail=str(paused))
+        return {**header, "status": "scanning"}
     earlier = sum(int(meta.get("requests", 0)) for meta, _ in done.values())  # an interrupted attempt's reads
     header.update(candidates=scanned.candidates, rows_scanned=scanned.rows_scanned,
                   first_snapshot_lists=scanned.first_snapshot_lists, scan_partitions=scanned.partitions,
@@ -513,12 +546,32 @@ def chunk_message(run_id: str, started_at: str, index: int, total: int, triggers
                                     for t in triggers]}, separators=(",", ":")).encode()
 
 
+def scan_message(run_id: str) -> bytes:
+    """Carries a run whose scan used its invocation's time to a fresh ``reconcile_chunk``."""
+    return json.dumps({"v": 1, "kind": "scan", "run_id": run_id}, separators=(",", ":")).encode()
+
+
+def nightly_config(settings) -> ReconcileConfig:
+    return ReconcileConfig(settings.reconcile_chunk_size, settings.reconcile_fanout_above,
+                           readers=settings.reconcile_readers, scan_seconds=SCAN_SECONDS_PER_INVOCATION)
+
+
 def run_chunk(container, body: bytes, clock: Callable[[], float] = time.time) -> dict | None:
-    """``reconcile_chunk``: heals one chunk, records it, and finishes the run when it is the last.
+    """``reconcile_chunk``: heals one chunk, records it, and finishes the run when it is the last;
+    or, for a "scan" message, goes on with a run's scan where the previous invocation stopped.
 
     Returns the final report when this chunk completed the run.
     """
     msg = json.loads(body)
+    if msg.get("kind") == "scan":
+        current = container.tables().runs.get(str(msg["run_id"]))
+        if current is None or current.get("status") != "scanning":
+            return None  # a redelivery after the run went on: nothing to do
+        settings = container.settings
+        report = run_reconciliation(container, config=nightly_config(settings), run_id=str(msg["run_id"]),
+                                    fanout=lambda bodies: container.event_queue().send_raw(
+                                        settings.reconcile_queue, bodies))
+        return report if report.get("status") not in ("scanning", "running") else None
     run_id, index, total = msg["run_id"], int(msg["index"]), int(msg["total"])
     chunks = container.tables().runs
     if chunks.get_chunk(run_id, index) is not None:

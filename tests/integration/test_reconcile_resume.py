@@ -77,7 +77,7 @@ def stacks(azurite_tables):
         seed, mappings, _ = _tenant()
         # small pages, so every table takes several and is cut into ranges
         s = Stack(azurite_tables, "resume" + uuid.uuid4().hex[:8], seed, mappings, register_webhooks=False,
-                  settings={"DATAVERSE_PAGE_SIZE": "100"})
+                  settings={"DATAVERSE_PAGE_SIZE": "100", "RECONCILE_READERS": "2"})
         made.append(s)
         return s
 
@@ -128,3 +128,41 @@ def test_a_run_killed_midway_resumes_without_reading_or_healing_anything_twice(s
     assert stored["status"] == "succeeded" and stored["drift_fixed"] == reference["drift_fixed"]
     assert runs.partitions("killed-run") == {}  # checkpoints go once the report is written
     assert unfinished_run(runs) is None
+
+
+def test_a_scan_out_of_time_goes_on_in_fresh_invocations_through_the_reconcile_queue(stacks, monkeypatch):
+    """The timer's scan stops starting partitions once its share of the invocation is used, and a
+    "scan" message on the reconcile queue carries the run on (reconcile_chunk), as many hops as it
+    takes; the last hop writes the one report, the same as an uninterrupted run's."""
+    from azure.functions.servicebus import ServiceBusMessage
+
+    import function_app
+    import shared.reconcile as reconcile_module
+
+    config = ReconcileConfig(readers=2)
+    whole = stacks()
+    reference = _run(whole, Recording(whole.container.sync_engine().gateway), "whole-run", config)
+
+    s = stacks()
+    s.activate()
+    monkeypatch.setattr(reconcile_module, "SCAN_SECONDS_PER_INVOCATION", 0.0)  # every hop: as little as it can
+    first = reconcile_module.run_reconciliation(
+        s.container, config=ReconcileConfig(readers=2, scan_seconds=0.0),
+        fanout=lambda bodies: s.queue.send_raw("straddle-reconcile", bodies))
+    assert first["status"] == "scanning"
+    hops = 0
+    while s.queue.other.get("straddle-reconcile"):
+        (mid, body), *rest = s.queue.other["straddle-reconcile"]
+        s.queue.other["straddle-reconcile"] = rest
+        assert mid.startswith(f"{first['run_id']}.scan.")
+        function_app.reconcile_chunk(ServiceBusMessage(body=body, message_id=mid, application_properties={},
+                                                       user_properties={}))
+        hops += 1
+        assert hops < 200
+    report = s.container.tables().runs.get(first["run_id"])
+    assert hops >= 2 and report["status"] == "succeeded"
+    assert {k: report[k] for k in SAME} == {k: reference[k] for k in SAME}
+    # the message of a run that has finished does nothing
+    function_app.reconcile_chunk(ServiceBusMessage(body=reconcile_module.scan_message(first["run_id"]),
+                                                   message_id="again", application_properties={}, user_properties={}))
+    assert [r["run_id"] for r in s.container.tables().runs.latest()] == [first["run_id"]]
