@@ -36,7 +36,7 @@ from sandbox.azurite import ensure_azurite, free_port
 from shared import bootstrap
 from shared.adapters.settings import Settings
 from shared.admin import import_mappings
-from shared.reconcile import ReconcileConfig, run_chunk, run_reconciliation
+from shared.reconcile import SCAN_SECONDS_PER_INVOCATION, ReconcileConfig, run_chunk, run_reconciliation
 
 PAGE, WRITES_PER_REQUEST = 5000, 1000
 
@@ -93,17 +93,21 @@ def timed_run(container, url: str, *, dry: bool, readers: int, fanout: bool = Fa
     """One run: wall time, requests, peak concurrent requests (seen by the sandbox); with ``fanout``
     the chunks are collected and then healed one by one as reconcile_chunk would, each timed."""
     sandbox_stats(url, reset=True)
-    config = ReconcileConfig(container.settings.reconcile_chunk_size, 0 if fanout else None, readers=readers)
+    config = ReconcileConfig(container.settings.reconcile_chunk_size, 0 if fanout else None, readers=readers,
+                             scan_seconds=SCAN_SECONDS_PER_INVOCATION if fanout else None)
     sent: list[tuple[str, bytes]] = []
+    container.set_event_queue(Collect(sent))  # reconcile_chunk's own hand-overs land here too
     started = time.perf_counter()
     report = run_reconciliation(container, dry_run=dry, config=config, fanout=sent.extend if fanout else None)
     scan_seconds = time.perf_counter() - started
-    chunk_seconds = []
-    for _, body in sent:
+    invocations = [("timer", scan_seconds)]
+    while sent:  # each message is one reconcile_chunk invocation, as the host would run them
+        message_id, body = sent.pop(0)
         t = time.perf_counter()
         final = run_chunk(container, body)
-        chunk_seconds.append(time.perf_counter() - t)
+        invocations.append(("scan" if ".scan." in message_id else "chunk", time.perf_counter() - t))
         report = final or report
+    chunk_seconds = [secs for kind, secs in invocations if kind == "chunk"]
     stats = sandbox_stats(url)
     out = {"seconds": round(time.perf_counter() - started, 1), "requests": report["dataverse_requests"],
            "sandbox_requests": stats["total"], "peak_concurrent": stats["peak_concurrent"],
@@ -111,9 +115,21 @@ def timed_run(container, url: str, *, dry: bool, readers: int, fanout: bool = Fa
            "scan_partitions": report.get("scan_partitions"),
            **{k: report[k] for k in report if k.startswith("found_D")}}
     if fanout:
-        out.update(scan_step_seconds=round(scan_seconds, 1), chunks=len(sent),
+        scans = [secs for kind, secs in invocations if kind != "chunk"]
+        out.update(scan_step_seconds=round(sum(scans), 1), scan_invocations=len(scans),
+                   longest_scan_invocation_seconds=round(max(scans), 1), chunks=len(chunk_seconds),
                    longest_chunk_seconds=round(max(chunk_seconds, default=0.0), 1))
     return out
+
+
+class Collect:
+    """The reconcile queue, as far as the benchmark needs it: messages are kept to be run in turn."""
+
+    def __init__(self, into: list):
+        self.into = into
+
+    def send_raw(self, queue_name: str, messages: list[tuple[str, bytes]]) -> None:
+        self.into.extend(messages)
 
 
 def child_run(spec: str) -> None:
@@ -211,8 +227,9 @@ def main() -> None:
         budget = 1.2 * (pages + math.ceil(heal["fixed"] / WRITES_PER_REQUEST))
         print(f"pages at {PAGE}/page: {pages}; healing run requests {heal['requests']} (budget {budget:.0f}): "
               f"{'PASS' if heal['requests'] <= budget else 'FAIL'}")
-        print(f"healing run: scan step {heal['scan_step_seconds']} s, {heal['chunks']} chunks, longest "
-              f"{heal['longest_chunk_seconds']} s (target: each <= 300 s)")
+        print(f"healing run: scan {heal['scan_step_seconds']} s in {heal['scan_invocations']} invocation(s), longest "
+              f"{heal['longest_scan_invocation_seconds']} s; {heal['chunks']} chunks, longest "
+              f"{heal['longest_chunk_seconds']} s (target: every invocation <= 300 s)")
     print(f"dry run: {dry['seconds']} s wall, {dry['requests']} requests, peak {dry['peak_concurrent']} concurrent "
           f"at {args.latency_ms:g} ms per request (targets at 1M and 2000 ms: < 600 s, <= 32 concurrent)")
     if "sequential_dry_run" in results:
