@@ -38,13 +38,6 @@ def _positive_int(raw: str) -> int:
     return value
 
 
-def _readers(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 32:  # well inside Dataverse's 52 concurrent requests per user
-        raise ValueError("must be a whole number from 1 to 32")
-    return value
-
-
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -64,6 +57,13 @@ def _https_url(raw: str) -> str:
     if parsed.scheme not in ("https", "http") or not parsed.netloc:
         raise ValueError("must be an absolute URL such as https://contoso.crm.dynamics.com")
     return raw.strip().rstrip("/")
+
+
+def _readers(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 32:  # well inside Dataverse's 52 concurrent requests per user
+        raise ValueError("must be a whole number from 1 to 32")
+    return value
 
 
 def _header_name(raw: str) -> str:
