@@ -192,6 +192,7 @@ def main() -> None:
         env = {"DATAVERSE_URL": url, "DATAVERSE_ACCESS_TOKEN": "straddle-sync-app-user",
                "AzureWebJobsStorage": azurite.connection_string, "TABLE_PREFIX": "bench" + uuid.uuid4().hex[:8],
                "LEDGER_KEY": "bench-ledger-key-0123456789abcdef", "DATAVERSE_RETRY_BUDGET_SECONDS": "300",
+               "DATAVERSE_TIMEOUT_SECONDS": "120",  # Dataverse's own limit per request is 2 minutes
                "RECONCILE_READERS": str(args.readers)}
         container = bootstrap.Container(Settings.from_env(env))
         bootstrap.reset_container(container)

@@ -52,7 +52,7 @@ class ReconcileConfig:
     chunk: int = 5000  # candidates planned together: bounds the state held, keeps $batch reads full
     fanout_above: int | None = None  # candidates above which chunks go to the queue (None: never)
     readers: int = 16  # concurrent scan reads (Dataverse allows 52 per user; each holds one page)
-    partition_rows: int | None = None  # smallest key-range partition (None: two pages) worth its partial last page
+    partition_rows: int | None = None  # rows a key range aims at (None: 4/5 of a page, so most fit one page)
     max_partitions: int = 64  # per source
     scan_seconds: float | None = None  # after this, the scan hands what is left to a fresh invocation
 
@@ -103,7 +103,9 @@ class ScanReader:
         self.deadline = time.monotonic() + config.scan_seconds if config.scan_seconds is not None else None
         self.paused = False
         self.early: dict[ScanSource, tuple[Future, Future | None]] = {}  # read ahead of their phase
-        # A quarter of the readers read ahead; the phases get the rest, so together they stay within it.
+        # Every request holds one of ``readers`` slots, whichever pool sends it: reading ahead uses the
+        # slots a phase leaves idle and never adds to the concurrency Dataverse sees.
+        self.slots = threading.BoundedSemaphore(config.readers)
         self.ahead = config.readers // 4
         self.fetcher = ThreadPoolExecutor(max_workers=max(1, self.ahead), thread_name_prefix="scan-ahead")
 
@@ -117,8 +119,8 @@ class ScanReader:
     def phase(self, sources: list[ScanSource]) -> None:
         hint = getattr(self.tenant, "parallelism_hint", lambda: None)()
         readers = min(self.config.readers, hint) if hint else self.config.readers  # Dataverse's advice caps it
-        readers = max(1, readers - self.ahead)
-        per_source = max(1, -(-readers // max(1, len(sources))))
+        # Ranges per source: the readers shared out, except contacts and leads (leads are rarely many).
+        per_source = readers if sources and sources[0].phase == "members" else -(-readers // max(1, len(sources)))
         with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="scan") as pool:
             jobs: dict[Future, tuple[str, ScanSource]] = {}
             heads: dict[ScanSource, tuple[PartScan, Head]] = {}
@@ -136,8 +138,7 @@ class ScanReader:
                 early = self.early.pop(source, None)
                 jobs[pool.submit(self._head, source, early[0] if early else None)] = ("head", source)
                 if source.phase == "members":  # the big tables: ask for the largest key meanwhile
-                    probe = early[1] if early and early[1] else pool.submit(self.tenant.largest_key, source,
-                                                                             self.columns)
+                    probe = early[1] if early and early[1] else pool.submit(self._largest, source)
                     jobs[probe] = ("probe", source)
                     probed.add(source)
             try:
@@ -170,7 +171,7 @@ class ScanReader:
                 if head.more and source not in largest:
                     if source.phase == "members" or head.remaining() > 2 * head.rows:
                         if source not in probed:
-                            jobs[pool.submit(self.tenant.largest_key, source, self.columns)] = ("probe", source)
+                            jobs[pool.submit(self._largest, source)] = ("probe", source)
                             probed.add(source)
                         continue
                     largest[source] = None  # little left: one more range, no probe
@@ -187,7 +188,7 @@ class ScanReader:
         if largest is None:
             return [KeyRange(head.last, None)]
         cap = min(self.config.max_partitions, per_source)
-        size = self.config.partition_rows or 2 * head.rows  # a full first page is one page of the client's size
+        size = self.config.partition_rows or head.rows * 4 // 5  # a full first page is one page of the client's size
         return plan_ranges(head.first, head.last, largest, head.rows, size, cap)
 
     def _range(self, pool: ThreadPoolExecutor, jobs: dict, source: ScanSource, i: int, rng: KeyRange) -> None:
@@ -211,12 +212,28 @@ class ScanReader:
         and a round trip fewer per phase is what the scan's wall time is made of."""
         for source in sources if self.ahead else ():
             if f"{source.name}.0" not in self.done:
-                probe = self.fetcher.submit(self.tenant.largest_key, source, self.columns) \
-                    if source.phase == "members" else None
+                probe = self.fetcher.submit(self._largest, source) if source.phase == "members" else None
                 self.early[source] = (self.fetcher.submit(self._first_page, source), probe)
 
+    def _pages(self, source: ScanSource, after: str | None = None, upto: str | None = None):
+        """The source's pages in a key range, each request holding a slot."""
+        pages = self.tenant.scan_pages(source, self.columns, after, upto)
+        try:
+            while True:
+                with self.slots:
+                    page = next(pages, None)
+                if page is None:
+                    return
+                yield page
+        finally:
+            pages.close()
+
+    def _largest(self, source: ScanSource) -> str | None:
+        with self.slots:
+            return self.tenant.largest_key(source, self.columns)
+
     def _first_page(self, source: ScanSource) -> tuple[list, bool]:
-        pages = self.tenant.scan_pages(source, self.columns)
+        pages = self._pages(source)
         values, more = next(pages, ([], False))
         pages.close()
         return values, more
@@ -243,7 +260,7 @@ class ScanReader:
 
         def rows():
             nonlocal pages
-            for values, _ in self.tenant.scan_pages(source, self.columns, rng.after, rng.upto):
+            for values, _ in self._pages(source, rng.after, rng.upto):
                 pages += 1
                 yield from values
         part = self._part(source, rows())
