@@ -96,6 +96,11 @@ param reconcileQueueName string = 'straddle-reconcile'
 @description('Drift candidates healed together, one chunk (RECONCILE_CHUNK_SIZE).')
 param reconcileChunkSize int = 5000
 
+@minValue(1)
+@maxValue(32)
+@description('Concurrent Dataverse reads of the nightly scan (RECONCILE_READERS); Dataverse allows 52 per application user.')
+param reconcileReaders int = 16
+
 @minValue(0)
 @description('Above this many drift candidates the nightly run fans out to reconcile_chunk instead of healing inline (RECONCILE_FANOUT_ABOVE).')
 param reconcileFanoutAbove int = 20000
@@ -271,6 +276,7 @@ module functionApp 'modules/functionapp.bicep' = {
     webhookSecretHeader: webhookSecretHeader
     reconcileSchedule: reconcileSchedule
     reconcileChunkSize: reconcileChunkSize
+    reconcileReaders: reconcileReaders
     reconcileFanoutAbove: reconcileFanoutAbove
     processedRetentionDays: processedRetentionDays
     tablePrefix: tablePrefix

@@ -108,8 +108,9 @@ def nightly_reconcile(timer: func.TimerRequest) -> None:
 
 
 def reconcile_chunk(message: func.ServiceBusMessage) -> None:
-    """One chunk of a fanned-out reconciliation. Raising abandons it: Service Bus redelivers, and a
-    chunk already recorded is skipped, so the run resumes rather than repeats."""
+    """One chunk of a fanned-out reconciliation, or the next stretch of a run's scan (a "scan"
+    message). Raising abandons it: Service Bus redelivers, and a chunk or scan partition already
+    recorded is skipped, so the run resumes rather than repeats."""
     from shared.reconcile import run_chunk
 
     try:

@@ -11,6 +11,7 @@ from shared.domain.events import ChangeEvent
 from shared.domain.ledger import LedgerEntry
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow, Member, WriteResult
+from shared.domain.partitions import ScanSource
 from shared.domain.planner import Action, MemberKey
 
 
@@ -60,11 +61,16 @@ class SyncGateway(Protocol):
 class TenantSource(Protocol):
     """The whole tenant as streams of domain values, page by page (the nightly reconciliation)."""
 
-    def stream_consent_rows(self) -> Iterator[ConsentRow]: ...
+    def scan_pages(self, source: ScanSource, columns: Sequence[str], after: str | None = None,
+                   upto: str | None = None) -> Iterator[tuple[list[ConsentRow] | list[Member], bool]]:
+        """The source's rows with ``after < key <= upto`` in key order: (page, whether more follow)."""
+        ...
 
-    def stream_list_members(self, list_id: str, table: str, columns: Sequence[str]) -> Iterator[Member]: ...
+    def largest_key(self, source: ScanSource, columns: Sequence[str]) -> str | None: ...
 
-    def stream_members(self, table: str, columns: Sequence[str]) -> Iterator[Member]: ...
+    def parallelism_hint(self) -> int | None:
+        """The concurrency Dataverse recommends for this environment (``x-ms-dop-hint``), if known."""
+        ...
 
     def request_count(self) -> int:
         """HTTP requests made so far (the run report's Dataverse requests)."""
@@ -78,7 +84,23 @@ class ListSnapshotsPort(Protocol):
 
 
 class RunReportsPort(Protocol):
+    """Run reports, and what a run has finished so far (so an interrupted run resumes)."""
+
     def save(self, report: dict) -> None: ...
+
+    def get(self, run_id: str) -> dict | None: ...
+
+    def save_final(self, report: dict) -> bool: ...
+
+    def save_chunk(self, run_id: str, index: int, result: dict) -> None: ...
+
+    def get_chunk(self, run_id: str, index: int) -> dict | None: ...
+
+    def save_partition(self, run_id: str, name: str, meta: dict, payload: bytes) -> None: ...
+
+    def partitions(self, run_id: str) -> dict[str, tuple[dict, bytes]]: ...
+
+    def clear_partitions(self, run_id: str) -> None: ...
 
 
 class TransientError(RuntimeError):

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 import time
 import uuid
+import zlib
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
-from shared.domain.drift import DRIFT_CLASSES, DriftScan, ReconsentTally
+from shared.domain.drift import DRIFT_CLASSES, DriftScan, PartScan, ReconsentTally
 from shared.domain.mappings import Mappings
+from shared.domain.partitions import KeyRange, ScanSource, plan_ranges, rows_after
 from shared.domain.planner import Action, OptOutConsent, RemoveFromList, State, Trigger
 from shared.ports import ListSnapshotsPort, RunReportsPort, TenantSource
 from shared.sync.engine import SyncEngine
@@ -36,6 +41,24 @@ Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total or No
 CaseSink = Callable[[str, Action], None]  # (drift class, planned action): the dry run's review file
 MAX_UNHEALED = 100  # failed changes a run report keeps, per record (runs show RUN)
 BUCKETS = (*DRIFT_CLASSES, "follow_on")
+DRY_RUN_PLANNERS = 4  # chunks a dry run plans at once (each a few $batch reads)
+
+
+def serialised(cases: CaseSink | None) -> CaseSink | None:
+    """The sink for chunks planned side by side: one case at a time, so the review file's rows
+    never interleave."""
+    if cases is None:
+        return None
+    lock = threading.Lock()
+
+    def sink(drift_class: str, action: Action) -> None:
+        with lock:
+            cases(drift_class, action)
+    return sink
+
+#: The scan's share of one function invocation (functionTimeout is 10 minutes; the partitions being
+#: read when it runs out still finish): the rest goes on in a fresh invocation.
+SCAN_SECONDS_PER_INVOCATION = 240.0
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.
 CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
 
@@ -44,6 +67,10 @@ CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
 class ReconcileConfig:
     chunk: int = 5000  # candidates planned together: bounds the state held, keeps $batch reads full
     fanout_above: int | None = None  # candidates above which chunks go to the queue (None: never)
+    readers: int = 16  # concurrent scan reads (Dataverse allows 52 per user; each holds one page)
+    partition_rows: int | None = None  # rows a key range aims at (None: 4/5 of a page, so most fit one page)
+    max_partitions: int = 64  # per source
+    scan_seconds: float | None = None  # after this, the scan hands what is left to a fresh invocation
 
 
 def drift_class(action: Action, d4_cause: str) -> str:
@@ -58,34 +85,298 @@ def drift_class(action: Action, d4_cause: str) -> str:
 @dataclass
 class Scan:
     triggers: list[Trigger]
-    snapshots: dict[str, set[str]]  # mapped list -> member ids now
+    snapshots: dict[str, set[int]]  # mapped list -> member ids now (as integers)
     suspected: dict[str, int]
     first_snapshot_lists: int
     rows_scanned: int
     candidates: int
+    partitions: int = 0  # partitions the scan was made of
+    partitions_read: int = 0  # of those, read by this invocation (the rest came from checkpoints)
+
+
+class ScanReader:
+    """Reads the scan's sources in key-range partitions on ``readers`` threads, phase by phase.
+
+    A source's first page (in key order) is its partition 0. When more follow, the rest is cut
+    into key ranges (``plan_ranges``) read concurrently: sized from the first page's density and
+    the source's largest key (asked for at once for contacts and leads, the big tables; for a list
+    or the consent rows only when the first page suggests much more than two pages remain), about
+    as many ranges as the phase leaves readers per source, each at least two pages, so the extra
+    requests (a partial last page per range) stay few. Each finished partition is checkpointed
+    with its compact result (partition 0 with the plan), so a resumed run merges what is done and
+    reads only the rest.
+    """
+
+    def __init__(self, tenant: TenantSource, scan: DriftScan, columns: Sequence[str], config: "ReconcileConfig",
+                 checkpoints: Callable[[str, dict, bytes], None] | None, done: dict[str, tuple[dict, bytes]],
+                 note: Progress):
+        self.tenant, self.scan, self.columns, self.config = tenant, scan, columns, config
+        self.checkpoint, self.done, self.note = checkpoints, done, note
+        self.lock = threading.Lock()
+        self.finished = 0
+        self.read = 0
+        self.total = 0
+        self.deadline = time.monotonic() + config.scan_seconds if config.scan_seconds is not None else None
+        self.paused = False
+        self.early: dict[ScanSource, tuple[Future, Future | None]] = {}  # read ahead of their phase
+        # Every request holds one of ``readers`` slots, whichever pool sends it: reading ahead uses the
+        # slots a phase leaves idle and never adds to the concurrency Dataverse sees.
+        self.slots = threading.BoundedSemaphore(config.readers)
+        self.ahead = config.readers // 4
+        self.fetcher = ThreadPoolExecutor(max_workers=max(1, self.ahead), thread_name_prefix="scan-ahead")
+
+    def _out_of_time(self) -> bool:
+        """Past the invocation's scan budget (having read something, so every invocation advances)."""
+        if self.deadline is None or self.read == 0 or time.monotonic() < self.deadline:
+            return False
+        self.paused = True
+        return True
+
+    def phase(self, sources: list[ScanSource]) -> None:
+        hint = getattr(self.tenant, "parallelism_hint", lambda: None)()
+        readers = min(self.config.readers, hint) if hint else self.config.readers  # Dataverse's advice caps it
+        # Ranges per source: the readers shared out, except contacts and leads (leads are rarely many).
+        per_source = readers if sources and sources[0].phase == "members" else -(-readers // max(1, len(sources)))
+        with ThreadPoolExecutor(max_workers=readers, thread_name_prefix="scan") as pool:
+            jobs: dict[Future, tuple[str, ScanSource]] = {}
+            heads: dict[ScanSource, tuple[PartScan, Head]] = {}
+            largest: dict[ScanSource, str | None] = {}
+            probed: set[ScanSource] = set()
+            for source in sources:
+                self.total += 1
+                name = f"{source.name}.0"
+                if name in self.done:
+                    meta, payload = self.done[name]
+                    self._merge(source, decode_part(meta, payload))
+                    for i, rng in enumerate(meta["ranges"], 1):
+                        self._range(pool, jobs, source, i, KeyRange(*rng))
+                    continue
+                early = self.early.pop(source, None)
+                jobs[pool.submit(self._head, source, early[0] if early else None)] = ("head", source)
+                if source.phase == "members":  # the big tables: ask for the largest key meanwhile
+                    probe = early[1] if early and early[1] else pool.submit(self._largest, source)
+                    jobs[probe] = ("probe", source)
+                    probed.add(source)
+            try:
+                self._run(pool, jobs, heads, largest, probed, per_source)
+            except BaseException:
+                for f in jobs:  # a failed read ends the scan: start nothing more, keep what is checkpointed
+                    f.cancel()
+                raise
+        if self.paused:
+            raise ScanPaused(f"{self.read} partitions read, the rest is left to the next invocation")
+
+    def _run(self, pool: ThreadPoolExecutor, jobs: dict, heads: dict, largest: dict, probed: set,
+             per_source: int) -> None:
+        while jobs:
+            finished, _ = wait(list(jobs), return_when=FIRST_COMPLETED)
+            for f in finished:
+                what, source = jobs.pop(f)
+                result = f.result()  # a failed read fails the scan (the run resumes later)
+                if what == "tail":
+                    continue
+                if what == "probe":
+                    largest[source] = result
+                elif result is None:
+                    continue  # out of time: not read
+                else:
+                    heads[source] = result
+                if source not in heads:
+                    continue
+                part, head = heads[source]
+                if head.more and source not in largest:
+                    if source.phase == "members" or head.remaining() > 2 * head.rows:
+                        if source not in probed:
+                            jobs[pool.submit(self._largest, source)] = ("probe", source)
+                            probed.add(source)
+                        continue
+                    largest[source] = None  # little left: one more range, no probe
+                ranges = self._plan(head, largest.get(source), per_source)
+                self._finish(source, f"{source.name}.0", part,
+                             {"ranges": [r.to_list() for r in ranges], "requests": 1 + (source in probed)})
+                del heads[source]
+                for i, rng in enumerate(ranges, 1):
+                    self._range(pool, jobs, source, i, rng)
+
+    def _plan(self, head: "Head", largest: str | None, per_source: int) -> list[KeyRange]:
+        if not head.more:
+            return []
+        if largest is None:
+            return [KeyRange(head.last, None)]
+        cap = min(self.config.max_partitions, per_source)
+        size = self.config.partition_rows or head.rows * 4 // 5  # a full first page is one page of the client's size
+        return plan_ranges(head.first, head.last, largest, head.rows, size, cap)
+
+    def _range(self, pool: ThreadPoolExecutor, jobs: dict, source: ScanSource, i: int, rng: KeyRange) -> None:
+        name = f"{source.name}.{i}"
+        self.total += 1
+        if name in self.done:
+            self._merge(source, decode_part(*self.done[name]))
+        else:
+            jobs[pool.submit(self._tail, source, name, rng)] = ("tail", source)
+
+    def _part(self, source: ScanSource, values: Iterable) -> PartScan:
+        if source.phase == "consent":
+            return self.scan.consent_part(values)
+        if source.phase == "list_members":
+            return self.scan.list_part(str(source.list_id), values)
+        return self.scan.member_part(values)
+
+    def prefetch(self, sources: list[ScanSource]) -> None:
+        """Reads the first page of the next phase's sources (and the big tables' largest key) while
+        the current phase runs: it needs nothing the current phase settles until it is processed,
+        and a round trip fewer per phase is what the scan's wall time is made of."""
+        for source in sources if self.ahead else ():
+            if f"{source.name}.0" not in self.done:
+                probe = self.fetcher.submit(self._largest, source) if source.phase == "members" else None
+                self.early[source] = (self.fetcher.submit(self._first_page, source), probe)
+
+    def _pages(self, source: ScanSource, after: str | None = None, upto: str | None = None):
+        """The source's pages in a key range, each request holding a slot."""
+        pages = self.tenant.scan_pages(source, self.columns, after, upto)
+        try:
+            while True:
+                with self.slots:
+                    page = next(pages, None)
+                if page is None:
+                    return
+                yield page
+        finally:
+            pages.close()
+
+    def _largest(self, source: ScanSource) -> str | None:
+        with self.slots:
+            return self.tenant.largest_key(source, self.columns)
+
+    def _first_page(self, source: ScanSource) -> tuple[list, bool]:
+        pages = self._pages(source)
+        values, more = next(pages, ([], False))
+        pages.close()
+        return values, more
+
+    def close(self) -> None:
+        for first, probe in self.early.values():
+            first.cancel()
+            if probe is not None:
+                probe.cancel()
+        self.fetcher.shutdown(wait=True)
+
+    def _head(self, source: ScanSource, early: Future | None = None) -> tuple[PartScan, "Head"] | None:
+        if early is None and self._out_of_time():
+            return None
+        values, more = early.result() if early is not None else self._first_page(source)
+        more = more and bool(values)
+        head = Head(values[0].id if values else "", values[-1].id if values else "", len(values), more)
+        return self._part(source, values), head
+
+    def _tail(self, source: ScanSource, name: str, rng: KeyRange) -> None:
+        if self._out_of_time():
+            return
+        pages = 0
+
+        def rows():
+            nonlocal pages
+            for values, _ in self._pages(source, rng.after, rng.upto):
+                pages += 1
+                yield from values
+        part = self._part(source, rows())
+        self._finish(source, name, part, {"requests": pages})
+
+    def _finish(self, source: ScanSource, name: str, part: PartScan, meta: dict) -> None:
+        if self.checkpoint is not None:
+            meta_, payload = encode_part(part)
+            self.checkpoint(name, {**meta, **meta_}, payload)
+        self._merge(source, part, read=True)
+
+    def _merge(self, source: ScanSource, part: PartScan, read: bool = False) -> None:
+        with self.lock:
+            self.scan.add(source.phase, part, source.list_id)
+            self.finished += 1
+            self.read += read
+            self.note("partitions", self.finished, None)
+
+
+class ScanPaused(Exception):
+    """The scan used its invocation's time; what it finished is checkpointed."""
+
+
+@dataclass
+class Head:
+    """A source's first page: its first and last key, rows, and whether more follow."""
+
+    first: str
+    last: str
+    rows: int
+    more: bool
+
+    def remaining(self) -> float:
+        """Rows after the first page if keys are spread evenly (random GUIDs); sequential ones
+        look like far more, which only costs asking for the largest key."""
+        return rows_after(self.first, self.last, self.rows)
 
 
 def scan_tenant(tenant: TenantSource, mappings: Mappings, snapshots: ListSnapshotsPort, run_id: str,
-                note: Progress) -> Scan:
+                note: Progress, config: "ReconcileConfig | None" = None,
+                checkpoints: Callable[[str, dict, bytes], None] | None = None,
+                done: dict[str, tuple[dict, bytes]] | None = None) -> Scan:
+    """Pass 1. ``checkpoints(name, meta, payload)`` records each finished partition; ``done`` holds
+    those of an interrupted attempt of the same run (merged, not read again)."""
+    config = config or ReconcileConfig()
     scan = DriftScan(mappings)
-    scan.consent_rows(_counted(tenant.stream_consent_rows(), note, "consent rows"))
-    now: dict[str, set[str]] = {}
+    reader = ScanReader(tenant, scan, mappings.email_columns, config, checkpoints, done or {}, note)
+    try:
+        return _scan_phases(reader, scan, mappings, snapshots, run_id, note)
+    finally:
+        reader.close()
+
+
+def _scan_phases(reader: ScanReader, scan: DriftScan, mappings: Mappings, snapshots: ListSnapshotsPort,
+                 run_id: str, note: Progress) -> Scan:
     relevant = sorted(mappings.relevant_lists)
+    lists = [ScanSource("list_members", mappings.member_table_of_list[l], l) for l in relevant]
+    members = [ScanSource("members", "contact"), ScanSource("members", "lead")]
+    reader.prefetch(lists)
+    reader.phase([ScanSource("consent")])
+    scan.settle()
+    reader.prefetch(members)
+    reader.phase(lists)
+    now: dict[str, set[int]] = {}
     for i, list_id in enumerate(relevant, 1):
         previous = snapshots.load(list_id)
-        table = mappings.member_table_of_list[list_id]
-        members = tenant.stream_list_members(list_id, table, mappings.email_columns)
-        ids = scan.list_members_of(list_id, members, previous[0] if previous else None)
+        ids = scan.finish_list(list_id, previous[0] if previous else None)
         if list_id in mappings.topics_of_list:
             now[list_id] = set(ids)
         note("lists", i, len(relevant))
-    for table in ("contact", "lead"):
-        scan.members(_counted(tenant.stream_members(table, mappings.email_columns), note, f"{table}s"))
+    scan.lists_done()
+    reader.phase(members)
     found = scan.finish()
     d4 = d4_cause(run_id)
     triggers = [t if t.kind != "left_list" else replace(t, cause=d4) for t in found.triggers(run_id)]
     return Scan(triggers, now, found.suspected(), len(found.first_snapshot), sum(scan.rows_seen.values()),
-                len(found.members) + len(found.departures))
+                len(found.members) + len(found.departures), reader.total, reader.read)
+
+
+def encode_part(part: PartScan) -> tuple[dict, bytes]:
+    """A partition's result as (meta, payload): member ids packed 16 bytes each, then the consent
+    digests and candidates as compressed JSON."""
+    purposes = sorted({p for _, p, _ in part.consent})
+    topics = sorted({t for _, _, t in part.consent if t})
+    pi, ti = {p: i for i, p in enumerate(purposes)}, {t: i for i, t in enumerate(topics)}
+    rest = {"p": purposes, "t": topics,
+            "c": [[ek, pi[p], ti[t] if t else -1, stamp, out] for (ek, p, t), (stamp, out) in part.consent.items()],
+            "f": part.found}
+    ids = b"".join(i.to_bytes(16, "big") for i in part.ids)
+    return {"rows": part.rows, "ids": len(part.ids)}, ids + zlib.compress(json.dumps(rest, separators=(",", ":")).encode())
+
+
+def decode_part(meta: dict, payload: bytes) -> PartScan:
+    n = int(meta["ids"]) * 16
+    rest = json.loads(zlib.decompress(payload[n:]))
+    purposes, topics = rest["p"], rest["t"]
+    consent = {(ek, sys.intern(purposes[p]), sys.intern(topics[t]) if t >= 0 else None): (stamp, out)
+               for ek, p, t, stamp, out in rest["c"]}
+    ids = [int.from_bytes(payload[i:i + 16], "big") for i in range(0, n, 16)]
+    return PartScan(int(meta["rows"]), consent, ids, [tuple(f) for f in rest["f"]])
 
 
 def d4_cause(run_id: str) -> str:
@@ -118,15 +409,18 @@ class ChunkResult:
         self.reconsent.add(other.reconsent)
 
     def to_dict(self) -> dict[str, Any]:
+        removed: dict[str, list[str]] = {}
+        for list_id, member_id in self.removed:
+            removed.setdefault(list_id, []).append(member_id)
         return {"found": self.found, "fixed": self.fixed, "failures": self.failures, "incomplete": self.incomplete,
-                "oldest_unhealed_hours": self.oldest_unhealed_hours, "unhealed": self.unhealed,
+                "oldest_unhealed_hours": self.oldest_unhealed_hours, "removed": removed, "unhealed": self.unhealed,
                 **self.reconsent.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChunkResult":
+        removed = [(list_id, m) for list_id, ms in (d.get("removed") or {}).items() for m in ms]
         return cls(dict(d["found"]), dict(d["fixed"]), d["failures"], d["incomplete"], d["oldest_unhealed_hours"],
-                   unhealed=list(d.get("unhealed") or ()),
-                   reconsent=ReconsentTally.from_dict(d))
+                   removed, unhealed=list(d.get("unhealed") or ()), reconsent=ReconsentTally.from_dict(d))
 
 
 def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], run_id: str, started_iso: str,
@@ -162,25 +456,38 @@ def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], 
 
 def nightly(container, clock: Callable[[], float] = time.time) -> dict:
     """The timer's job: purge idempotency keys past their retention, then reconcile (fanning out
-    to reconcile_chunk when the tenant is big)."""
+    to reconcile_chunk when the tenant is big). A run interrupted while scanning or healing inline
+    (worker recycled, timeout, crash) within the last day is resumed rather than started afresh."""
     settings = container.settings
     cutoff = datetime.fromtimestamp(clock(), tz=timezone.utc) - timedelta(days=settings.processed_retention_days)
     purged = container.tables().processed.purge(cutoff)
-    config = ReconcileConfig(settings.reconcile_chunk_size, settings.reconcile_fanout_above)
-    report = run_reconciliation(container, config=config, fanout=lambda bodies: container.event_queue().send_raw(
-        settings.reconcile_queue, bodies))
+    config = nightly_config(settings)
+    unfinished = unfinished_run(container.tables().runs, clock)
+    report = run_reconciliation(container, config=config, run_id=unfinished, fanout=lambda bodies: (
+        container.event_queue().send_raw(settings.reconcile_queue, bodies)))
     report["processed_purged"] = purged
     return report
 
 
+def unfinished_run(runs, clock: Callable[[], float] = time.time, within_hours: float = 23) -> str | None:
+    """The newest run still "scanning" (it stopped before its report), if it started recently."""
+    for r in runs.latest(limit=5):
+        started = datetime.fromisoformat(str(r["started_at"]).replace("Z", "+00:00")).timestamp()
+        if r.get("status") == "scanning" and clock() - started < within_hours * 3600:
+            return str(r["run_id"])
+    return None
+
+
 def run_reconciliation(container, *, dry_run: bool = False, progress: Progress | None = None,
-                       config: ReconcileConfig | None = None, fanout=None, cases: CaseSink | None = None) -> dict:
+                       config: ReconcileConfig | None = None, fanout=None, cases: CaseSink | None = None,
+                       run_id: str | None = None) -> dict:
     """The reconciliation with the app's own adapters (the timer function and the CLI call this).
     ``cases`` sees every planned change (the dry run's review file)."""
     engine = container.sync_engine()
     tables = container.tables()
+    config = config or ReconcileConfig(readers=container.settings.reconcile_readers)
     return reconcile(engine, engine.gateway, container.mappings(), tables.snapshots, tables.runs,
-                     dry_run=dry_run, progress=progress, config=config, fanout=fanout, cases=cases)
+                     dry_run=dry_run, progress=progress, config=config, fanout=fanout, cases=cases, run_id=run_id)
 
 
 def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | None,
@@ -188,27 +495,62 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
               progress: Progress | None = None, run_id: str | None = None,
               config: ReconcileConfig | None = None, fanout: Callable[[list[tuple[str, bytes]]], None] | None = None,
               clock: Callable[[], float] = time.time, cases: CaseSink | None = None) -> dict:
-    """Scans and heals (inline, or by fanning the chunks out); returns the report."""
+    """Scans and heals (inline, or by fanning the chunks out); returns the report. ``cases`` sees every
+    planned change (the dry run's review file).
+
+    A real run records its progress under its id (status "scanning", each finished scan
+    partition, each healed chunk); called again with the id of a run that stopped early, it
+    merges what is recorded, reads and heals only the rest, and writes the report once. A dry
+    run writes nothing, so it is not resumable.
+    """
     config = config or ReconcileConfig()
+    keep = runs if not dry_run else None  # where progress is recorded
+    previous = keep.get(run_id) if keep is not None and run_id else None
+    if previous is not None and previous.get("status") != "scanning":
+        previous = None  # finished, or fanned out (its chunks resume themselves): start afresh
+        run_id = None
     run_id = run_id or f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     started = clock()
     header: dict[str, Any] = {"run_id": run_id, "started_at": _iso(started), "dry_run": dry_run}
+    if previous is not None:
+        header["started_at"] = previous["started_at"]
+        started = datetime.fromisoformat(header["started_at"].replace("Z", "+00:00")).timestamp()
     requests_before = tenant.request_count()
     if mappings is None:
         report = {**header, "status": "no_mappings", "finished_at": _iso(clock()), "duration_ms": 0}
         emit(log, "reconcile.report", logging.ERROR, **report)
         return report
     note = progress or (lambda stage, done, total: None)
-    scanned = scan_tenant(tenant, mappings, snapshots, run_id, note)
+    done: dict[str, tuple[dict, bytes]] = {}
+    if keep is not None:
+        if previous is None:
+            keep.save({**header, "status": "scanning"})
+        else:
+            done = keep.partitions(run_id)
+            emit(log, "reconcile.resumed", run_id=run_id, partitions_done=len(done))
+    save_part = (lambda name, meta, payload: keep.save_partition(run_id, name, meta, payload)) if keep else None
+    if keep is None or fanout is None:
+        config = replace(config, scan_seconds=None)  # only a run that can hand over may stop early
+    try:
+        scanned = scan_tenant(tenant, mappings, snapshots, run_id, note, config, save_part, done)
+    except ScanPaused as paused:
+        # One invocation's worth of scan is done: a message carries the run to a fresh invocation.
+        assert fanout is not None
+        fanout([(f"{run_id}.scan.{int(clock())}", scan_message(run_id))])
+        emit(log, "reconcile.scan_continued", run_id=run_id, detail=str(paused))
+        return {**header, "status": "scanning"}
+    earlier = sum(int(meta.get("requests", 0)) for meta, _ in done.values())  # an interrupted attempt's reads
     header.update(candidates=scanned.candidates, rows_scanned=scanned.rows_scanned,
-                  first_snapshot_lists=scanned.first_snapshot_lists,
+                  first_snapshot_lists=scanned.first_snapshot_lists, scan_partitions=scanned.partitions,
                   **{f"suspected_{k}": v for k, v in scanned.suspected.items()})
+    if previous is not None:
+        header["resumed_partitions"] = scanned.partitions - scanned.partitions_read
     chunks = [scanned.triggers[i:i + config.chunk] for i in range(0, len(scanned.triggers), config.chunk)]
 
     if (fanout is not None and not dry_run and config.fanout_above is not None
             and scanned.candidates > config.fanout_above):
         _save_snapshots(snapshots, scanned.snapshots, [], clock)
-        header.update(status="running", scan_requests=tenant.request_count() - requests_before)
+        header.update(status="running", scan_requests=tenant.request_count() - requests_before + earlier)
         parts = [p for c in chunks for p in fit_in_messages(c)]
         header["chunks"] = len(parts)
         if runs is not None:
@@ -216,17 +558,39 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
         fanout([(f"{run_id}.{i}", chunk_message(run_id, header["started_at"], i, len(parts), p))
                 for i, p in enumerate(parts)])
         emit(log, "reconcile.fanned_out", run_id=run_id, chunks=len(parts), candidates=scanned.candidates)
+        if runs is not None:
+            runs.clear_partitions(run_id)
         return header
 
     total = ChunkResult()
-    for done, chunk in enumerate(chunks, 1):
-        total.add(heal_chunk(engine, mappings, chunk, run_id, header["started_at"], dry_run, clock, cases))
-        note("healing", done, len(chunks))
+    if dry_run:  # planning only reads, so chunks may be planned side by side (healing chunks write)
+        sink = serialised(cases)
+        with ThreadPoolExecutor(max_workers=min(DRY_RUN_PLANNERS, config.readers)) as pool:
+            for i, result in enumerate(pool.map(lambda c: heal_chunk(engine, mappings, c, run_id, header["started_at"],
+                                                                     True, clock, sink), chunks)):
+                total.add(result)
+                note("healing", i + 1, len(chunks))
+        chunks = []
+    for i, chunk in enumerate(chunks):
+        # A chunk healed before an interruption is not healed again: its recorded result counts.
+        recorded = keep.get_chunk(run_id, i) if previous is not None and keep is not None else None
+        if recorded is not None:
+            result = ChunkResult.from_dict(recorded)
+            earlier += int(recorded.get("requests") or 0)
+        else:
+            before = tenant.request_count()
+            result = heal_chunk(engine, mappings, chunk, run_id, header["started_at"], dry_run, clock, cases)
+            if keep is not None:
+                keep.save_chunk(run_id, i, {**result.to_dict(), "requests": tenant.request_count() - before})
+        total.add(result)
+        note("healing", i + 1, len(chunks))
     if not dry_run:
         _save_snapshots(snapshots, scanned.snapshots, total.removed, clock)
-    report = finish(header, total, tenant.request_count() - requests_before, started, clock)
-    if runs is not None and not dry_run:
-        runs.save(report)
+    report = finish(header, total, tenant.request_count() - requests_before + earlier, started, clock)
+    if keep is not None:
+        if not keep.save_final(report):
+            return report  # another attempt of this run wrote it first
+        keep.clear_partitions(run_id)
     emit(log, "reconcile.report", **report)
     return report
 
@@ -275,12 +639,32 @@ def chunk_message(run_id: str, started_at: str, index: int, total: int, triggers
                                     for t in triggers]}, separators=(",", ":")).encode()
 
 
+def scan_message(run_id: str) -> bytes:
+    """Carries a run whose scan used its invocation's time to a fresh ``reconcile_chunk``."""
+    return json.dumps({"v": 1, "kind": "scan", "run_id": run_id}, separators=(",", ":")).encode()
+
+
+def nightly_config(settings) -> ReconcileConfig:
+    return ReconcileConfig(settings.reconcile_chunk_size, settings.reconcile_fanout_above,
+                           readers=settings.reconcile_readers, scan_seconds=SCAN_SECONDS_PER_INVOCATION)
+
+
 def run_chunk(container, body: bytes, clock: Callable[[], float] = time.time) -> dict | None:
-    """``reconcile_chunk``: heals one chunk, records it, and finishes the run when it is the last.
+    """``reconcile_chunk``: heals one chunk, records it, and finishes the run when it is the last;
+    or, for a "scan" message, goes on with a run's scan where the previous invocation stopped.
 
     Returns the final report when this chunk completed the run.
     """
     msg = json.loads(body)
+    if msg.get("kind") == "scan":
+        current = container.tables().runs.get(str(msg["run_id"]))
+        if current is None or current.get("status") != "scanning":
+            return None  # a redelivery after the run went on: nothing to do
+        settings = container.settings
+        report = run_reconciliation(container, config=nightly_config(settings), run_id=str(msg["run_id"]),
+                                    fanout=lambda bodies: container.event_queue().send_raw(
+                                        settings.reconcile_queue, bodies))
+        return report if report.get("status") not in ("scanning", "running") else None
     run_id, index, total = msg["run_id"], int(msg["index"]), int(msg["total"])
     chunks = container.tables().runs
     if chunks.get_chunk(run_id, index) is not None:
@@ -314,24 +698,15 @@ def run_chunk(container, body: bytes, clock: Callable[[], float] = time.time) ->
 
 # --- helpers -----------------------------------------------------------------------------------
 
-def _save_snapshots(snapshots: ListSnapshotsPort, now: dict[str, set[str]], removed: list[tuple[str, str]],
+def _save_snapshots(snapshots: ListSnapshotsPort, now: dict[str, set[int]], removed: list[tuple[str, str]],
                     clock: Callable[[], float]) -> None:
     # A member the run itself removed did not "leave" the list: keep it out of the next diff.
     for list_id, member_id in removed:
         if list_id in now:
-            now[list_id].discard(member_id)
+            now[list_id].discard(uuid.UUID(member_id).int)
     taken = _iso(clock())
     for list_id, ids in now.items():
-        snapshots.save(list_id, ids, taken)
-
-
-def _counted(rows, note: Progress, stage: str):
-    n = 0
-    for n, row in enumerate(rows, 1):
-        if n % 5000 == 0:
-            note(stage, n, None)
-        yield row
-    note(stage, n, None)
+        snapshots.save(list_id, (str(uuid.UUID(int=i)) for i in ids), taken)
 
 
 def _opt_out_age_hours(action: Action, state: State, now: float) -> float | None:

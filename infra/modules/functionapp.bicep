@@ -23,6 +23,7 @@ param dataverseClientId string = ''
 param webhookSecretHeader string
 param reconcileSchedule string
 param reconcileChunkSize int
+param reconcileReaders int
 param reconcileFanoutAbove int
 param processedRetentionDays int
 param tablePrefix string
@@ -103,6 +104,7 @@ var appSettings = {
   // (bound by reconcile_chunk as %RECONCILE_QUEUE%).
   RECONCILE_QUEUE: reconcileQueueName
   RECONCILE_CHUNK_SIZE: string(reconcileChunkSize)
+  RECONCILE_READERS: string(reconcileReaders)
   RECONCILE_FANOUT_ABOVE: string(reconcileFanoutAbove)
   TABLE_PREFIX: tablePrefix
   LEDGER_KEY: ledgerKeyReference

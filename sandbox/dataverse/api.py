@@ -91,12 +91,11 @@ class Api:
     # --- rendering ---------------------------------------------------------------------------
 
     def render(self, t, row: dict, select: list[str] | None) -> dict:
-        out = {"@odata.etag": f'W/"{row.get("versionnumber", 0)}"'}
         get = row.get
+        out = {"@odata.etag": f'W/"{get("versionnumber", 0)}"'}
         if select is None and self.store.without_outbound_solution:
             select = [c for c in t.columns if not c.startswith(OUTBOUND_PREFIX)]
-        for c in (select or t.columns):
-            out[c] = get(c)
+        out.update({c: get(c) for c in (select or t.columns)})
         for c in _UNREADABLE.get(t.name, ()):  # IsValidForRead false: never answered
             if c in out:
                 out[c] = None

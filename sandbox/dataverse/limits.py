@@ -65,9 +65,10 @@ class Faults:
                            "delay_ms": self.delay_ms, "seed": cfg.get("seed")}
 
     def draw(self) -> tuple[float, int | None]:
-        """(seconds to wait, status to answer instead or None)."""
+        """(extra seconds to wait before serving, status to answer instead or None). The base
+        latency is not in it: it is the answer time (``latency_ms`` counted from arrival)."""
         with self._lock:
-            delay = self.latency_ms / 1000
+            delay = 0.0
             if self.delay_share and self.rng.random() < self.delay_share:
                 delay += self.delay_ms / 1000
             status = None

@@ -259,6 +259,16 @@ def _getter(table: Table, col: str) -> Callable[[dict], Any]:
     return lambda r, c=col: r.get(c)
 
 
+def guid_order(value: str) -> str:
+    """A lower-case GUID rearranged so that string order is SQL Server's ``uniqueidentifier`` order,
+    which Dataverse sorts and compares primary keys in: the last group is most significant, then
+    the fourth, then the third, second and first with their bytes swapped (SqlGuid compares the
+    bytes of Guid.ToByteArray() in the order 10-15, 8-9, 6-7, 4-5, 0-3)."""
+    v = value
+    return (v[24:36] + v[19:23] + v[16:18] + v[14:16] + v[11:13] + v[9:11]
+            + v[6:8] + v[4:6] + v[2:4] + v[0:2])
+
+
 _OPS = {"eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b,
         "ge": lambda a, b: a >= b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b}
 
@@ -288,6 +298,12 @@ def compile_filter(table: Table, node) -> Callable[[dict], bool]:
         if op == "eq" and table.columns[col] != S:
             return lambda r, c=col, v=value: r.get(c) == v
         fn = _OPS[op]
+        if table.columns[col] == G and op not in ("eq", "ne"):
+            value = guid_order(value)
+
+            def get(r, c=col):
+                x = r.get(c)
+                return None if x is None else guid_order(x)
 
         def pred(r):
             x = get(r)
@@ -315,6 +331,22 @@ def compile_filter(table: Table, node) -> Callable[[dict], bool]:
         method = {"contains": str.__contains__, "startswith": str.startswith, "endswith": str.endswith}[tag]
         return lambda r: (x := get(r)) is not None and method(x, needle)
     raise bad_query("Unsupported $filter expression.")
+
+
+def key_range(table: Table, node) -> tuple[str | None, bool, str | None, bool]:
+    """Bounds on the primary key among the top-level ``and`` terms, as (low, inclusive, high,
+    inclusive) in ``guid_order`` form, so the store can start and stop in its key order."""
+    terms = node[1] if node is not None and node[0] == "and" else [node] if node is not None else []
+    lo, lo_inc, hi, hi_inc = None, False, None, False
+    for n in terms:
+        if n[0] != "cmp" or n[2] != table.key or n[1] not in ("gt", "ge", "lt", "le") or n[3][1] not in ("guid", "str"):
+            continue
+        v = guid_order(coerce(table, table.key, n[3]))
+        if n[1] in ("gt", "ge") and (lo is None or v > lo or (v == lo and n[1] == "gt")):
+            lo, lo_inc = v, n[1] == "ge"
+        if n[1] in ("lt", "le") and (hi is None or v < hi or (v == hi and n[1] == "lt")):
+            hi, hi_inc = v, n[1] == "le"
+    return lo, lo_inc, hi, hi_inc
 
 
 def index_terms(table: Table, node, indexed: set[str]):
@@ -378,15 +410,18 @@ def parse_orderby(table: Table, text: str | None) -> list[tuple[str, bool]]:
 
 
 def sort_ids(table: Table, rows: dict[str, dict], ids: list[str], orderby: list[tuple[str, bool]]) -> list[str]:
-    """Stable multi-key sort; nulls sort lowest as in SQL Server; ties broken by the key."""
-    ids = sorted(ids)
+    """Stable multi-key sort; nulls sort lowest as in SQL Server; ties broken by the key.
+    GUID columns (the key too) sort in SQL Server's uniqueidentifier order."""
+    if len(orderby) == 1 and orderby[0][0] == table.key:  # by the key alone: one sort
+        return sorted(ids, key=guid_order, reverse=orderby[0][1])
+    ids = sorted(ids, key=guid_order)
     for col, desc in reversed(orderby):
-        is_str = table.columns[col] == S
+        conv = fold if table.columns[col] == S else guid_order if table.columns[col] == G else None
 
-        def key(i, c=col, s=is_str):
+        def key(i, c=col, f=conv):
             v = rows[i].get(c)
             if v is None:
                 return (0, "")
-            return (1, fold(v) if s else v)
+            return (1, f(v) if f else v)
         ids.sort(key=key, reverse=desc)
     return ids

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataverseError
+from . import odata
 from .odata import fold, normalise_datetime
 from .schema import BY_SET, MEMBER_TABLE_BY_CODE, TABLES
 
@@ -105,7 +106,7 @@ def load_seed(store, seed: dict) -> dict[str, int]:
                         else:
                             b.add(rid)
                 n += 1
-            td.order = sorted(rows_)  # one sort instead of n inserts
+            td.order = sorted(rows_, key=odata.guid_order)  # one sort instead of n inserts
             counts[name] = n
         members = seed.get("list_members") or seed.get("memberships") or {}
         pairs = []

@@ -38,6 +38,7 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox: SandboxServer = self.server.sandbox  # type: ignore[attr-defined]
         with sandbox._inflight:
             sandbox._inflight_count += 1
+            sandbox.peak_concurrent = max(sandbox.peak_concurrent, sandbox._inflight_count)
         try:
             resp = sandbox.serve(self.command, self.path, headers, body)
         except Exception:
@@ -82,6 +83,7 @@ class SandboxServer:
         self.stats = Stats()
         self._inflight = threading.Condition()
         self._inflight_count = 0
+        self.peak_concurrent = 0  # requests being served at once, at most (/_sandbox/stats)
         self.webhooks = Webhooks(self.store, shuffle=webhook_shuffle, duplicate_share=webhook_duplicate_share,
                                  seed=webhook_seed)
         self._httpd: _HTTPServer | None = None
@@ -183,9 +185,20 @@ class SandboxServer:
                                                  {"Retry-After": str(int(retry))}))
             self.stats.status(429)
             return resp
+        arrived = time.monotonic()
         delay, fault = self.faults.draw()
         if delay:
             time.sleep(delay)
+        resp = self._answer(method, sub, query, headers, body, user_id, fault)
+        # The base latency is the answer time: Dataverse's own work happens within it (on its many
+        # servers at once), so only what is left of it is waited after serving.
+        rest = self.faults.latency_ms / 1000 - (time.monotonic() - arrived)
+        if rest > 0:
+            time.sleep(rest)
+        return resp
+
+    def _answer(self, method: str, sub: str, query: str, headers: dict, body: bytes, user_id: str,
+                fault: int | None) -> Response:
         if fault is not None:
             self.stats.bump("fault", str(fault))
             hdrs = {"Retry-After": str(self.faults.retry_after)} if fault in (429, 503) else {}
@@ -228,9 +241,11 @@ class SandboxServer:
             lim = self.throttle.limit
             return json_response(200, {"requests": lim[0], "seconds": lim[1]} if lim else {"requests": None})
         if name == "stats" and method == "GET":
-            return json_response(200, self.stats.snapshot())
+            return json_response(200, {**self.stats.snapshot(), "peak_concurrent": self.peak_concurrent})
         if name == "stats/reset" and method == "POST":
             self.stats.reset()
+            with self._inflight:
+                self.peak_concurrent = self._inflight_count
             return json_response(200, {"reset": True})
         if name == "notifications":
             if method == "DELETE":

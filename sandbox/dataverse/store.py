@@ -60,7 +60,9 @@ class _TableData:
     def __init__(self, t: Table):
         self.t = t
         self.rows: dict[str, dict] = {}
-        self.order: list[str] = []  # sorted ids: default order and the streaming paging cursor
+        # ids in SQL Server uniqueidentifier order (odata.guid_order): Dataverse's default order,
+        # the order of $orderby=<key>, and the streaming paging cursor
+        self.order: list[str] = []
         self.index: dict[str, dict[Any, set[str]]] = {c: {} for c in t.indexed}
 
 
@@ -78,6 +80,7 @@ class Store:
         self.member_of: dict[str, dict[str, set[str]]] = {r: {} for r in RELATIONSHIPS}
         self._version = 1000
         self._cursors: OrderedDict[str, list[str]] = OrderedDict()
+        self._scope_orders: dict[tuple[str, str, str], list[str]] = {}
         self._undo: list[Callable[[], None]] | None = None
         self._pending: list[Event] | None = None
         self.listeners: list[Callable[[Event], None]] = []
@@ -110,14 +113,14 @@ class Store:
     def _insert(self, td: _TableData, row: dict):
         rid = row[td.t.key]
         td.rows[rid] = row
-        bisect.insort(td.order, rid)
+        bisect.insort(td.order, rid, key=odata.guid_order)
         self._index_add(td, row)
         if self._undo is not None:
             self._undo.append(lambda: self._remove(td, rid))
 
     def _remove(self, td: _TableData, rid: str) -> dict:
         row = td.rows.pop(rid)
-        i = bisect.bisect_left(td.order, rid)
+        i = bisect.bisect_left(td.order, odata.guid_order(rid), key=odata.guid_order)
         if i < len(td.order) and td.order[i] == rid:
             del td.order[i]
         self._index_remove(td, row)
@@ -137,6 +140,7 @@ class Store:
         s = self.members[rel].setdefault(list_id, set())
         if member_id in s:
             return False
+        self._forget_order(rel, list_id, member_id)
         s.add(member_id)
         self.member_of[rel].setdefault(member_id, set()).add(list_id)
         if self._undo is not None:
@@ -147,11 +151,26 @@ class Store:
         s = self.members[rel].get(list_id)
         if not s or member_id not in s:
             return False
+        self._forget_order(rel, list_id, member_id)
         s.discard(member_id)
         self.member_of[rel][member_id].discard(list_id)
         if self._undo is not None:
             self._undo.append(lambda: self._link(rel, list_id, member_id))
         return True
+
+    def _forget_order(self, rel: str, list_id: str, member_id: str) -> None:
+        self._scope_orders.pop((rel, "members", list_id), None)
+        self._scope_orders.pop((rel, "lists", member_id), None)
+
+    def _scope_order(self, scope: tuple[str, str, str]) -> list[str]:
+        """A relationship's related ids in key order, kept until the relationship changes (as an
+        index on the intersect table would be)."""
+        order = self._scope_orders.get(scope)
+        if order is None:
+            rel, direction, sid = scope
+            src = self.members[rel] if direction == "members" else self.member_of[rel]
+            order = self._scope_orders[scope] = sorted(src.get(sid, ()), key=odata.guid_order)
+        return order
 
     def _emit(self, event: Event):
         if self._pending is not None:
@@ -213,6 +232,7 @@ class Store:
             self.members = {r: {} for r in RELATIONSHIPS}
             self.member_of = {r: {} for r in RELATIONSHIPS}
             self._cursors.clear()
+            self._scope_orders.clear()
 
     # --- value handling ----------------------------------------------------------------------
 
@@ -509,29 +529,38 @@ class Store:
                     self._cursors.move_to_end(state["c"])
                     return self._cursor_page(td, ids, state["c"], state["p"], page_size), \
                         self._cursor_next(ids, state["c"], state["p"], page_size), None
-                return self._stream_page(td, pred, page_size, state["k"])
+                order = self._scope_order(scope) if scope is not None else None
+                return self._stream_page(td, pred, page_size, state["k"], odata.key_range(t, node), order)
             limit = min(top, MAX_PAGE) if top is not None else None
             candidates = None
+            narrowed = None
+            if node is not None:
+                terms = odata.index_terms(t, node, set(td.index) | {t.key})
+                narrowed = self._candidates(td, terms)
+            # In key order (none asked, or the key ascending) the page streams from the key order (of
+            # the table, or of a relationship's related rows), starting and stopping at the key range's
+            # bounds, as SQL Server seeks its clustered index (or the intersect table's index).
+            by_key = not orderby or orderby == [(t.key, False)]
+            if narrowed is None and (by_key or (orderby == [(t.key, True)] and limit is not None)):
+                order = self._scope_order(scope) if scope is not None else None
+                bounds = odata.key_range(t, node)
+                total = (self._count(td, pred, order) if count else None)
+                if not by_key:
+                    return self._last_rows(td, pred, limit, bounds, order), None, total
+                rows, token, _ = self._stream_page(td, pred, limit if limit is not None else page_size, None,
+                                                   bounds, order)
+                return rows, (None if limit is not None else token), total
             if scope is not None:
                 rel, direction, sid = scope
                 src = self.members[rel] if direction == "members" else self.member_of[rel]
                 candidates = set(src.get(sid, ()))
-            if node is not None:
-                terms = odata.index_terms(t, node, set(td.index) | {t.key})
-                narrowed = self._candidates(td, terms)
-                if narrowed is not None:
-                    candidates = narrowed if candidates is None else candidates & narrowed
-            if candidates is None and not orderby:
-                if limit is not None:
-                    rows, _, _ = self._stream_page(td, pred, limit, None)
-                    return rows, None, (self._count(td, pred) if count else None)
-                rows, token, _ = self._stream_page(td, pred, page_size, None)
-                return rows, token, (self._count(td, pred) if count else None)
+            if narrowed is not None:
+                candidates = narrowed if candidates is None else candidates & narrowed
             ids = [i for i in candidates if i in td.rows] if candidates is not None else list(td.order)
             if pred is not None:
                 rows_ = td.rows
                 ids = [i for i in ids if pred(rows_[i])]
-            ids = odata.sort_ids(t, td.rows, ids, orderby) if orderby else sorted(ids)
+            ids = odata.sort_ids(t, td.rows, ids, orderby) if orderby else sorted(ids, key=odata.guid_order)
             total = len(ids) if count else None
             if limit is not None:
                 return [td.rows[i] for i in ids[:limit]], None, total
@@ -543,27 +572,54 @@ class Store:
                 self._cursors.popitem(last=False)
             return self._cursor_page(td, ids, key, 0, page_size), self._cursor_next(ids, key, 0, page_size), total
 
-    def _count(self, td: _TableData, pred) -> int:
+    def _count(self, td: _TableData, pred, order: list[str] | None = None) -> int:
+        if order is not None:
+            rows = [td.rows.get(i) for i in order]
+            return sum(1 for r in rows if r is not None and (pred is None or pred(r)))
         if pred is None:
             return len(td.rows)
         return sum(1 for r in td.rows.values() if pred(r))
 
-    def _stream_page(self, td: _TableData, pred, size: int, after: str | None):
-        order, rows = td.order, td.rows
-        i = bisect.bisect_right(order, after) if after else 0
+    @staticmethod
+    def _span(td: _TableData, bounds, order: list[str] | None = None) -> tuple[int, int]:
+        """Positions in the key order between a key range's bounds."""
+        lo, lo_inc, hi, hi_inc = bounds if bounds else (None, False, None, False)
+        order, key = (td.order if order is None else order), odata.guid_order
+        i = 0 if lo is None else (bisect.bisect_left if lo_inc else bisect.bisect_right)(order, lo, key=key)
+        j = len(order) if hi is None else (bisect.bisect_right if hi_inc else bisect.bisect_left)(order, hi, key=key)
+        return i, j
+
+    def _last_rows(self, td: _TableData, pred, limit: int, bounds, order: list[str] | None = None) -> list[dict]:
+        """``$orderby=<key> desc&$top=n``: walks back from the range's end."""
+        order = td.order if order is None else order
+        i, j = self._span(td, bounds, order)
         out = []
-        n = len(order)
-        if pred is None:
+        while j > i and len(out) < limit:
+            j -= 1
+            r = td.rows.get(order[j])
+            if r is not None and (pred is None or pred(r)):
+                out.append(r)
+        return out
+
+    def _stream_page(self, td: _TableData, pred, size: int, after: str | None, bounds=None,
+                     order: list[str] | None = None):
+        scoped = order is not None
+        order, rows = (td.order if order is None else order), td.rows
+        i, n = self._span(td, bounds, order)
+        if after:
+            i = max(i, bisect.bisect_right(order, odata.guid_order(after), key=odata.guid_order))
+        out = []
+        if pred is None and not scoped:
             # A slice, not a loop: 1M-row paging stays linear and cheap.
-            chunk = order[i:i + size + 1]
+            chunk = order[i:min(i + size + 1, n)]
             out = [rows[k] for k in chunk[:size]]
             more = len(chunk) > size
         else:
             more = False
             while i < n:
-                r = rows[order[i]]
+                r = rows.get(order[i])
                 i += 1
-                if pred(r):
+                if r is not None and (pred is None or pred(r)):
                     if len(out) == size:
                         more = True
                         break

@@ -68,6 +68,13 @@ def _https_url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+def _readers(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > 32:  # well inside Dataverse's 52 concurrent requests per user
+        raise ValueError("must be a whole number from 1 to 32")
+    return value
+
+
 def _header_name(raw: str) -> str:
     if not raw.strip() or any(c in raw for c in " :\r\n"):
         raise ValueError("must be an HTTP header name")
@@ -121,6 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Drift candidates healed together (one chunk)."),
     Setting("RECONCILE_FANOUT_ABOVE", "reconcile_fanout_above", _non_negative_int, 20000,
             doc="Above this many candidates the timer sends chunks to RECONCILE_QUEUE instead of healing inline."),
+    Setting("RECONCILE_READERS", "reconcile_readers", _readers, 16,
+            doc="Concurrent Dataverse reads of the nightly scan (1-32; Dataverse allows 52 per user)."),
     Setting("WEBHOOK_SECRET_HEADER", "webhook_secret_header", _header_name,
             doc="Optional header Dataverse sends (HttpHeader auth); with WEBHOOK_SECRET enables a check."),
     Setting("WEBHOOK_SECRET", "webhook_secret", _text, secret=True,
@@ -177,6 +186,7 @@ class Settings:
     reconcile_queue: str
     reconcile_chunk_size: int
     reconcile_fanout_above: int
+    reconcile_readers: int
     webhook_secret_header: str | None
     webhook_secret: str | None
     dataverse_url: str | None

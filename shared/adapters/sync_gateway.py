@@ -14,17 +14,20 @@ from typing import Any, Collection, Iterator, Mapping, Sequence
 
 from shared.adapters.dataverse.client import (
     ADD_MEMBER_OK,
+    CONSENT_ID,
     CONSENT_SELECT,
     CONSENT_SET,
     LIST_RELATIONSHIPS,
     REMOVE_MEMBER_OK,
     DataverseClient,
+    _columns,
     _entity_set,
     add_member_op,
     consent_create_op,
     consent_from_row,
     consent_update_op,
     member_from_row,
+    member_select,
     member_update_op,
     remove_member_op,
     to_write_result,
@@ -34,6 +37,7 @@ from shared.adapters.dataverse.odata import BatchOp, PartResponse, chunk_values,
 from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue, ContactPointType, normalise_email
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow, Member, WriteResult
+from shared.domain.partitions import ScanSource
 from shared.domain.planner import Action, AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
 from shared.ports import SyncRead, TransientError
 
@@ -120,8 +124,7 @@ class DataverseSyncGateway:
                 held[key] = c.contact_point_value.strip()  # type: ignore[union-attr]
 
     def _member_query(self, table: str, cols: Sequence[str], flt: str) -> BatchOp:
-        # modifiedon rides along: the timeline rule's upper bound for when a flag became true.
-        select = ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode", "modifiedon"))
+        select = member_select(table, cols)
         expand = f"{LIST_RELATIONSHIPS[table]}($select=listid)"
         return BatchOp("GET", f"{_entity_set(table)}?" + query_string({"$select": select, "$filter": flt, "$expand": expand}))
 
@@ -156,19 +159,34 @@ class DataverseSyncGateway:
 
     # --- the whole tenant, streamed (nightly reconciliation) -------------------------------------
 
-    def stream_consent_rows(self) -> Iterator[ConsentRow]:
-        flt = f"msdynmkt_contactpointtype eq {ContactPointType.EMAIL.value}"
-        return (consent_from_row(r) for r in self.client.iter_rows(CONSENT_SET, CONSENT_SELECT, flt))
+    def _scan_query(self, source: ScanSource, columns: Sequence[str]) -> tuple[str, str, str, str | None]:
+        """(path, key column, $select, $filter) of a scan source; every select comes from the client's one place."""
+        if source.phase == "consent":
+            return CONSENT_SET, CONSENT_ID, CONSENT_SELECT, f"msdynmkt_contactpointtype eq {ContactPointType.EMAIL.value}"
+        table = str(source.table)
+        select = member_select(table, _columns(columns))
+        if source.phase == "list_members":
+            return f"lists({guid(str(source.list_id))})/{LIST_RELATIONSHIPS[table]}", f"{table}id", select, None
+        return _entity_set(table), f"{table}id", select, None
 
-    def stream_list_members(self, list_id: str, table: str, columns: Sequence[str]) -> Iterator[Member]:
-        return self.client.list_members(list_id, table, columns)
+    def scan_pages(self, source: ScanSource, columns: Sequence[str], after: str | None = None,
+                   upto: str | None = None) -> Iterator[tuple[list[ConsentRow] | list[Member], bool]]:
+        path, key, select, flt = self._scan_query(source, columns)
+        for rows, more in self.client.key_pages(path, key, select, flt, after, upto):
+            if source.phase == "consent":
+                yield [consent_from_row(r) for r in rows], more
+            else:
+                yield [member_from_row(str(source.table), r, columns) for r in rows], more
 
-    def stream_members(self, table: str, columns: Sequence[str]) -> Iterator[Member]:
-        select = (f"{table}id", *columns, "donotbulkemail", "donotemail", "statecode")
-        return (member_from_row(table, r, columns) for r in self.client.iter_rows(_entity_set(table), select))
+    def largest_key(self, source: ScanSource, columns: Sequence[str]) -> str | None:
+        path, key, _, flt = self._scan_query(source, columns)
+        return self.client.largest_key(path, key, flt)
 
     def request_count(self) -> int:
         return self.client.total_requests
+
+    def parallelism_hint(self) -> int | None:
+        return self.client.dop_hint
 
     # --- writes ---------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ MAX_BATCH = 100  # operations per transaction
 MAX_BATCH_BYTES = 3 * 1024 * 1024  # stay clear of the 4 MiB transaction payload limit
 MAX_FILTER_KEYS = 14  # 15 comparisons per $filter, one of them the PartitionKey
 CHUNK_PARTITION_PREFIX = "chunks-"  # sorts after every "YYYY-MM-DD" date partition
+SCAN_PARTITION_PREFIX = "scan-"  # sorts after "chunks-" (and every date)
 MAX_PARALLEL = 16  # concurrent Table Storage requests from one call (the SDK pool holds 10+)
 PROPERTY_BYTES = 64_000  # binary property payload (limit 64 KiB)
 PROPERTY_CHARS = 32_000  # string property of ASCII text (limit 64 KiB of UTF-16)
@@ -707,8 +708,9 @@ class RunReports:
         return reports[:limit]
 
     def save_final(self, report: dict) -> bool:
-        """Replaces a fanned-out run's "running" row with its final report, once: two last chunks
-        finishing together both try, and the etag lets only the first one win."""
+        """Replaces a run's "running" (fanned out) or "scanning" row with its final report, once: two
+        last chunks finishing together, or a resumed run and the one it resumes, both try, and the
+        etag lets only the first one win."""
         client = self._tables.client("runs")
         pk = _report_started(report).astimezone(timezone.utc).date().isoformat()
         rk = check_key(str(report["run_id"]), "run_id")
@@ -716,7 +718,7 @@ class RunReports:
             current = client.get_entity(pk, rk)
         except ResourceNotFoundError:
             current = None
-        if current is not None and decode_report(current).get("status") != "running":
+        if current is not None and decode_report(current).get("status") not in ("running", "scanning"):
             return False
         entity = encode_report(report)
         entity["PartitionKey"], entity["RowKey"] = pk, rk
@@ -735,22 +737,74 @@ class RunReports:
     def _chunk_partition(run_id: str) -> str:
         return f"{CHUNK_PARTITION_PREFIX}{check_key(run_id, 'run_id')}"
 
+    # A chunk's result may carry thousands of removed members: split like a report's long values.
     def save_chunk(self, run_id: str, index: int, result: dict) -> None:
-        self._tables.client("runs").upsert_entity(
-            {"PartitionKey": self._chunk_partition(run_id), "RowKey": f"{index:06d}", "result": json.dumps(result)},
-            mode=UpdateMode.REPLACE)
+        entity = encode_report({"result": result})
+        entity.update(PartitionKey=self._chunk_partition(run_id), RowKey=f"{index:06d}")
+        self._tables.client("runs").upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    @staticmethod
+    def _chunk_result(entity: Mapping[str, Any]) -> dict:
+        return decode_report(entity)["result"]
 
     def get_chunk(self, run_id: str, index: int) -> dict | None:
         try:
             e = self._tables.client("runs").get_entity(self._chunk_partition(run_id), f"{index:06d}")
         except ResourceNotFoundError:
             return None
-        return json.loads(e["result"])
+        return self._chunk_result(e)
 
     def chunk_results(self, run_id: str) -> list[dict]:
         found = self._tables.client("runs").query_entities("PartitionKey eq @pk",
                                                             parameters={"pk": self._chunk_partition(run_id)})
-        return [json.loads(e["result"]) for e in found]
+        return [self._chunk_result(e) for e in found]
+
+    # Finished scan partitions of a run: a payload split into 64 KB binary properties over rows
+    # ``<name>~<nnnn>``, then the ``<name>`` row (meta, piece count) written last, as the commit mark.
+    @staticmethod
+    def _scan_partition(run_id: str) -> str:
+        return f"{SCAN_PARTITION_PREFIX}{check_key(run_id, 'run_id')}"
+
+    def save_partition(self, run_id: str, name: str, meta: dict, payload: bytes) -> None:
+        pk, name = self._scan_partition(run_id), check_key(name, "partition name")
+        client = self._tables.client("runs")
+        rows = []
+        for n, pieces in enumerate(chunked(split_bytes(payload), PROPERTIES_PER_ROW)):
+            row: dict[str, Any] = {"PartitionKey": pk, "RowKey": f"{name}~{n:04d}"}
+            row.update({f"d{i}": p for i, p in enumerate(pieces)})
+            rows.append(row)
+        for batch in batches(rows, size=_entity_size):
+            _submit_retrying(client, [("upsert", r, {"mode": UpdateMode.REPLACE}) for r in batch])
+        client.upsert_entity({"PartitionKey": pk, "RowKey": name, "meta": json.dumps(meta), "rows": len(rows),
+                              "sha256": hashlib.sha256(payload).hexdigest()}, mode=UpdateMode.REPLACE)
+
+    def partitions(self, run_id: str) -> dict[str, tuple[dict, bytes]]:
+        """name -> (meta, payload) of every partition the run finished (complete ones only)."""
+        found = self._tables.client("runs").query_entities("PartitionKey eq @pk",
+                                                            parameters={"pk": self._scan_partition(run_id)})
+        marks: dict[str, Mapping[str, Any]] = {}
+        pieces: dict[str, list[tuple[str, bytes]]] = {}
+        for e in found:
+            name, _, n = e["RowKey"].partition("~")
+            if n:
+                data = b"".join(_plain(e[f"d{i}"]) for i in range(PROPERTIES_PER_ROW) if f"d{i}" in e)
+                pieces.setdefault(name, []).append((n, data))
+            else:
+                marks[name] = e
+        out: dict[str, tuple[dict, bytes]] = {}
+        for name, mark in marks.items():
+            parts = sorted(pieces.get(name, ()))[:mark["rows"]]
+            payload = b"".join(p for _, p in parts)
+            if len(parts) == mark["rows"] and hashlib.sha256(payload).hexdigest() == mark["sha256"]:
+                out[name] = (json.loads(mark["meta"]), payload)
+        return out
+
+    def clear_partitions(self, run_id: str) -> None:
+        """Drops a finished run's scan checkpoints (list member ids are the bulk of them)."""
+        pk = self._scan_partition(run_id)
+        rows = self._tables.client("runs").query_entities("PartitionKey eq @pk", parameters={"pk": pk},
+                                                          select=["RowKey"])
+        _delete_rows(self._tables.client("runs"), [(pk, e["RowKey"]) for e in rows])
 
     def get(self, run_id: str) -> dict | None:
         """One report by id (any date; the runs table is small)."""

@@ -1,7 +1,7 @@
 """The nightly reconciliation's first pass: which members and emails may be out of line. Pure.
 
-The tenant is streamed once (consent rows, then each mapped and opt-out list, then every contact
-and lead) and only compact sets are kept: 64-bit digests of normalised emails and 128-bit member
+The tenant is read once (consent rows, then each mapped and opt-out list, then every contact and
+lead; each phase in key-range partitions that may be read concurrently) and only compact sets are kept: 64-bit digests of normalised emails and 128-bit member
 ids, never rows. What the scan finds are *candidates*: the planner then reads their rows and
 decides (one planner for events and reconciliation), so the scan may over-select but must never
 miss. Drift classes (docs/domain.md):
@@ -44,7 +44,11 @@ def email_key(email: str) -> int:
 
 
 def _mid(member_id: str) -> int:
-    return uuid.UUID(member_id).int
+    """A member id (a GUID) as its 128-bit integer, the same value ``uuid.UUID(member_id).int`` gives."""
+    digits = member_id.replace("-", "")
+    if len(digits) != 32:
+        return uuid.UUID(member_id).int  # braces or other forms: let uuid read (or refuse) them
+    return int(digits, 16)
 
 
 @dataclass
@@ -67,8 +71,9 @@ class Candidates:
         return counts
 
     def triggers(self, cause: str) -> list[Trigger]:
-        out = [Trigger("inspect_member", cause, member=k) for k in self.members]
-        out += [Trigger("left_list", cause, member=k, list_id=list_id) for k, list_id in self.departures]
+        """In a stable order (partitions finish in any order; a resumed run must cut the same chunks)."""
+        out = [Trigger("inspect_member", cause, member=k) for k in sorted(self.members)]
+        out += [Trigger("left_list", cause, member=k, list_id=list_id) for k, list_id in sorted(self.departures)]
         return out
 
 
@@ -118,8 +123,32 @@ class ReconsentTally:
                 "opt_out_order_unknown": self.order_unknown}
 
 
+@dataclass
+class PartScan:
+    """What one partition of the scan contributed: small enough to checkpoint and merge later.
+
+    ``consent``: (email digest, purpose, topic) -> (modifiedon, opted out) of its newest row;
+    ``ids``: member ids of a list partition (as integers); ``found``: (table, member id, class).
+    """
+
+    rows: int = 0
+    consent: dict[tuple[int, str, str | None], tuple[str, int]] = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list)
+    found: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _newer(newest: dict, key: tuple, seen: tuple[str, int]) -> None:
+    old = newest.get(key)
+    if old is None or seen[0] >= old[0]:  # RTM honours the most recently modified duplicate
+        newest[key] = seen
+
+
 class DriftScan:
-    """Feed it in order: ``consent_rows``, then ``list_members`` per relevant list, then ``members``."""
+    """The scan in three phases, each made of partitions read in any order and merged with ``add``:
+    consent rows (``consent_part``), then, after ``settle``, each relevant list (``list_part``,
+    then ``finish_list`` once all of a list's partitions are in), then, after ``lists_done``,
+    every contact and lead (``member_part``). A part only reads what earlier phases settled, so the parts of one phase
+    can be computed concurrently; ``add`` must not run concurrently with itself."""
 
     def __init__(self, mappings: Mappings):
         self.m = mappings
@@ -130,27 +159,42 @@ class DriftScan:
         self.list_members: dict[str, set[int]] = {}  # relevant list -> member ids (as ints)
         self.candidates = Candidates()
         self.rows_seen = {"consent": 0, "list_members": 0, "members": 0}
+        self._any_out: set[int] = set()
+        self._brands: list[tuple] = []
+        self._d5: set[int] = set()
+        self._lists_done = False
+
+    def add(self, phase: str, part: PartScan, list_id: str | None = None) -> None:
+        """Merges a partition's result (``phase``: consent, list_members or members)."""
+        self.rows_seen[phase] += part.rows
+        if part.consent:
+            assert self._newest is not None, "consent rows come first"
+            for key, seen in part.consent.items():
+                _newer(self._newest, key, seen)
+        if list_id is not None:
+            self.list_members.setdefault(list_id, set()).update(part.ids)
+        for table, member_id, cls in part.found:
+            self.candidates.add((table, member_id), cls)  # type: ignore[arg-type]
 
     # --- 1. consent rows --------------------------------------------------------------------
 
-    def consent_rows(self, rows: Iterable[ConsentRow]) -> None:
-        newest = self._newest
-        assert newest is not None, "consent rows come first"
+    def consent_part(self, rows: Iterable[ConsentRow]) -> PartScan:
+        part = PartScan()
+        newest = part.consent
         for r in rows:
-            self.rows_seen["consent"] += 1
+            part.rows += 1
             if r.contact_point_type not in (None, ContactPointType.EMAIL):
                 continue
             e = normalise_email(r.contact_point_value)
             if e is None or r.purpose_id is None:
                 continue
             topic = sys.intern(r.topic_id) if r.consent_type == ConsentType.TOPIC and r.topic_id else None
-            key = (email_key(e), sys.intern(r.purpose_id), topic)
-            seen = newest.get(key)
-            stamp = r.modified_on or ""
-            if seen is None or stamp >= seen[0]:  # RTM honours the most recently modified duplicate
-                newest[key] = (stamp, int(r.value == ConsentValue.OPTED_OUT))
+            _newer(newest, (email_key(e), sys.intern(r.purpose_id), topic),
+                   (r.modified_on or "", int(r.value == ConsentValue.OPTED_OUT)))
+        return part
 
-    def _settle_consent(self) -> None:
+    def settle(self) -> None:
+        """Ends the consent phase: the newest row per key decides who is opted out."""
         if self._newest is None:
             return
         for (ek, purpose, topic), (_, out) in self._newest.items():
@@ -163,70 +207,85 @@ class DriftScan:
 
     # --- 2. lists ---------------------------------------------------------------------------
 
-    def list_members_of(self, list_id: str, members: Iterable[Member], previous: frozenset[str] | None) -> list[str]:
-        """Scans one relevant list; returns its member ids now (the next snapshot)."""
-        self._settle_consent()
+    def list_part(self, list_id: str, members: Iterable[Member]) -> PartScan:
+        """Scans (part of) one relevant list: its member ids and its D1/D5 candidates."""
+        assert self._newest is None, "settle() the consent rows first"
         topics = [t.topic_id for t in self.m.topics_of_list.get(list_id, ())]
         brand = self.m.brand_of_opt_out_list.get(list_id)
-        current: set[int] = set()
-        ids: list[str] = []
+        part = PartScan()
         for member in members:
-            self.rows_seen["list_members"] += 1
-            key = (member.table, member.id)
-            current.add(_mid(member.id))
-            ids.append(member.id)
+            part.rows += 1
+            part.ids.append(_mid(member.id))
             eks = [email_key(e) for e in member.contact_points(self.columns)]
             if any(ek in self.topic_out.get(t, ()) for t in topics for ek in eks):
-                self.candidates.add(key, "D1")
+                part.found.append((member.table, member.id, "D1"))
             if brand is not None:
                 # D5: the brand's purposes must all be opted out for each of its emails (lists are checked later)
                 if any(ek not in self.purpose_out.get(p, ()) for p in brand.purpose_ids for ek in eks):
-                    self.candidates.add(key, "D5")
-        self.list_members[list_id] = current
+                    part.found.append((member.table, member.id, "D5"))
+        return part
+
+    def finish_list(self, list_id: str, previous: frozenset[str] | None) -> set[int]:
+        """After all of a list's parts are in: departures since ``previous`` (D4); returns its
+        member ids now (the next snapshot)."""
+        current = self.list_members.setdefault(list_id, set())
         if list_id in self.m.topics_of_list:
             if previous is None:
                 self.candidates.first_snapshot.append(list_id)
             else:
                 table = self.m.member_table_of_list[list_id]
-                for member_id in previous:
+                for member_id in sorted(previous):
                     if _mid(member_id) not in current:
                         self.candidates.departures.append(((table, member_id), list_id))
-        return ids
+        return current
 
     # --- 3. every contact and lead ----------------------------------------------------------
 
-    def members(self, members: Iterable[Member]) -> None:
-        self._settle_consent()
+    def lists_done(self) -> None:
+        """Ends the list phase: what every member check needs, computed once (not per member)."""
+        lm = self.list_members
+        self._any_out = set().union(*self.purpose_out.values())
+        self._brands = [(b, tuple(b.purpose_ids), set().union(*(lm.get(x, ()) for x in b.list_ids)))
+                        for b in self.m.brands]
+        self._d5 = set()  # in a brand's opt-out list and still in one of its lists
+        for list_id, brand in self.m.brand_of_opt_out_list.items():
+            self._d5 |= lm.get(list_id, set()) & set().union(*(lm.get(x, ()) for x in brand.list_ids))
+        self._lists_done = True
+
+    def member_part(self, members: Iterable[Member]) -> PartScan:
+        assert self._newest is None, "settle() the consent rows first"
+        assert self._lists_done, "lists_done() after the lists"
         single = self.m.mode == "single-brand"
-        covered = self.m.covered_purposes
+        covered = tuple(self.m.covered_purposes)
+        purpose_out, any_out, brands, d5 = self.purpose_out, self._any_out, self._brands, self._d5
+        part = PartScan()
+        found = part.found
         for member in members:
-            self.rows_seen["members"] += 1
-            key = (member.table, member.id)
+            part.rows += 1
             eks = [email_key(e) for e in member.contact_points(self.columns)]
             if not eks:
                 continue
             mid = _mid(member.id)
             if (member.donotbulkemail or member.donotemail) and any(
-                    ek not in self.purpose_out.get(p, ()) for p in covered for ek in eks):
-                self.candidates.add(key, "D3")
-            for brand in self.m.brands:
-                if not any(ek in self.purpose_out.get(p, ()) for p in brand.purpose_ids for ek in eks):
-                    continue
-                if single:
-                    if not member.donotbulkemail:
-                        self.candidates.add(key, "D2")
-                    continue
-                in_lists = any(mid in self.list_members.get(lst, ()) for lst in brand.list_ids)
-                oo = brand.opt_out_list
-                missing_oo = oo is not None and oo.member_table == member.table and \
-                    mid not in self.list_members.get(oo.list_id, ())
-                if in_lists or missing_oo:
-                    self.candidates.add(key, "D2")
-            for list_id, brand in self.m.brand_of_opt_out_list.items():  # D5: still in the brand's lists
-                if mid in self.list_members.get(list_id, ()) and any(
-                        mid in self.list_members.get(lst, ()) for lst in brand.list_ids):
-                    self.candidates.add(key, "D5")
+                    ek not in purpose_out.get(p, ()) for p in covered for ek in eks):
+                found.append((member.table, member.id, "D3"))
+            if any(ek in any_out for ek in eks):  # most members have no opt-out at all
+                for brand, purposes, in_brand_lists in brands:
+                    if not any(ek in purpose_out.get(p, ()) for p in purposes for ek in eks):
+                        continue
+                    if single:
+                        if not member.donotbulkemail:
+                            found.append((member.table, member.id, "D2"))
+                        continue
+                    oo = brand.opt_out_list
+                    missing_oo = oo is not None and oo.member_table == member.table and \
+                        mid not in self.list_members.get(oo.list_id, ())
+                    if mid in in_brand_lists or missing_oo:
+                        found.append((member.table, member.id, "D2"))
+            if mid in d5:  # D5: still in the brand's lists
+                found.append((member.table, member.id, "D5"))
+        return part
 
     def finish(self) -> Candidates:
-        self._settle_consent()
+        self.settle()
         return self.candidates

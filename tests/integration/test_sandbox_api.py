@@ -393,3 +393,34 @@ def test_concurrent_clients(srv):
     with cf.ThreadPoolExecutor(8) as pool:
         assert list(pool.map(work, range(8))) == [30] * 8
     assert len(srv.store.data["contact"].rows) == 240
+
+
+def test_keys_sort_and_compare_in_sql_server_order_and_key_ranges_page(srv, api):
+    from shared.domain.partitions import sql_order
+
+    ids = [str(uuid.UUID(int=(i * 0x9E3779B97F4A7C15_F39CC0605CEDC834) % (1 << 128))) for i in range(1, 61)]
+    srv.store.load({"contacts": [{"contactid": i, "lastname": "k"} for i in ids],
+                    "lists": [{"listid": PURPOSE, "listname": "L", "createdfromcode": 2}],
+                    "list_members": {PURPOSE: ids[:30]}})
+    in_order = sorted(ids, key=sql_order)
+    page = {"Prefer": "odata.maxpagesize=7"}
+
+    def read(path, flt=None):
+        got, url = [], f"{api.base}/{path}"
+        params = {"$select": "contactid", "$orderby": "contactid", **({"$filter": flt} if flt else {})}
+        while url:
+            body = api.get(url, params=params, headers=page).json()
+            got += [r["contactid"] for r in body["value"]]
+            url, params = body.get("@odata.nextLink"), None
+        return got
+
+    assert read("contacts") == in_order
+    lo, hi = in_order[9], in_order[40]
+    assert read("contacts", f"contactid gt {lo} and contactid le {hi}") == in_order[10:41]
+    assert read("contacts", f"contactid ge {lo} and contactid lt {hi}") == in_order[9:40]
+    members = sorted(ids[:30], key=sql_order)
+    assert read(f"lists({PURPOSE})/listcontact_association", f"contactid gt {members[4]}") == members[5:]
+    top = api.get(f"{api.base}/contacts", params={"$select": "contactid", "$orderby": "contactid desc", "$top": "1",
+                                                  "$filter": f"contactid le {hi}"}).json()["value"]
+    assert [r["contactid"] for r in top] == [hi]
+    assert api.get(f"{api.base}/contacts", params={"$select": "contactid"}).json()["value"][0]["contactid"] == in_order[0]

@@ -523,3 +523,25 @@ def test_list_joined_at_is_unknown_where_the_intersect_table_is_not_exposed():
     assert client.list_joined_at([(L1, C1)]) == {(L1, C1): None}
     assert client.list_joined_at([(L1, C2)]) == {(L1, C2): None}  # not probed again
     assert len(adapter.requests) == 1
+
+
+# --- key ranges (the nightly scan's partitions) -------------------------------------------------
+
+def test_key_pages_ask_for_a_key_range_in_key_order_and_say_whether_more_follow():
+    pages = [(200, {"x-ms-dop-hint": "12"}, {"value": [{"contactid": C1}], "@odata.nextLink": f"{ROOT}/contacts?$skiptoken=x"}),
+             (200, {}, {"value": [{"contactid": C2}]})]
+    client, adapter, _ = make(scripted(*pages))
+    got = list(client.key_pages("contacts", "contactid", "contactid,emailaddress1", "statecode eq 0", after=C1, upto=C2))
+    assert [(len(p), more) for p, more in got] == [(1, True), (1, False)]
+    first = unquote(adapter.requests[0].url)
+    assert f"$filter=(statecode eq 0) and contactid gt {C1} and contactid le {C2}" in first
+    assert "$orderby=contactid" in first and adapter.requests[0].headers["Prefer"] == "odata.maxpagesize=5000"
+    assert client.dop_hint == 12  # Dataverse's recommended degree of parallelism is kept
+
+
+def test_the_largest_key_is_one_row_in_descending_key_order():
+    client, adapter, _ = make(scripted((200, {}, {"value": [{"contactid": C2.upper()}]}), (200, {}, {"value": []})))
+    assert client.largest_key("contacts", "contactid") == C2
+    url = unquote(adapter.requests[0].url)
+    assert "$orderby=contactid desc" in url and "$top=1" in url and "$filter" not in url
+    assert client.largest_key("contacts", "contactid") is None

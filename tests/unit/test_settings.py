@@ -53,6 +53,8 @@ def test_reads_the_process_environment_by_default(monkeypatch):
     ({"DATAVERSE_TIMEOUT_SECONDS": "0"}, "DATAVERSE_TIMEOUT_SECONDS"),
     ({"DATAVERSE_RETRY_BUDGET_SECONDS": "soon"}, "DATAVERSE_RETRY_BUDGET_SECONDS"),
     ({"MAX_ATTEMPTS": "1.5"}, "MAX_ATTEMPTS"),
+    ({"RECONCILE_READERS": "0"}, "RECONCILE_READERS"),
+    ({"RECONCILE_READERS": "33"}, "RECONCILE_READERS"),
     ({"PROCESSED_RETENTION_DAYS": "0"}, "PROCESSED_RETENTION_DAYS"),
     ({"RETRY_DELAY_SECONDS": "x"}, "RETRY_DELAY_SECONDS"),
     ({"LEDGER_KEY": "short"}, "LEDGER_KEY"),
@@ -68,6 +70,11 @@ def test_each_malformed_value_is_named(env, name):
 
 def test_page_size_limit_is_inclusive():
     assert Settings.from_env({"DATAVERSE_PAGE_SIZE": "5000"}).dataverse_page_size == 5000
+
+
+def test_scan_readers_default_and_limit():
+    assert Settings.from_env({}).reconcile_readers == 16
+    assert Settings.from_env({"RECONCILE_READERS": "32"}).reconcile_readers == 32
 
 
 def test_every_problem_is_reported_at_once():

@@ -65,6 +65,14 @@ def _columns(columns: Iterable[str]) -> tuple[str, ...]:
     return cols
 
 
+def key_range_filter(key: str, after: str | None, upto: str | None, filter: str | None = None) -> str | None:
+    """``filter and key gt after and key le upto``, leaving out what is None."""
+    bounded = bool(after or upto)
+    terms = [f"({filter})" if filter and bounded else filter,
+             f"{key} gt {guid(after)}" if after else None, f"{key} le {guid(upto)}" if upto else None]
+    return " and ".join(t for t in terms if t) or None
+
+
 def _lower(value: Any) -> str | None:
     return str(value).lower() if value else None
 
@@ -82,6 +90,12 @@ def to_write_result(part: PartResponse | None, id: str | None = None, *, ok_stat
         created = id_from_entity_url(part.headers.get("odata-entityid"))
         return WriteResult(True, created or id, part.status)
     return WriteResult(False, id, part.status, code, message or f"HTTP {part.status}")
+
+
+def member_select(table: str, email_columns: Sequence[str]) -> str:
+    """The one $select of a contact or lead row, wherever the sync reads members. modifiedon rides
+    along: the timeline rule's upper bound for when a flag became true."""
+    return ",".join((f"{table}id", *email_columns, "donotbulkemail", "donotemail", "statecode", "modifiedon"))
 
 
 def member_from_row(table: str, row: Mapping[str, Any], email_columns: Sequence[str]) -> Member:
@@ -200,7 +214,9 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         settings.require("dataverse_url", purpose="Dataverse")
         kw: dict[str, Any] = dict(timeout=settings.dataverse_timeout_seconds,
                                   retry_budget=settings.dataverse_retry_budget_seconds,
-                                  page_size=min(settings.dataverse_page_size, 5000))
+                                  page_size=min(settings.dataverse_page_size, 5000),
+                                  # a connection for each of the nightly scan's concurrent readers
+                                  pool_maxsize=max(16, getattr(settings, "reconcile_readers", 16)))
         kw.update(overrides)
         tokens = kw.pop("tokens", None) or token_provider_from_settings(settings)
         return cls(settings.dataverse_url, tokens, **kw)
@@ -215,9 +231,6 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
 
     # --- members (contacts / leads) ---------------------------------------------------------
 
-    def _member_select(self, table: str, cols: Sequence[str]) -> str:
-        return ",".join((f"{table}id", *cols, "donotbulkemail", "donotemail", "statecode"))
-
     def members_by_emails(self, emails: Iterable[str], table: str = "contact",
                           email_columns: Sequence[str] = EMAIL_COLUMNS) -> list[Member]:
         """Active and inactive members holding any of the addresses in any of the columns."""
@@ -225,7 +238,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         found: dict[str, Member] = {}
         for chunk in chunk_values(emails, copies=len(cols)):
             flt = " or ".join(in_function(c, chunk) for c in cols)
-            for row in self.query_rows(entity_set, {"$select": self._member_select(table, cols), "$filter": flt}):
+            for row in self.query_rows(entity_set, {"$select": member_select(table, cols), "$filter": flt}):
                 m = member_from_row(table, row, cols)
                 found.setdefault(m.id, m)
         return list(found.values())
@@ -235,7 +248,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         entity_set, cols = _entity_set(table), _columns(email_columns)
         found: dict[str, Member] = {}
         for chunk in chunk_values(guid(i) for i in ids):
-            params = {"$select": self._member_select(table, cols), "$filter": in_function(f"{table}id", chunk)}
+            params = {"$select": member_select(table, cols), "$filter": in_function(f"{table}id", chunk)}
             for row in self.query_rows(entity_set, params):
                 m = member_from_row(table, row, cols)
                 found.setdefault(m.id, m)
@@ -248,7 +261,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         cols = _columns(email_columns)
         path = f"lists({guid(list_id)})/{LIST_RELATIONSHIPS[table]}"
         try:
-            for row in self.query_rows(path, {"$select": self._member_select(table, cols)}):
+            for row in self.query_rows(path, {"$select": member_select(table, cols)}):
                 yield member_from_row(table, row, cols)
         except DataverseNotFound as exc:
             raise DataverseNotFound(f"list {guid(list_id)} not found", status=exc.status, code=exc.code,
@@ -439,6 +452,21 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         if len(rows) > 1:
             raise DataverseAmbiguous(f"{what} name {name_or_id!r} matches {len(rows)} rows; use its id")
         return convert(rows[0])
+
+    # --- key ranges (the nightly scan's partitions) -----------------------------------------
+
+    def key_pages(self, path: str, key: str, select: str, filter: str | None = None, after: str | None = None,
+                  upto: str | None = None) -> Iterator[tuple[list[dict], bool]]:
+        """Rows with ``after < key <= upto`` in key order, page by page, with whether more follow.
+        Dataverse compares and sorts GUID keys in SQL Server's uniqueidentifier order."""
+        params = {"$select": select, "$filter": key_range_filter(key, after, upto, filter), "$orderby": key}
+        return self.iter_pages_more(path, params)
+
+    def largest_key(self, path: str, key: str, filter: str | None = None) -> str | None:
+        """The largest key (SQL Server order) of the rows ``filter`` selects; None when there are none."""
+        params = {"$select": key, "$filter": filter, "$orderby": f"{key} desc", "$top": "1"}
+        rows = self.get_json(path, params).get("value") or []
+        return _lower(rows[0].get(key)) if rows else None
 
     # --- generic ----------------------------------------------------------------------------
 

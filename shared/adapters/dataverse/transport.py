@@ -138,6 +138,8 @@ class DataverseTransport:
         self._rng = rng or random.Random()
         self._backoff_base, self._backoff_cap = backoff_base, backoff_cap
         self._counts = RequestCounter()
+        #: The degree of parallelism Dataverse last recommended (``x-ms-dop-hint``), if it did.
+        self.dop_hint: int | None = None
         if session is None:
             session = requests.Session()
             # Retries are ours (max_retries=0); the pool lets a few sync threads share connections.
@@ -224,6 +226,9 @@ class DataverseTransport:
             emit(log, "dataverse.request", logging.DEBUG, method=method, path=path_kind(url), status=status,
                  ms=round(resp.elapsed.total_seconds() * 1000), kind=kind)
             if status < 400 or status in ok_statuses:
+                hint = resp.headers.get("x-ms-dop-hint")
+                if hint and hint.isdigit() and int(hint) > 0:
+                    self.dop_hint = int(hint)
                 return resp
             if status == 401 and not refreshed and getattr(self._tokens, "refreshable", False):
                 # A token revoked or expired early: one fresh fetch, then give up.
@@ -270,6 +275,12 @@ class DataverseTransport:
     def iter_pages(self, path: str, params: Mapping[str, str | None] | None = None,
                    page_size: int | None = None) -> Iterator[list[dict]]:
         """Pages of rows, following ``@odata.nextLink`` unchanged; one page is held at a time."""
+        for page, _ in self.iter_pages_more(path, params, page_size):
+            yield page
+
+    def iter_pages_more(self, path: str, params: Mapping[str, str | None] | None = None,
+                        page_size: int | None = None) -> Iterator[tuple[list[dict], bool]]:
+        """(page, whether another page follows): a caller may stop after any page."""
         size = min(page_size or self.page_size, MAX_PAGE_SIZE)
         headers = {"Prefer": f"odata.maxpagesize={size}"}
         kind = f"GET {path_kind(path)}"
@@ -279,7 +290,7 @@ class DataverseTransport:
             next_url = body.get("@odata.nextLink")
             page = body.get("value") or []
             del body
-            yield page
+            yield page, bool(next_url)
 
     def query_rows(self, path: str, params: Mapping[str, str | None] | None = None,
                    page_size: int | None = None) -> Iterator[dict]:
