@@ -325,7 +325,8 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
 
     def list_joined_at(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
         """(list id, member id) -> when the member joined the list (``listmember.createdon``), None
-        when unknown: not a member, or the service does not expose the intersect table."""
+        when unknown: not a member, or the service refuses the intersect table (then it is not
+        asked again in this process; the sandbox serves it, as Dataverse documents)."""
         wanted = list(dict.fromkeys((guid(l), guid(m)) for l, m in pairs))
         out: dict[tuple[str, str], str | None] = dict.fromkeys(wanted)
         if not wanted or self._listmember_query is False:
