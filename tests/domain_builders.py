@@ -137,7 +137,8 @@ def copy_state(s: State) -> State:
     return State(members=dict(s.members), lists_of=dict(s.lists_of),
                  consent={e: list(rows) for e, rows in s.consent.items()}, loaded_emails=set(s.loaded_emails),
                  missing_members=set(s.missing_members), cause_of=dict(s.cause_of),
-                 ledger={e: list(x) for e, x in s.ledger.items()}, joined_at=dict(s.joined_at), sync_user=s.sync_user)
+                 ledger={e: list(x) for e, x in s.ledger.items()}, joined_at=dict(s.joined_at), flag_set_at=dict(s.flag_set_at),
+                 sync_user=s.sync_user)
 
 
 _stamp = itertools.count(1)
@@ -167,6 +168,7 @@ def apply(s: State, actions: Iterable[Action]) -> State:
         elif isinstance(a, SetDoNotBulkEmail):
             stamp = f"2999-01-01T00:00:{next(_stamp):06d}Z"
             s.members[a.member] = replace(s.members[a.member], donotbulkemail=True, modified_on=stamp)
+            s.flag_set_at[(a.member, "donotbulkemail")] = stamp  # where auditing is on, the audit row
             _file(s, a, SET_FLAG, stamp)
         elif isinstance(a, RemoveFromList):
             s.lists_of[a.member] = s.lists_of.get(a.member, frozenset()) - {a.list_id}
@@ -229,6 +231,8 @@ def load(world: State, s: State, p) -> None:
         s.ledger[e] = list(world.ledger.get(e, ()))
     for pair in p.frontier_joins:
         s.joined_at[pair] = world.joined_at.get(pair)
+    for flag in p.frontier_audits:
+        s.flag_set_at[flag] = world.flag_set_at.get(flag)
     s.sync_user = world.sync_user
 
 

@@ -1,4 +1,4 @@
-"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300] [--without-outbound-solution]"""
+"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300] [--without-outbound-solution] [--without-auditing]"""
 from __future__ import annotations
 
 import argparse
@@ -20,12 +20,15 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--without-outbound-solution", action="store_true",
                     help="an org whose Outbound marketing solution is uninstalled: no msdyncrm_* columns")
+    ap.add_argument("--without-auditing", action="store_true",
+                    help="an org with auditing off: no audit rows when a member's flags change")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     srv = SandboxServer(port=args.port, host=args.host, seed=args.seed, latency_ms=args.latency_ms,
                         limit=parse_limit(args.limit), webhook_shuffle=args.webhook_shuffle,
                         webhook_duplicate_share=args.webhook_duplicate_share, verbose=not args.quiet,
-                        without_outbound_solution=args.without_outbound_solution)
+                        without_outbound_solution=args.without_outbound_solution,
+                        auditing=not args.without_auditing)
     srv.start()
     logging.getLogger("sandbox.dataverse").info("Dataverse sandbox at %s", srv.api_url)
     try:

@@ -12,8 +12,8 @@ from urllib.parse import parse_qsl, quote, unquote
 
 from . import odata
 from .errors import BAD_QUERY, DataverseError, bad_column, bad_query
-from .schema import BUSINESS_UNIT_ID, BY_SET, ORGANIZATION_ID, RELATIONSHIPS, TABLES
-from .store import MAX_PAGE, OUTBOUND_PREFIX, Store, parse_guid
+from .schema import BUSINESS_UNIT_ID, BY_SET, LISTMEMBER, ORGANIZATION_ID, READ_ONLY, RELATIONSHIPS, TABLES
+from .store import MAX_PAGE, OUTBOUND_PREFIX, Store, _decode_token, _encode_token, parse_guid
 
 _SEGMENT = re.compile(r"^([A-Za-z_$][\w.$]*)(?:\(([^)]*)\))?$")
 _JSON = "application/json; odata.metadata=minimal"
@@ -139,9 +139,13 @@ class Api:
         if head == "$batch":
             raise bad_query("$batch is not allowed inside a batch.")
         name, key = _segment(head)
+        if name == LISTMEMBER.entity_set:
+            return self._listmembers(method, key, parts[1:], params, headers)
         t = BY_SET.get(name)
         if t is None:
             raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{name}'.")
+        if t.name in READ_ONLY and method != "GET":
+            raise DataverseError(405, BAD_QUERY, f"The {t.name} table is read-only: {method} is not supported.")
         if self.store.without_outbound_solution:
             self._refuse_outbound_columns(t, params, body)
         rid = parse_guid(key, t.key) if key is not None else None
@@ -258,6 +262,45 @@ class Api:
         if token is not None:
             out["@odata.nextLink"] = self._next_link(t, scope, params, token)
         return json_response(200, out, applied)
+
+    def _listmembers(self, method: str, key, rest: list[str], params: dict, headers: dict) -> Response:
+        """``GET listmembers`` (RetrieveMultiple only): the intersect rows of the memberships, with
+        createdon the join time. Writes go through the list's actions, so they are refused here."""
+        if method != "GET":
+            raise DataverseError(405, BAD_QUERY, "The sandbox serves listmembers read-only: join and leave "
+                                 "through AddMemberList, AddListMembersList and RemoveMemberList.")
+        if key is not None or rest:
+            raise DataverseError(405, BAD_QUERY, "listmembers supports RetrieveMultiple only (GET /listmembers).")
+        for p in params:
+            if p.startswith("$") and p not in ("$select", "$filter", "$top", "$skiptoken"):
+                raise bad_query(f"The query parameter {p} is not supported on listmembers by the sandbox.")
+        t = LISTMEMBER
+        select = odata.parse_select(t, params.get("$select"))
+        node = odata.parse_filter(params["$filter"]) if params.get("$filter") else None
+        pred = odata.compile_filter(t, node) if node is not None else None
+        lists, members = _narrowing(node)
+        rows = [r for r in self.store.listmember_rows(lists, members) if pred is None or pred(r)]
+        if params.get("$skiptoken"):
+            after = odata.guid_order(_decode_token(params["$skiptoken"]).get("k", ""))
+            rows = [r for r in rows if odata.guid_order(r["listmemberid"]) > after]
+        page = MAX_PAGE
+        if "odata.maxpagesize" in prefer(headers):
+            try:
+                page = max(1, min(int(prefer(headers)["odata.maxpagesize"]), MAX_PAGE))
+            except ValueError:
+                raise bad_query("odata.maxpagesize must be a number.") from None
+        if "$top" in params:
+            try:
+                page, rows = min(page, int(params["$top"])), rows[:int(params["$top"])]
+            except ValueError:
+                raise bad_query("$top must be a non-negative integer.") from None
+        out = {"@odata.context": self.context(t.entity_set, select),
+               "value": [self.render(t, r, select) for r in rows[:page]]}
+        if len(rows) > page:
+            q = [f"{quote(k, safe='$')}={quote(v, safe='')}" for k, v in params.items() if k != "$skiptoken"]
+            q.append("$skiptoken=" + quote(_encode_token({"k": rows[page - 1]["listmemberid"]}), safe=""))
+            out["@odata.nextLink"] = f"{self.api_url}/{t.entity_set}?" + "&".join(q)
+        return json_response(200, out)
 
     def _parse_expand(self, t, text: str | None) -> list[tuple[str, object, list[str] | None]]:
         """``nav($select=a,b),nav2`` for the N:N list relationships (what Straddle reads)."""
@@ -430,18 +473,40 @@ class Api:
         for p in params:
             if p not in ("$select", "$filter"):
                 raise bad_query(f"The query parameter {p} is not supported by the sandbox's metadata API.")
-        if params.get("$select", "LogicalName") != "LogicalName":
-            raise bad_query("The sandbox's metadata API answers $select=LogicalName only.")
+        selected = {c.strip() for c in params.get("$select", "LogicalName").split(",")}
+        if not selected <= {"LogicalName", "ColumnNumber"} or "LogicalName" not in selected:
+            raise bad_query("The sandbox's metadata API answers $select=LogicalName[,ColumnNumber] only.")
         names = sorted(self.store.attributes(t.name))
+        numbers = self.store.column_numbers(t.name)
         flt = params.get("$filter")
         if flt:
             wanted = re.findall(r"LogicalName eq '([a-z0-9_]+)'", flt)
             if not wanted:
                 raise bad_query("The sandbox's metadata API filters on LogicalName eq '...' (or-ed) only.")
             names = [n for n in names if n in wanted]
-        ctx = f"{self.api_url}/$metadata#EntityDefinitions('{t.name}')/Attributes(LogicalName)"
+        ctx = f"{self.api_url}/$metadata#EntityDefinitions('{t.name}')/Attributes({','.join(sorted(selected))})"
         return json_response(200, {"@odata.context": ctx, "value": [
-            {"@odata.type": "#Microsoft.Dynamics.CRM.AttributeMetadata", "LogicalName": n} for n in names]})
+            {"@odata.type": "#Microsoft.Dynamics.CRM.AttributeMetadata", "LogicalName": n,
+             **({"ColumnNumber": numbers[n]} if "ColumnNumber" in selected else {})} for n in names]})
+
+
+def _narrowing(node) -> tuple[set[str] | None, set[str] | None]:
+    """(list ids, member ids) a listmembers $filter pins in its top-level and-ed terms, if any."""
+    terms = node[1] if node is not None and node[0] == "and" else [node] if node is not None else []
+    lists = members = None
+    for n in terms:
+        if n[0] == "cmp" and n[1] == "eq" and n[3][1] in ("guid", "str"):
+            values = {str(n[3][2]).strip("{}").lower()}
+        elif n[0] == "in":
+            values = {str(v[2]).strip("{}").lower() for v in n[2] if v[0] == "lit"}
+        else:
+            continue
+        col = n[2]
+        if col in ("_listid_value", "listid"):
+            lists = values if lists is None else lists & values
+        elif col in ("_entityid_value", "entityid"):
+            members = values if members is None else members & values
+    return lists, members
 
 
 def list_member_refused(message: str) -> DataverseError:

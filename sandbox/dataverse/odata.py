@@ -317,7 +317,9 @@ def compile_filter(table: Table, node) -> Callable[[dict], bool]:
         return pred
     if tag == "in":
         _, name, lits = node
-        col = _column(table, name)
+        # The query functions name a column by its logical name; a lookup's is its attribute.
+        lk = table.by_attr.get(name) if name not in table.columns else None
+        col = lk.column if lk is not None else _column(table, name)
         values = frozenset(coerce(table, col, lit) for lit in lits)
         get = _getter(table, col)
         return lambda r: get(r) in values
@@ -362,7 +364,8 @@ def index_terms(table: Table, node, indexed: set[str]):
             return ("leaf", col, [coerce(table, col, node[3])])
         return None
     if tag == "in":
-        col = _column(table, node[1])
+        lk = table.by_attr.get(node[1]) if node[1] not in table.columns else None
+        col = lk.column if lk is not None else _column(table, node[1])
         if col in indexed:
             return ("leaf", col, [coerce(table, col, lit) for lit in node[2]])
         return None

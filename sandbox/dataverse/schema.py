@@ -104,6 +104,12 @@ TABLES: dict[str, Table] = {t.name: t for t in [
            "introducedversion": S, "iscustomizable": M, "relatedattributename": S},
           [Lookup("sdkmessageprocessingstepid", "sdkmessageprocessingstepid", "sdkmessageprocessingstep")],
           choices={"imagetype": frozenset({0, 1, 2})}),
+    # Audit history (read-only through the Web API): rows the sandbox writes itself when a
+    # member's flags change, where auditing is on (see FIDELITY.md).
+    Table("audit", "audits", "auditid",
+          {"operation": O, "action": O, "attributemask": S, "objecttypecode": S, "transactionid": G},
+          [Lookup("objectid", "objectid", "contact"), Lookup("userid", "userid", "systemuser")],
+          indexed=("_objectid_value",)),
     Table("sdkmessage", "sdkmessages", "sdkmessageid", {"name": S, "categoryname": S}, metadata=True),
     Table("sdkmessagefilter", "sdkmessagefilters", "sdkmessagefilterid",
           {"primaryobjecttypecode": S, "secondaryobjecttypecode": S, "iscustomprocessingstepallowed": B},
@@ -113,6 +119,15 @@ TABLES: dict[str, Table] = {t.name: t for t in [
           metadata=True),
 ]}
 BY_SET = {t.entity_set: t for t in TABLES.values()}
+
+#: The listmember intersect table, served read-only (``GET listmembers``) from the memberships;
+#: not in TABLES: it has no rows of its own and every write goes through the list's actions.
+LISTMEMBER = Table("listmember", "listmembers", "listmemberid", {"entitytype": S, "name": S},
+                   [Lookup("listid", "listid", "list"), Lookup("entityid", "entityid", "contact")])
+#: Tables the Web API only reads (writes answer 405).
+READ_ONLY = {"audit"}
+#: Member columns whose changes the sandbox audits (when auditing is on).
+AUDITED = ("donotbulkemail", "donotemail")
 
 # N:N relationships of list membership: schema name -> (list side, member side).
 RELATIONSHIPS = {"listcontact_association": ("list", "contact"), "listlead_association": ("list", "lead")}

@@ -72,10 +72,11 @@ class SandboxServer:
 
     def __init__(self, port: int = 0, seed=None, latency_ms: float = 0, limit: tuple[int, float] | None = None,
                  webhook_shuffle: bool = False, webhook_duplicate_share: float = 0.0, host: str = "127.0.0.1",
-                 verbose: bool = False, webhook_seed=None, without_outbound_solution: bool = False):
+                 verbose: bool = False, webhook_seed=None, without_outbound_solution: bool = False,
+                 auditing: bool = True):
         self.host, self.port = host, port
         self.verbose = verbose
-        self.store = Store(without_outbound_solution=without_outbound_solution)
+        self.store = Store(without_outbound_solution=without_outbound_solution, auditing=auditing)
         self.api = Api(self.store)
         self.batch = BatchRunner(self.api, lambda m, p: self.stats.inner(m, kind_of(m, p)))
         self.throttle = Throttle(tuple(limit) if limit else None)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from . import odata
 from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
+from .schema import (AUDITED, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
                      metadata_rows)
 
 MAX_PAGE = 5000
@@ -71,13 +71,19 @@ OUTBOUND_PREFIX = "msdyncrm_"
 
 
 class Store:
-    def __init__(self, without_outbound_solution: bool = False):
+    def __init__(self, without_outbound_solution: bool = False, auditing: bool = True):
         self.without_outbound_solution = without_outbound_solution
         self.lock = threading.RLock()
         self.data = {name: _TableData(t) for name, t in TABLES.items()}
         # rel -> list id -> member ids, and rel -> member id -> list ids
         self.members: dict[str, dict[str, set[str]]] = {r: {} for r in RELATIONSHIPS}
         self.member_of: dict[str, dict[str, set[str]]] = {r: {} for r in RELATIONSHIPS}
+        # (list id, member id) -> when the member joined (the listmember row's createdon); a seeded
+        # membership has none and reads as the seed's load time (one string, not one per row).
+        self.joined: dict[tuple[str, str], str] = {}
+        self.seeded_on = now_iso()
+        # Auditing of the member flags (donotbulkemail, donotemail): on unless the org turned it off.
+        self.auditing = auditing
         self._version = 1000
         self._cursors: OrderedDict[str, list[str]] = OrderedDict()
         self._scope_orders: dict[tuple[str, str, str], list[str]] = {}
@@ -136,13 +142,15 @@ class Store:
         if self._undo is not None:
             self._undo.append(lambda: self._replace(td, rid, old))
 
-    def _link(self, rel: str, list_id: str, member_id: str) -> bool:
+    def _link(self, rel: str, list_id: str, member_id: str, joined: str | None = None) -> bool:
         s = self.members[rel].setdefault(list_id, set())
         if member_id in s:
             return False
         self._forget_order(rel, list_id, member_id)
         s.add(member_id)
         self.member_of[rel].setdefault(member_id, set()).add(list_id)
+        if joined is not None:
+            self.joined[(list_id, member_id)] = joined
         if self._undo is not None:
             self._undo.append(lambda: self._unlink(rel, list_id, member_id))
         return True
@@ -154,8 +162,9 @@ class Store:
         self._forget_order(rel, list_id, member_id)
         s.discard(member_id)
         self.member_of[rel][member_id].discard(list_id)
+        joined = self.joined.pop((list_id, member_id), None)
         if self._undo is not None:
-            self._undo.append(lambda: self._link(rel, list_id, member_id))
+            self._undo.append(lambda: self._link(rel, list_id, member_id, joined))
         return True
 
     def _forget_order(self, rel: str, list_id: str, member_id: str) -> None:
@@ -231,6 +240,7 @@ class Store:
                     self.data[name] = _TableData(t)
             self.members = {r: {} for r in RELATIONSHIPS}
             self.member_of = {r: {} for r in RELATIONSHIPS}
+            self.joined = {}
             self._cursors.clear()
             self._scope_orders.clear()
 
@@ -324,6 +334,7 @@ class Store:
                        versionnumber=self._next_version())
             row.setdefault("_ownerid_value", user_id)
             self._insert(td, row)
+            self._audit(table, rid, 1, {}, row, user_id)
             if self.hooks_active():
                 target = {**attrs, **{k: row[k] for k in row}}
                 self._emit(Event("Create", table, rid, user_id, target=target, post=dict(row)))
@@ -346,6 +357,7 @@ class Store:
                     new[k] = v
             new.update(modifiedon=now_iso(), _modifiedby_value=user_id, versionnumber=self._next_version())
             self._replace(td, rid, new)
+            self._audit(table, rid, 2, old, new, user_id)
             if self.hooks_active():
                 # Like Dataverse, Target holds the submitted columns (+ id, modifiedon, modifiedby).
                 target = {**attrs, t.key: rid, "modifiedon": new["modifiedon"], "_modifiedby_value": user_id}
@@ -382,6 +394,45 @@ class Store:
             raise not_found(table, rid)
         return row
 
+    def _audit(self, table: str, rid: str, operation: int, old: dict, new: dict, user_id: str) -> None:
+        """An audit row when a member's flag changes (operation/action 1 Create, 2 Update), its
+        attributemask the changed columns' ColumnNumbers, as Dataverse records audited changes."""
+        if not self.auditing or table not in ("contact", "lead"):
+            return
+        changed = [c for c in AUDITED if bool(old.get(c)) != bool(new.get(c))]
+        if not changed:
+            return
+        numbers = self.column_numbers(table)
+        ts = now_iso()
+        self._insert(self.data["audit"], {
+            "auditid": str(uuid.uuid4()), "_objectid_value": rid, "objecttypecode": table, "operation": operation,
+            "action": operation, "attributemask": ",".join(str(numbers[c]) for c in changed),
+            "_userid_value": user_id, "createdon": ts, "versionnumber": self._next_version()})
+
+    def column_numbers(self, table: str) -> dict[str, int]:
+        """AttributeMetadata.ColumnNumber per column (the sandbox numbers them in schema order)."""
+        return {name: i for i, name in enumerate(self.attributes(table), start=1)}
+
+    def listmember_rows(self, list_ids: set[str] | None = None, member_ids: set[str] | None = None) -> list[dict]:
+        """The listmember intersect rows (read-only), narrowed to some lists or members, in key order."""
+        out = []
+        with self.lock:
+            for rel, (_, member_table) in RELATIONSHIPS.items():
+                if member_ids is not None:
+                    pairs = [(l, m) for m in member_ids for l in self.member_of[rel].get(m, ())]
+                elif list_ids is not None:
+                    pairs = [(l, m) for l in list_ids for m in self.members[rel].get(l, ())]
+                else:
+                    pairs = [(l, m) for l, ms in self.members[rel].items() for m in ms]
+                for l, m in pairs:
+                    if list_ids is not None and l not in list_ids:
+                        continue
+                    at = self.joined.get((l, m), self.seeded_on)
+                    out.append({"listmemberid": listmember_id(l, m), "_listid_value": l, "_entityid_value": m,
+                                "entitytype": member_table, "createdon": at, "modifiedon": at, "versionnumber": 0})
+        out.sort(key=lambda r: odata.guid_order(r["listmemberid"]))
+        return out
+
     # --- memberships -------------------------------------------------------------------------
 
     def relationship_for(self, table: str, nav: str) -> tuple[str, str]:
@@ -400,7 +451,7 @@ class Store:
             self.get(table, rid)
             self.get(other, other_id)
             list_id, member_id = (rid, other_id) if table == "list" else (other_id, rid)
-            added = self._link(rel, list_id, member_id)
+            added = self._link(rel, list_id, member_id, now_iso())
             if added and self.hooks_active():
                 self._emit(Event(message, table, rid, user_id, extra={
                     "relationship": rel, "related": [(other, other_id)], "list_id": list_id, "member_id": member_id}))
@@ -431,7 +482,7 @@ class Store:
         with self.lock:
             rel, member = self.list_member_rel(list_id)
             self.get(member, entity_id)
-            self._link(rel, list_id, entity_id)
+            self._link(rel, list_id, entity_id, now_iso())
             if self.hooks_active():
                 self._emit(Event("AddMember", "list", list_id, user_id,
                                  extra={"ListId": list_id, "EntityId": entity_id}))
@@ -440,9 +491,10 @@ class Store:
     def add_list_members(self, list_id: str, member_ids: list[str], user_id: str) -> None:
         with self.transaction():
             rel, member = self.list_member_rel(list_id)
+            joined = now_iso()
             for m in member_ids:
                 self.get(member, m)
-                self._link(rel, list_id, m)
+                self._link(rel, list_id, m, joined)
             if self.hooks_active():
                 self._emit(Event("AddListMembers", "list", list_id, user_id,
                                  extra={"ListId": list_id, "MemberIds": list(member_ids)}))
@@ -643,6 +695,7 @@ class Store:
         enabled = gc.isenabled()
         gc.disable()  # millions of new dicts would otherwise trigger many useless full collections
         try:
+            self.seeded_on = now_iso()
             counts = load_seed(self, seed)
             if self.without_outbound_solution:  # the solution's columns do not exist: drop them
                 for td in self.data.values():

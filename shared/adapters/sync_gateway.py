@@ -157,6 +157,17 @@ class DataverseSyncGateway:
             found = self.client.list_joined_at([k for k in keyed if _guid_or_none(k[1])])
         return {pair: found.get(k) for k, pair in keyed.items()}
 
+    def flag_set_at(self, items: Collection[tuple[tuple[str, str], str]]) -> dict[tuple[tuple[str, str], str], str | None]:
+        """(member, flag column) -> when the flag became true, from Dataverse's audit history
+        (timeline evidence). Asked only where a re-consent meets a flag dated by nothing better
+        than the member's modifiedon: one request per such conflict, none on the normal path."""
+        out: dict[tuple[tuple[str, str], str], str | None] = {}
+        with _transient():
+            for member, column in items:
+                out[(member, column)] = (self.client.flag_set_at(member[0], member[1], column)
+                                         if _guid_or_none(member[1]) else None)
+        return out
+
     # --- the whole tenant, streamed (nightly reconciliation) -------------------------------------
 
     def _scan_query(self, source: ScanSource, columns: Sequence[str]) -> tuple[str, str, str, str | None]:

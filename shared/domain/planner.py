@@ -78,6 +78,7 @@ class State:
     # Evidence for the timeline rule, read only where a re-consent meets an opt-out:
     ledger: dict[str, list[LedgerEntry]] = field(default_factory=dict)  # email -> the sync's own entries
     joined_at: dict[tuple[MemberKey, str], str | None] = field(default_factory=dict)  # listmember createdon (None: read, unknown)
+    flag_set_at: dict[tuple[MemberKey, str], str | None] = field(default_factory=dict)  # (member, flag) -> audit history (None: read, unknown)
     sync_user: str | None = None  # the sync's application user: rows it wrote are not a person's
 
     def add_member(self, m: Member, lists: Iterable[str], cause: str | None = None) -> None:
@@ -149,12 +150,12 @@ class OptOutTime:
     """When an opposing opt-out happened, as far as the evidence tells.
 
     ``at`` is a moment the opt-out happened at or before; ``exact`` says the evidence dates the
-    opt-out itself (the ledger, a change event, listmember createdon) rather than bounding it
+    opt-out itself (the ledger, a change event, listmember createdon, audit history) rather than bounding it
     (a row's modifiedon, moved by any later edit). ``at`` None: nothing tells.
     """
 
     at: str | None
-    evidence: str  # "ledger", "change event", "listmember createdon", "contact modifiedon", ..., "none"
+    evidence: str  # "ledger", "change event", "listmember createdon", "audit history", "contact modifiedon", ..., "none"
     exact: bool = False
 
 
@@ -200,10 +201,12 @@ class Plan:
     reconsents: list[Reconsent] = field(default_factory=list)
     frontier_ledger: set[str] = field(default_factory=set)  # emails whose ledger the timeline needs
     frontier_joins: set[tuple[MemberKey, str]] = field(default_factory=set)  # listmember createdon wanted
+    frontier_audits: set[tuple[MemberKey, str]] = field(default_factory=set)  # (member, flag): audit history wanted
 
     @property
     def complete(self) -> bool:
-        return not (self.frontier_emails or self.frontier_members or self.frontier_ledger or self.frontier_joins)
+        return not (self.frontier_emails or self.frontier_members or self.frontier_ledger or self.frontier_joins
+                    or self.frontier_audits)
 
 
 # --- the planner -------------------------------------------------------------------------------
@@ -314,6 +317,7 @@ class _Timeline:
         self.first: dict[tuple, tuple[str, str | None]] = {}  # fact -> (rule, cause) of the first judgement
         self.wanted_ledger: set[str] = set()
         self.wanted_joins: set[tuple[MemberKey, str]] = set()
+        self.wanted_audits: set[tuple[MemberKey, str]] = set()
         self._times: dict[Root, OptOutTime] = {}
         self._rows: dict[str, ConsentRow] | None = None
 
@@ -352,20 +356,41 @@ class _Timeline:
         emails = {email}
         if root[0] in ("flag", "in", "left"):
             emails.update(self.emails_of.get(root[1], ()))
+        ledger_missing = any(e not in self.state.ledger for e in emails)
         self.wanted_ledger.update(e for e in emails if e not in self.state.ledger)
         if root[0] == "in" and (root[1], root[2]) not in self.state.joined_at:
             self.wanted_joins.add((root[1], root[2]))
+        flag = self._flag(root)
+        if flag and not ledger_missing and flag not in self.state.flag_set_at and not self._dated(root):
+            # Only the member's modifiedon bounds this flag: Dataverse's audit history may date it.
+            self.wanted_audits.add(flag)
 
-    def opt_out_time(self, root: Root) -> OptOutTime:
-        if root in self._times:
-            return self._times[root]
+    def _flag(self, root: Root) -> tuple[MemberKey, str] | None:
+        """(member, the flag column that holds the opt-out) of a flag root, when the member is read."""
+        m = self.state.members.get(root[1]) if root[0] == "flag" else None
+        if m is None:
+            return None
+        column = "donotbulkemail" if m.donotbulkemail else "donotemail" if m.donotemail else None
+        return (root[1], column) if column else None
+
+    def _dated(self, root: Root) -> list[tuple[str, str]]:
+        """(time, evidence) of everything that dates the opt-out itself."""
         dated = [(at, "change event") for at in self.events.get(root, ())]
         row = self._row(root[1]) if root[0] == "row" else None
         if row is None or (self.state.sync_user and row.modified_by == self.state.sync_user):
             dated += [(at, "ledger") for at in self.sync_made.get(root, ())]  # a row only while the sync's write is its last
         if root[0] == "in" and self.state.joined_at.get((root[1], root[2])):
             dated.append((self.state.joined_at[(root[1], root[2])], "listmember createdon"))
-        dated = [(instant(at), at, ev) for at, ev in dated if instant(at) is not None]
+        flag = self._flag(root)
+        if flag and self.state.flag_set_at.get(flag):
+            dated.append((self.state.flag_set_at[flag], "audit history"))
+        return [(at, ev) for at, ev in dated if instant(at) is not None]
+
+    def opt_out_time(self, root: Root) -> OptOutTime:
+        if root in self._times:
+            return self._times[root]
+        row = self._row(root[1]) if root[0] == "row" else None
+        dated = [(instant(at), at, ev) for at, ev in self._dated(root)]
         if dated:
             _, at, evidence = max(dated)  # the latest dated time the opt-out was (re)made
             t = OptOutTime(at, evidence, True)
@@ -541,7 +566,7 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
     reconsents, notes = timeline.reconsents(facts)
     actions = _actions(facts, state, mappings, emails_of, addition_causes, notes, timeline.since)
     return Plan(actions, frontier_emails, frontier_members, reconsents, timeline.wanted_ledger,
-                timeline.wanted_joins)
+                timeline.wanted_joins, timeline.wanted_audits)
 
 
 def _global_opt_out(k: MemberKey, rule: str, cause: str | None, root: bool, roots: frozenset, emails_of,

@@ -287,13 +287,17 @@ def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trig
                  emails=len(current.frontier_emails), members=len(current.frontier_members))
             return state, current, rounds, True
         rounds += 1
-        # Timeline evidence first: the ledger (Table Storage) and listmember createdon.
+        # Timeline evidence first: the ledger (Table Storage), listmember createdon, audit history.
         for e in current.frontier_ledger:
             state.ledger[e] = list(history(e)) if history is not None else []
         if current.frontier_joins:
             joined = getattr(gateway, "joined_at", None)
             state.joined_at.update(joined(current.frontier_joins) if joined is not None
                                    else dict.fromkeys(current.frontier_joins))
+        if current.frontier_audits:  # Dataverse's audit history, only for flags nothing better dates
+            audited = getattr(gateway, "flag_set_at", None)
+            state.flag_set_at.update(audited(current.frontier_audits) if audited is not None
+                                     else dict.fromkeys(current.frontier_audits))
         if not current.frontier_emails and not current.frontier_members:
             current = plan(state, mappings, triggers)
             continue

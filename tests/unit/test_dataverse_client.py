@@ -525,6 +525,58 @@ def test_list_joined_at_is_unknown_where_the_intersect_table_is_not_exposed():
     assert len(adapter.requests) == 1
 
 
+def _audit_handler(audits, *, refuse=None):
+    """Metadata names the flags' ColumnNumbers (donotbulkemail 8, donotemail 9); audits answer ``audits``."""
+    def handler(req):
+        url = unquote(req.url)
+        if "EntityDefinitions(LogicalName='contact')/Attributes" in url:
+            return 200, {}, {"value": [{"LogicalName": "donotbulkemail", "ColumnNumber": 8},
+                                       {"LogicalName": "donotemail", "ColumnNumber": 9}]}
+        if "/audits?" in url:
+            return refuse or (200, {}, {"value": audits})
+        return 404, {}, err("0x80060888", f"unexpected {url}")
+    return handler
+
+
+def test_flag_set_at_is_the_newest_audit_row_that_changed_the_flag():
+    audits = [{"createdon": "2026-03-05T10:00:00Z", "attributemask": "12,40"},  # an edit of other columns
+              {"createdon": "2026-03-01T09:00:00Z", "attributemask": "7,8"},    # donotbulkemail changed
+              {"createdon": "2026-02-01T09:00:00Z", "attributemask": "8"}]
+    client, adapter, _ = make(_audit_handler(audits))
+    assert client.flag_set_at("contact", C1, "donotbulkemail") == "2026-03-01T09:00:00Z"
+    assert client.flag_set_at("contact", C2, "donotemail") is None  # no row changed column 9
+    urls = [unquote(r.url) for r in adapter.requests]
+    assert sum("EntityDefinitions" in u for u in urls) == 1  # ColumnNumbers read once per table
+    audit_urls = [u for u in urls if "/audits?" in u]
+    assert len(audit_urls) == 2  # one request per conflict
+    assert f"_objectid_value eq {C1}" in audit_urls[0] and "objecttypecode eq 'contact'" in audit_urls[0]
+    assert "$orderby=createdon desc" in audit_urls[0] and "attributemask" in audit_urls[0]
+
+
+def test_flag_set_at_only_for_the_member_flags():
+    client, adapter, _ = make(_audit_handler([]))
+    assert client.flag_set_at("contact", C1, "emailaddress1") is None
+    assert adapter.requests == []
+
+
+@pytest.mark.parametrize("status,code", [(403, "0x80040220"), (400, "0x80040203"), (404, "0x80060888")])
+def test_flag_set_at_refused_falls_back_and_is_not_asked_again(status, code):
+    refuse = (status, {}, err(code, "Principal user is missing prvReadAuditSummary privilege."))
+    client, adapter, _ = make(_audit_handler([], refuse=refuse))
+    assert client.flag_set_at("contact", C1, "donotbulkemail") is None
+    assert client.flag_set_at("contact", C2, "donotbulkemail") is None
+    assert sum("/audits?" in unquote(r.url) for r in adapter.requests) == 1
+
+
+def test_flag_set_at_through_the_gateway_skips_ids_that_are_not_guids():
+    from shared.adapters.sync_gateway import DataverseSyncGateway
+    client, adapter, _ = make(_audit_handler([{"createdon": "2026-03-01T09:00:00Z", "attributemask": "8"}]))
+    got = DataverseSyncGateway(client).flag_set_at({(("contact", C1), "donotbulkemail"),
+                                                   (("contact", "not-a-guid"), "donotbulkemail")})
+    assert got == {(("contact", C1), "donotbulkemail"): "2026-03-01T09:00:00Z",
+                   (("contact", "not-a-guid"), "donotbulkemail"): None}
+
+
 # --- key ranges (the nightly scan's partitions) -------------------------------------------------
 
 def test_key_pages_ask_for_a_key_range_in_key_order_and_say_whether_more_follow():

@@ -63,11 +63,14 @@ def remembered(email, row_id, at, against):
                        detail=f"{AGAINST}{against}; newer", recorded_at=LATER)
 
 
-def world(members, consent, *, ledger=None, joined=None, sync_user=SYNC) -> State:
-    """A fully read state: every email's ledger and every membership's createdon (None: unknown) too."""
+def world(members, consent, *, ledger=None, joined=None, audited=None, sync_user=SYNC) -> State:
+    """A fully read state: every email's ledger, every membership's createdon and every set flag's
+    audit history (None: unknown) too."""
     s = state(members, consent)
     s.ledger = {e: list((ledger or {}).get(e, ())) for e in s.loaded_emails}
     s.joined_at = {(k, l): (joined or {}).get((k, l)) for k, lists in s.lists_of.items() for l in lists}
+    s.flag_set_at = {(k, f): (audited or {}).get((k, f)) for k, m in s.members.items()
+                     for f in ("donotbulkemail", "donotemail") if getattr(m, f)}
     s.sync_user = sync_user
     return s
 
@@ -115,6 +118,22 @@ CASES = [
     ("R3 SB donotemail, modifiedon older: stands", SB,
      world([contact("c1", A, dne=True, modified=OPT_OUT)], {A: [reconsent(A, P_ACME)]}), [inspect()],
      set(), "stands", "contact modifiedon"),
+    ("R3 SB audit history dates the flag before the re-consent: stands despite a later edit", SB,
+     world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
+           audited={(C1, "donotbulkemail"): OPT_OUT}), [inspect()],
+     set(), "stands", "audit history"),
+    ("R3 SB audit history: the flag was set after the re-consent: opt-out newer", SB,
+     world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
+           audited={(C1, "donotbulkemail"): LATER}), [inspect()],
+     {("consent", A, P_ACME, None, "re-1")}, "opt-out newer", "audit history"),
+    ("R3 SB audit history without a record (auditing off): as before, opt-out wins", SB,
+     world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
+           audited={(C1, "donotbulkemail"): None}), [inspect()],
+     {("consent", A, P_ACME, None, "re-1")}, "order unknown", "contact modifiedon"),
+    ("R3 SB donotemail dated by audit history before the re-consent: stands", SB,
+     world([contact("c1", A, dne=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
+           audited={(C1, "donotemail"): OPT_OUT}), [inspect()],
+     set(), "stands", "audit history"),
     ("R3 SB no time at all: opt-out wins", SB,
      world([contact("c1", A, dnb=True)], {A: [reconsent(A, P_ACME)]}), [inspect()],
      {("consent", A, P_ACME, None, "re-1")}, "order unknown", "none"),
@@ -181,7 +200,8 @@ CASES = [
 @pytest.mark.parametrize("name,m,s,triggers,writes,verdict,evidence", CASES, ids=[c[0] for c in CASES])
 def test_timeline(name, m, s, triggers, writes, verdict, evidence):
     p = plan(s, m, triggers)
-    assert p.complete, (p.frontier_emails, p.frontier_members, p.frontier_ledger, p.frontier_joins)
+    assert p.complete, (p.frontier_emails, p.frontier_members, p.frontier_ledger, p.frontier_joins,
+                        p.frontier_audits)
     assert_never_opt_in(p.actions, m, s)
     assert effects(p.actions) == writes
     judged = [r for r in p.reconsents if r.row_id == "re-1"]
@@ -245,6 +265,34 @@ def test_in_rounds_reads_the_evidence_then_decides():
               ledger={A: [sync_set_flag(A, "c1", OPT_OUT)]})
     _, p, rounds = in_rounds(w, SB, [inspect()])
     assert p.actions == [] and [r.verdict for r in p.reconsents] == ["stands"]  # modifiedon alone: unknown
+
+
+def test_audit_history_is_asked_for_only_where_modifiedon_is_all_that_dates_a_flag():
+    # No re-consent: no audit read.
+    assert not plan(state([contact("c1", A, dnb=True, modified=OPT_OUT)], {A: []}), SB, [inspect()]).frontier_audits
+    # A re-consent meets the flag: the ledger first, then (nothing dated it) the audit history, once.
+    w = world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
+              audited={(C1, "donotbulkemail"): OPT_OUT})
+    s = state([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]})
+    s.sync_user = SYNC
+    first = plan(s, SB, [inspect()])
+    assert first.frontier_ledger == {A} and not first.frontier_audits
+    s.ledger[A] = []
+    second = plan(s, SB, [inspect()])
+    assert second.frontier_audits == {(C1, "donotbulkemail")}
+    s.flag_set_at[(C1, "donotbulkemail")] = w.flag_set_at[(C1, "donotbulkemail")]
+    third = plan(s, SB, [inspect()])
+    assert third.complete and third.actions == [] and [r.verdict for r in third.reconsents] == ["stands"]
+    # The ledger or a change event dates the flag: no audit read.
+    s2 = state([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]})
+    s2.ledger[A] = [sync_set_flag(A, "c1", OPT_OUT)]
+    assert not plan(s2, SB, [inspect()]).frontier_audits
+    s2.ledger[A] = []
+    assert not plan(s2, SB, [inspect(at=OPT_OUT, opted_out="flag")]).frontier_audits
+    # Rounds read it like the other evidence.
+    _, p, rounds = in_rounds(w, SB, [inspect()])
+    assert p.actions == [] and [r.verdict for r in p.reconsents] == ["stands"]
+    assert p.reconsents[0].judgements[0].opt_out.evidence == "audit history"
 
 
 def test_same_state_same_verdict_on_both_paths():

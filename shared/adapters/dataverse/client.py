@@ -12,8 +12,8 @@ import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from shared.adapters.dataverse.auth import TokenProvider, token_provider_from_settings
-from shared.adapters.dataverse.errors import (DataverseAmbiguous, DataverseBadRequest, DataverseNotFound,
-                                              parse_error_body)
+from shared.adapters.dataverse.errors import (DataverseAmbiguous, DataverseAuthError, DataverseBadRequest,
+                                              DataverseNotFound, parse_error_body)
 from shared.adapters.dataverse.odata import (BatchOp, PartResponse, chunk_values, guid, id_from_entity_url,
                                              in_function, is_guid, literal)
 from shared.adapters.dataverse.transport import DataverseTransport
@@ -194,6 +194,11 @@ def consent_update_op(row_id: str, fields: Mapping[str, Any]) -> BatchOp:
     return BatchOp("PATCH", f"{CONSENT_SET}({guid(row_id)})", consent_columns(fields), {"If-Match": "*"})
 
 
+#: Member flags whose audit history can date an opt-out, and how many of a member's newest audit
+#: rows are looked through for the flag's last change (one page, one request).
+AUDITED_FLAGS = ("donotbulkemail", "donotemail")
+AUDIT_DEPTH = 50
+
 #: How each write's answer is read: already a member / already gone means the goal holds.
 ADD_MEMBER_OK = {"ok_codes": (DUPLICATE_KEY,)}
 REMOVE_MEMBER_OK = {"ok_statuses": (404,)}
@@ -206,6 +211,8 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         super().__init__(url, tokens, **transport)
         self._user_id: str | None = None
         self._listmember_query: bool | None = None  # None: not yet probed
+        self._audit_history: bool | None = None  # None: not yet asked; False: the service refuses it
+        self._column_numbers: dict[str, dict[str, int]] = {}  # table -> audited flag -> ColumnNumber
         self._outbound_solution: bool | None = None  # None: not yet probed
         self._probe_lock = threading.Lock()
 
@@ -318,7 +325,8 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
 
     def list_joined_at(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
         """(list id, member id) -> when the member joined the list (``listmember.createdon``), None
-        when unknown: not a member, or the service does not expose the intersect table."""
+        when unknown: not a member, or the service refuses the intersect table (then it is not
+        asked again in this process; the sandbox serves it, as Dataverse documents)."""
         wanted = list(dict.fromkeys((guid(l), guid(m)) for l, m in pairs))
         out: dict[tuple[str, str], str | None] = dict.fromkeys(wanted)
         if not wanted or self._listmember_query is False:
@@ -341,6 +349,45 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
                 raise
             self._listmember_query = False
         return out
+
+    def flag_set_at(self, table: str, member_id: str, column: str) -> str | None:
+        """When the member's flag ``column`` (true now) last changed, from Dataverse's audit history:
+        the ``createdon`` of the newest audit row of the member (Create or Update) whose
+        ``attributemask`` holds the column's ColumnNumber. The change functions
+        (RetrieveAttributeChangeHistory) do not say when through the Web API, so the audit table
+        is read: one request (after one metadata read per table and process). None when auditing
+        is off, no such row is among the newest ``AUDIT_DEPTH``, or the service refuses the audit
+        table (then it is not asked again in this process)."""
+        if column not in AUDITED_FLAGS or self._audit_history is False:
+            return None
+        _entity_set(table)
+        try:
+            number = self._flag_column_numbers(table).get(column)
+            if number is None:
+                return None
+            params = {"$select": "createdon,attributemask",
+                      "$filter": f"_objectid_value eq {guid(member_id)} and objecttypecode eq '{table}' "
+                                 "and (operation eq 1 or operation eq 2)",
+                      "$orderby": "createdon desc", "$top": str(AUDIT_DEPTH)}
+            rows = self.get_json("audits", params).get("value") or []
+            self._audit_history = True
+        except (DataverseAuthError, DataverseBadRequest, DataverseNotFound):
+            self._audit_history = False  # no prvReadAuditSummary, or no audit table: fall back to modifiedon
+            return None
+        for row in rows:  # newest first: the last change of a flag that is true now set it
+            mask = {p.strip() for p in str(row.get("attributemask") or "").split(",")}
+            if str(number) in mask and row.get("createdon"):
+                return str(row["createdon"])
+        return None
+
+    def _flag_column_numbers(self, table: str) -> dict[str, int]:
+        if table not in self._column_numbers:
+            flt = " or ".join(f"LogicalName eq '{c}'" for c in AUDITED_FLAGS)
+            rows = self.get_json(f"EntityDefinitions(LogicalName='{table}')/Attributes",
+                                 {"$select": "LogicalName,ColumnNumber", "$filter": flt}).get("value") or []
+            self._column_numbers[table] = {str(r["LogicalName"]): int(r["ColumnNumber"]) for r in rows
+                                           if r.get("LogicalName") and isinstance(r.get("ColumnNumber"), int)}
+        return self._column_numbers[table]
 
     def add_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
         """(list id, member table, member id) -> joined; already a member counts as ok."""
