@@ -1,7 +1,7 @@
 """Static checks of the deployment templates (no Bicep compiler or Azure CLI is reachable here).
 
 The Bicep files are read with tests/bicep.py and compared with what the code reads: the app
-settings (shared.adapters.settings.SETTINGS), the tables (shared.adapters.tables.table_names),
+settings (shared.adapters.settings.SETTINGS), the tables (shared.adapters.tables.common.table_names),
 the queues, the roles, the outputs and azure.yaml.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.settings import SETTINGS
-from shared.adapters.tables import DEFAULT_PREFIX, TABLES, table_names
+from shared.adapters.tables.common import DEFAULT_PREFIX, TABLES, table_names
 from tests import bicep
 from tests.bicep import Expr, ForLoop
 
