@@ -72,7 +72,7 @@ class Container:
     def sync_engine(self) -> Any:
         """The sync engine over Dataverse, Table Storage and the queue."""
         from shared.adapters.sync_gateway import DataverseSyncGateway
-        from shared.sync.engine import EngineConfig, SyncEngine
+        from shared.service_layer.process_changes import EngineConfig, SyncEngine
 
         if self._engine is not None:
             return self._engine

@@ -404,7 +404,7 @@ def values_of(stack: Stack, scope) -> list[int]:
 @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(scenario=reconsent_scenarios())
 def test_the_newest_personal_choice_stands_and_later_opt_outs_are_kept(stacks, scenario):
-    from shared.reconcile import run_reconciliation
+    from shared.service_layer.reconcile import run_reconciliation
 
     mode, start, raw_emails, opted_in, actions, chaos = scenario
     stack = stacks[mode]

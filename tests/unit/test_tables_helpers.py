@@ -187,7 +187,6 @@ class _FlakyClient:
 
 
 def test_a_transaction_lost_in_flight_is_retried(monkeypatch):
-
     monkeypatch.setattr(common.time, "sleep", lambda s: None)
     ops = [("create", {"PartitionKey": "p", "RowKey": "a"}), ("create", {"PartitionKey": "p", "RowKey": "b"})]
     for landed in (False, True):  # the first attempt failed before, or after, it landed
