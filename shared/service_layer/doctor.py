@@ -1,4 +1,6 @@
-"""The doctor: every check between the app and the services it needs, in the order it prints them.
+"""The doctor: every check between the app and the services it needs, one function each, in the
+order it prints them: settings, Dataverse (token, whoami, reads, write probes), Table Storage,
+mappings, webhooks, Service Bus.
 """
 from __future__ import annotations
 
@@ -55,20 +57,40 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
     """Every check, in order; ``dataverse``, ``tables`` and ``dead_letters`` are callables that build
     the adapters (and may raise SettingsError). A check whose prerequisite failed is skipped.
     ``local_host``: the local Functions host stands in for Service Bus (STRADDLE_LOCAL_HOST)."""
-    import uuid
-
-    from shared.adapters.dataverse.errors import DataverseNotFound
-    from shared.domain.mappings import Mappings
-
-    checks: list[dict[str, Any]] = []
     if settings_error or settings is None:
-        fix = "fix the app settings named (local.settings.json or the Function App's configuration)"
-        if settings_error and "unresolved Key Vault reference" in settings_error:
-            fix = ("grant the app's identity Key Vault Secrets User on the vault (infra/modules/access.bicep) or fix "
-                   "the vault/secret name in the reference, wait for the role to take effect, restart the app "
-                   "(az functionapp restart) and run doctor again")
-        checks.append(_check("settings", "fail", settings_error or "settings could not be read", fix))
-        return checks
+        return [_settings_unreadable(settings_error)]
+    servicebus = bool(settings.servicebus_connection_string or settings.servicebus_namespace or local_host)
+    auth = _dataverse_auth(settings)
+    checks = [_settings_present(settings, servicebus, auth)]
+    client = _dataverse_token(dataverse, auth, checks)
+    client = _whoami(client, checks)
+    reads_ok = _dataverse_reads(client, checks)
+    _dataverse_writes(client, checks)
+    store = _table_storage(tables, checks)
+    checks.append(_mappings_resolve(store, client, reads_ok))
+    if client is not None and reads_ok:
+        _tenant_kind(client, checks)
+    checks.append(_webhooks_registered(client, reads_ok, store, settings, webhook_url))
+    checks.append(_service_bus(servicebus, dead_letters))
+    return checks
+
+
+def _settings_unreadable(settings_error: str | None) -> dict[str, Any]:
+    fix = "fix the app settings named (local.settings.json or the Function App's configuration)"
+    if settings_error and "unresolved Key Vault reference" in settings_error:
+        fix = ("grant the app's identity Key Vault Secrets User on the vault (infra/modules/access.bicep) or fix "
+               "the vault/secret name in the reference, wait for the role to take effect, restart the app "
+               "(az functionapp restart) and run doctor again")
+    return _check("settings", "fail", settings_error or "settings could not be read", fix)
+
+
+def _dataverse_auth(settings: Any) -> str:
+    return ("static token" if settings.dataverse_access_token else
+            "client secret" if settings.dataverse_client_secret else
+            "managed identity" if settings.dataverse_client_id else "default Azure credential")
+
+
+def _settings_present(settings: Any, servicebus: bool, auth: str) -> dict[str, Any]:
     missing = []
     if not settings.dataverse_url:
         missing.append("DATAVERSE_URL")
@@ -76,40 +98,51 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         missing.append("AzureWebJobsStorage")
     if not settings.ledger_key:
         missing.append("LEDGER_KEY")
-    servicebus = bool(settings.servicebus_connection_string or settings.servicebus_namespace or local_host)
     if not servicebus:
         missing.append("ServiceBusConnection__fullyQualifiedNamespace")
-    auth = ("static token" if settings.dataverse_access_token else
-            "client secret" if settings.dataverse_client_secret else
-            "managed identity" if settings.dataverse_client_id else "default Azure credential")
     if settings.dataverse_client_secret and not (settings.dataverse_client_id and settings.dataverse_tenant_id):
         missing.append("DATAVERSE_CLIENT_ID and DATAVERSE_TENANT_ID (with DATAVERSE_CLIENT_SECRET)")
-    checks.append(_check("settings", "fail" if missing else "pass",
-                         f"missing {', '.join(missing)}" if missing else f"all present; Dataverse auth: {auth}",
-                         "set them in local.settings.json (Values) or the Function App's configuration; "
-                         "see README 'Configuration'" if missing else ""))
+    return _check("settings", "fail" if missing else "pass",
+                  f"missing {', '.join(missing)}" if missing else f"all present; Dataverse auth: {auth}",
+                  "set them in local.settings.json (Values) or the Function App's configuration; "
+                  "see README 'Configuration'" if missing else "")
 
-    client = None
+
+def _dataverse_token(dataverse: Any, auth: str, checks: list[dict[str, Any]]) -> Any:
+    """The client, once it holds a token (None when it cannot get one)."""
     try:
         client = dataverse()
         tokens = getattr(client, "_tokens", None)
         if tokens is not None:
             tokens.token()
         checks.append(_check("dataverse token", "pass", auth))
+        return client
     except Exception as exc:
         checks.append(_check("dataverse token", "fail", _failure(exc), _fix_unless_auth(
             exc, "check DATAVERSE_CLIENT_ID/DATAVERSE_TENANT_ID/DATAVERSE_CLIENT_SECRET, or the managed "
                  "identity, and that the app registration exists in the tenant")))
-        client = None
-    if client is not None:
-        try:
-            user = client.who_am_i()
-            checks.append(_check("whoami", "pass", f"application user {user}"))
-        except Exception as exc:
-            checks.append(_check("whoami", "fail", _failure(exc), _fix_unless_auth(
-                exc, "add the app registration as an application user in the environment "
-                     "(Power Platform admin center > Users > App users) and give it a security role")))
-            client = None
+        return None
+
+
+def _whoami(client: Any, checks: list[dict[str, Any]]) -> Any:
+    """The client, once Dataverse knows its application user (None when it does not)."""
+    if client is None:
+        return None
+    try:
+        user = client.who_am_i()
+        checks.append(_check("whoami", "pass", f"application user {user}"))
+        return client
+    except Exception as exc:
+        checks.append(_check("whoami", "fail", _failure(exc), _fix_unless_auth(
+            exc, "add the app registration as an application user in the environment "
+                 "(Power Platform admin center > Users > App users) and give it a security role")))
+        return None
+
+
+def _dataverse_reads(client: Any, checks: list[dict[str, Any]]) -> bool:
+    """One check per table the sync reads; True when every read worked."""
+    from shared.adapters.dataverse.errors import DataverseNotFound
+
     reads_ok = client is not None
     for name, entity_set, key in DOCTOR_READS:
         if client is None:
@@ -124,6 +157,15 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
                 exc, f"grant the app user's security role Read on {entity_set} (organization scope); "
                      "for consent rows, purposes and topics Customer Insights - Journeys must be installed",
                 also=DataverseNotFound)))
+    return reads_ok
+
+
+def _dataverse_writes(client: Any, checks: list[dict[str, Any]]) -> None:
+    """One probe per kind of write the sync makes (see DOCTOR_WRITES: nothing is changed)."""
+    import uuid
+
+    from shared.adapters.dataverse.errors import DataverseNotFound
+
     for name, method, path, body, fix in DOCTOR_WRITES:
         if client is None:
             checks.append(_check(name, "skip", "no Dataverse connection"))
@@ -140,6 +182,11 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         except Exception as exc:
             checks.append(_check(name, "fail", _failure(exc), _fix_unless_auth(exc, fix)))
 
+
+def _table_storage(tables: Any, checks: list[dict[str, Any]]) -> Any:
+    """The store, once a probe row was created, read and deleted (None when that failed)."""
+    import uuid
+
     store = None
     try:
         store = tables()
@@ -154,89 +201,100 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
         probe_client.get_entity(row["PartitionKey"], row["RowKey"])
         probe_client.delete_entity(row["PartitionKey"], row["RowKey"])
         checks.append(_check("table storage", "pass", f"created, read and deleted a probe row in {store.prefix}processed"))
+        return store
     except Exception as exc:
         what, fix = describe_failure(exc, getattr(getattr(store, "service", None), "url", None))
-        store = None
         checks.append(_check("table storage", "fail", what, fix))
+        return None
 
+
+def _mappings_resolve(store: Any, client: Any, reads_ok: bool) -> dict[str, Any]:
+    """The stored mappings exist and every list, topic and purpose they name is still in Dataverse."""
     if store is None:
-        checks.append(_check("mappings", "skip", "no Table Storage"))
-    else:
-        try:
-            doc = store.mappings.load()
-            if not doc:
-                checks.append(_check("mappings", "fail", "no mappings imported",
-                                     "straddle mappings discover --out mappings.json, review it, then "
-                                     "straddle mappings import mappings.json"))
-            elif not reads_ok:
-                checks.append(_check("mappings", "skip", "Dataverse reads failed"))
-            else:
-                m = Mappings.from_dict(doc)
-                lists = {l.id for l in client.marketing_lists()}
-                topics = {t.id: t for t in client.topics()}
-                purposes = {p.id for p in client.purposes()}
-                gone = []
-                for b in m.brands:
-                    gone += [f"purpose {p.name!r}" for p in b.purposes if p.id not in purposes]
-                    if b.opt_out_list and b.opt_out_list.list_id not in lists:
-                        gone.append(f"list {b.opt_out_list.list_name!r}")
-                    for lt in b.lists:
-                        if lt.list_id not in lists:
-                            gone.append(f"list {lt.list_name!r}")
-                        if lt.topic_id not in topics:
-                            gone.append(f"topic {lt.topic_name!r}")
-                        elif topics[lt.topic_id].purpose_id != lt.purpose_id:
-                            gone.append(f"topic {lt.topic_name!r} moved to another purpose")
-                checks.append(_check("mappings", "fail" if gone else "pass",
-                                     ("no longer in Dataverse: " + ", ".join(sorted(set(gone)))) if gone
-                                     else summary(m),
-                                     "fix the mappings file (straddle mappings export) and import it again" if gone else ""))
-        except Exception as exc:
-            checks.append(_check("mappings", "fail", _failure(exc), "import the mappings again"))
+        return _check("mappings", "skip", "no Table Storage")
+    try:
+        doc = store.mappings.load()
+        if not doc:
+            return _check("mappings", "fail", "no mappings imported",
+                          "straddle mappings discover --out mappings.json, review it, then "
+                          "straddle mappings import mappings.json")
+        if not reads_ok:
+            return _check("mappings", "skip", "Dataverse reads failed")
+        m = Mappings.from_dict(doc)
+        gone = _gone_from_dataverse(m, client)
+        return _check("mappings", "fail" if gone else "pass",
+                      ("no longer in Dataverse: " + ", ".join(sorted(set(gone)))) if gone else summary(m),
+                      "fix the mappings file (straddle mappings export) and import it again" if gone else "")
+    except Exception as exc:
+        return _check("mappings", "fail", _failure(exc), "import the mappings again")
 
-    if client is not None and reads_ok:  # which kind of tenant: said on the "read lists" check
-        lists_check = next(c for c in checks if c["check"] == "read lists")
-        try:
-            lists_check["detail"] = ("Outbound marketing columns present (msdyncrm_issubscription)"
-                                     if client.outbound_solution() else
-                                     "Outbound marketing columns absent (solution not installed): every list counts "
-                                     "as a possible subscription list; no msdyncrm_* column is read")
-        except Exception as exc:
-            lists_check.update(status="fail", detail=f"list columns not readable: {_failure(exc)}",
-                               fix="grant the app user read access to table definitions (EntityDefinitions)")
+
+def _gone_from_dataverse(m: Any, client: Any) -> list[str]:
+    lists = {l.id for l in client.marketing_lists()}
+    topics = {t.id: t for t in client.topics()}
+    purposes = {p.id for p in client.purposes()}
+    gone = []
+    for b in m.brands:
+        gone += [f"purpose {p.name!r}" for p in b.purposes if p.id not in purposes]
+        if b.opt_out_list and b.opt_out_list.list_id not in lists:
+            gone.append(f"list {b.opt_out_list.list_name!r}")
+        for lt in b.lists:
+            if lt.list_id not in lists:
+                gone.append(f"list {lt.list_name!r}")
+            if lt.topic_id not in topics:
+                gone.append(f"topic {lt.topic_name!r}")
+            elif topics[lt.topic_id].purpose_id != lt.purpose_id:
+                gone.append(f"topic {lt.topic_name!r} moved to another purpose")
+    return gone
+
+
+def _tenant_kind(client: Any, checks: list[dict[str, Any]]) -> None:
+    """Which kind of tenant: said on the "read lists" check."""
+    lists_check = next(c for c in checks if c["check"] == "read lists")
+    try:
+        lists_check["detail"] = ("Outbound marketing columns present (msdyncrm_issubscription)"
+                                 if client.outbound_solution() else
+                                 "Outbound marketing columns absent (solution not installed): every list counts "
+                                 "as a possible subscription list; no msdyncrm_* column is read")
+    except Exception as exc:
+        lists_check.update(status="fail", detail=f"list columns not readable: {_failure(exc)}",
+                           fix="grant the app user read access to table definitions (EntityDefinitions)")
+
+
+def _webhooks_registered(client: Any, reads_ok: bool, store: Any, settings: Any,
+                         webhook_url: str | None) -> dict[str, Any]:
     if client is None or not reads_ok:
-        checks.append(_check("webhooks", "skip", "no Dataverse connection"))
-    else:
-        try:
-            mappings_doc = store.mappings.load() if store is not None else None
-            columns = tuple(mappings_doc["email_attributes"]) if mappings_doc else None
-            secret_header = settings.webhook_secret_header if settings.webhook_secret else None
-            status = webhook_status(client, webhook_url, email_columns=columns, secret_header=secret_header)
-            bad = [f"{s['step']}: {s['state']}" for s in status["steps"] if s["state"] != "registered"]
-            if status["auth_problem"]:
-                bad.insert(0, f"authentication: {status['auth_problem']}")
-            if status["endpoint"] is None:
-                detail = "no Straddle service endpoint registered"
-            else:
-                detail = "; ".join(bad) if bad else f"{len(status['steps'])} steps registered at {status['endpoint']['url']}"
-            checks.append(_check("webhooks", "pass" if status["ok"] else "fail", detail,
-                                 "" if status["ok"] else "straddle webhooks register --url https://<app>.azurewebsites.net/api/dataverse/webhook"))
-        except Exception as exc:
-            checks.append(_check("webhooks", "fail", _failure(exc),
-                                 "grant the app user read access to serviceendpoint and sdkmessageprocessingstep "
-                                 "(System Customizer) or check with the Plug-in Registration Tool"))
+        return _check("webhooks", "skip", "no Dataverse connection")
+    try:
+        mappings_doc = store.mappings.load() if store is not None else None
+        columns = tuple(mappings_doc["email_attributes"]) if mappings_doc else None
+        secret_header = settings.webhook_secret_header if settings.webhook_secret else None
+        status = webhook_status(client, webhook_url, email_columns=columns, secret_header=secret_header)
+        bad = [f"{s['step']}: {s['state']}" for s in status["steps"] if s["state"] != "registered"]
+        if status["auth_problem"]:
+            bad.insert(0, f"authentication: {status['auth_problem']}")
+        if status["endpoint"] is None:
+            detail = "no Straddle service endpoint registered"
+        else:
+            detail = "; ".join(bad) if bad else f"{len(status['steps'])} steps registered at {status['endpoint']['url']}"
+        return _check("webhooks", "pass" if status["ok"] else "fail", detail,
+                      "" if status["ok"] else "straddle webhooks register --url https://<app>.azurewebsites.net/api/dataverse/webhook")
+    except Exception as exc:
+        return _check("webhooks", "fail", _failure(exc),
+                      "grant the app user read access to serviceendpoint and sdkmessageprocessingstep "
+                      "(System Customizer) or check with the Plug-in Registration Tool")
 
+
+def _service_bus(servicebus: bool, dead_letters: Any) -> dict[str, Any]:
     if not servicebus or dead_letters is None:
-        checks.append(_check("service bus", "skip", "not configured"))
-    else:
-        try:
-            port = dead_letters()
-            waiting = len(port.list(1))
-            checks.append(_check("service bus", "pass",
-                                 f"reached {', '.join(port.queues)}" + ("; dead letters waiting (straddle dlq list)"
-                                                                       if waiting else "")))
-        except Exception as exc:
-            checks.append(_check("service bus", "fail", _failure(exc) + (f": {exc}" if type(exc).__name__ == "DeadLettersUnavailable" else ""),
-                                 "check ServiceBusConnection (or the namespace and the identity's 'Azure Service Bus "
-                                 "Data Receiver/Sender' roles) and that the queues exist"))
-    return checks
+        return _check("service bus", "skip", "not configured")
+    try:
+        port = dead_letters()
+        waiting = len(port.list(1))
+        return _check("service bus", "pass",
+                      f"reached {', '.join(port.queues)}" + ("; dead letters waiting (straddle dlq list)"
+                                                            if waiting else ""))
+    except Exception as exc:
+        return _check("service bus", "fail", _failure(exc) + (f": {exc}" if type(exc).__name__ == "DeadLettersUnavailable" else ""),
+                      "check ServiceBusConnection (or the namespace and the identity's 'Azure Service Bus "
+                      "Data Receiver/Sender' roles) and that the queues exist")
