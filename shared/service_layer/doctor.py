@@ -42,14 +42,13 @@ def _failure(exc: BaseException) -> str:
     return describe_failure(exc)[0]
 
 
-def _fix_unless_auth(exc: BaseException, auth_fix: str, also: type | None = None) -> str:
-    """The check's own fix when Dataverse refused (a privilege, a user), else the failure's
-    (an unreachable URL is not solved by adding an application user)."""
+def _failed(name: str, exc: BaseException, auth_fix: str, also: type | None = None) -> dict[str, Any]:
+    """A failed Dataverse check. Its fix is the check's own when Dataverse refused (a privilege, a
+    user), else the failure's (an unreachable URL is not solved by adding an application user)."""
     from shared.adapters.dataverse.errors import DataverseAuthError
 
-    if isinstance(exc, DataverseAuthError) or (also is not None and isinstance(exc, also)):
-        return auth_fix
-    return describe_failure(exc)[1]
+    auth = isinstance(exc, DataverseAuthError) or (also is not None and isinstance(exc, also))
+    return _check(name, "fail", _failure(exc), auth_fix if auth else describe_failure(exc)[1])
 
 
 def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None, *, webhook_url: str | None = None,
@@ -62,10 +61,13 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
     servicebus = bool(settings.servicebus_connection_string or settings.servicebus_namespace or local_host)
     auth = _dataverse_auth(settings)
     checks = [_settings_present(settings, servicebus, auth)]
-    client = _dataverse_token(dataverse, auth, checks)
-    client = _whoami(client, checks)
-    reads_ok = _dataverse_reads(client, checks)
-    _dataverse_writes(client, checks)
+    client = _dataverse_connection(dataverse, auth, checks)
+    reads_ok = False
+    if client is None:
+        checks += [_check(probe[0], "skip", "no Dataverse connection") for probe in DOCTOR_READS + DOCTOR_WRITES]
+    else:
+        reads_ok = _dataverse_reads(client, checks)
+        _dataverse_writes(client, checks)
     store = _table_storage(tables, checks)
     checks.append(_mappings_resolve(store, client, reads_ok))
     if client is not None and reads_ok:
@@ -108,55 +110,44 @@ def _settings_present(settings: Any, servicebus: bool, auth: str) -> dict[str, A
                   "see README 'Configuration'" if missing else "")
 
 
-def _dataverse_token(dataverse: Any, auth: str, checks: list[dict[str, Any]]) -> Any:
-    """The client, once it holds a token (None when it cannot get one)."""
+def _dataverse_connection(dataverse: Any, auth: str, checks: list[dict[str, Any]]) -> Any:
+    """The client, once it holds a token and Dataverse knows its application user (None when not):
+    the "dataverse token" and "whoami" checks."""
     try:
         client = dataverse()
         tokens = getattr(client, "_tokens", None)
         if tokens is not None:
             tokens.token()
         checks.append(_check("dataverse token", "pass", auth))
-        return client
     except Exception as exc:
-        checks.append(_check("dataverse token", "fail", _failure(exc), _fix_unless_auth(
-            exc, "check DATAVERSE_CLIENT_ID/DATAVERSE_TENANT_ID/DATAVERSE_CLIENT_SECRET, or the managed "
-                 "identity, and that the app registration exists in the tenant")))
-        return None
-
-
-def _whoami(client: Any, checks: list[dict[str, Any]]) -> Any:
-    """The client, once Dataverse knows its application user (None when it does not)."""
-    if client is None:
+        checks.append(_failed("dataverse token", exc,
+                              "check DATAVERSE_CLIENT_ID/DATAVERSE_TENANT_ID/DATAVERSE_CLIENT_SECRET, or the "
+                              "managed identity, and that the app registration exists in the tenant"))
         return None
     try:
-        user = client.who_am_i()
-        checks.append(_check("whoami", "pass", f"application user {user}"))
-        return client
+        checks.append(_check("whoami", "pass", f"application user {client.who_am_i()}"))
     except Exception as exc:
-        checks.append(_check("whoami", "fail", _failure(exc), _fix_unless_auth(
-            exc, "add the app registration as an application user in the environment "
-                 "(Power Platform admin center > Users > App users) and give it a security role")))
+        checks.append(_failed("whoami", exc, "add the app registration as an application user in the environment "
+                                             "(Power Platform admin center > Users > App users) and give it a "
+                                             "security role"))
         return None
+    return client
 
 
 def _dataverse_reads(client: Any, checks: list[dict[str, Any]]) -> bool:
     """One check per table the sync reads; True when every read worked."""
     from shared.adapters.dataverse.errors import DataverseNotFound
 
-    reads_ok = client is not None
+    reads_ok = True
     for name, entity_set, key in DOCTOR_READS:
-        if client is None:
-            checks.append(_check(name, "skip", "no Dataverse connection"))
-            continue
         try:
             client.get_json(entity_set, {"$select": key, "$top": "1"})
             checks.append(_check(name, "pass"))
         except Exception as exc:
             reads_ok = False
-            checks.append(_check(name, "fail", _failure(exc), _fix_unless_auth(
-                exc, f"grant the app user's security role Read on {entity_set} (organization scope); "
-                     "for consent rows, purposes and topics Customer Insights - Journeys must be installed",
-                also=DataverseNotFound)))
+            checks.append(_failed(name, exc, f"grant the app user's security role Read on {entity_set} "
+                                             "(organization scope); for consent rows, purposes and topics Customer "
+                                             "Insights - Journeys must be installed", also=DataverseNotFound))
     return reads_ok
 
 
@@ -167,9 +158,6 @@ def _dataverse_writes(client: Any, checks: list[dict[str, Any]]) -> None:
     from shared.adapters.dataverse.errors import DataverseNotFound
 
     for name, method, path, body, fix in DOCTOR_WRITES:
-        if client is None:
-            checks.append(_check(name, "skip", "no Dataverse connection"))
-            continue
         ids = {"id": str(uuid.uuid4()), "id2": str(uuid.uuid4())}
         probe = path.format(**ids)
         body = body and {k: v.format(**ids) if isinstance(v, str) and v.startswith("{") else v for k, v in body.items()}
@@ -180,7 +168,7 @@ def _dataverse_writes(client: Any, checks: list[dict[str, Any]]) -> None:
         except DataverseNotFound:
             checks.append(_check(name, "pass", "404 for a row that does not exist: the write path is open"))
         except Exception as exc:
-            checks.append(_check(name, "fail", _failure(exc), _fix_unless_auth(exc, fix)))
+            checks.append(_failed(name, exc, fix))
 
 
 def _table_storage(tables: Any, checks: list[dict[str, Any]]) -> Any:
