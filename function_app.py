@@ -1,30 +1,30 @@
 """Straddle's Azure Functions (Python v2 programming model): bindings only.
 
-Each function hands its bound input to ``shared.entry``; the logic lives in ``shared/``.
+Each function hands its bound input to ``shared.entrypoints.functions``; the logic lives in ``shared/``.
 """
 import azure.functions as func
 
-from shared import entry
+from shared.entrypoints import functions
 
 app = func.FunctionApp()
 
 
 @app.route(route="dataverse/webhook", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
-    return entry.dataverse_webhook(req)
+    return functions.dataverse_webhook(req)
 
 
 @app.service_bus_queue_trigger(arg_name="messages", queue_name="%CHANGES_QUEUE%",
                                connection="ServiceBusConnection", cardinality=func.Cardinality.MANY)
 def process_changes(messages: list[func.ServiceBusMessage]) -> None:
-    entry.process_changes(messages)
+    functions.process_changes(messages)
 
 
 @app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
 def nightly_reconcile(timer: func.TimerRequest) -> None:
-    entry.nightly_reconcile(timer)
+    functions.nightly_reconcile(timer)
 
 
 @app.service_bus_queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%", connection="ServiceBusConnection")
 def reconcile_chunk(message: func.ServiceBusMessage) -> None:
-    entry.reconcile_chunk(message)
+    functions.reconcile_chunk(message)

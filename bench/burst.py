@@ -164,7 +164,7 @@ def record_notifications(stack: DemoStack, tenant: Tenant) -> list[tuple[dict, b
     rec = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     rec.bodies, rec.lock = [], threading.Lock()  # type: ignore[attr-defined]
     threading.Thread(target=rec.serve_forever, daemon=True).start()
-    from shared.admin import register_webhooks
+    from shared.service_layer.webhooks import register_webhooks
 
     client = stack.container.dataverse()
     register_webhooks(client, f"http://127.0.0.1:{rec.server_address[1]}/api/dataverse/webhook", function_key="rec")

@@ -35,8 +35,8 @@ from bench.tenant import catalog
 from sandbox.azurite import ensure_azurite, free_port
 from shared import bootstrap
 from shared.adapters.settings import Settings
-from shared.admin import import_mappings
-from shared.reconcile import SCAN_SECONDS_PER_INVOCATION, ReconcileConfig, run_chunk, run_reconciliation
+from shared.service_layer.mappings import import_mappings
+from shared.service_layer.reconcile import SCAN_SECONDS_PER_INVOCATION, ReconcileConfig, run_chunk, run_reconciliation
 
 PAGE, WRITES_PER_REQUEST = 5000, 1000
 

@@ -161,7 +161,7 @@ param instanceMemoryMB int = 2048
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = { 'azd-env-name': environmentName }
 var parkedQueueName = '${changesQueueName}-parked'
-// Must stay equal to shared.adapters.tables.TABLES (the tests compare).
+// Must stay equal to shared.adapters.tables.common.TABLES (the tests compare).
 var tableSuffixes = ['processed', 'ledger', 'mappings', 'runs', 'snapshots']
 var tableNames = [for suffix in tableSuffixes: '${tablePrefix}${suffix}']
 var deploymentContainerName = 'app-package-${take(resourceToken, 7)}'

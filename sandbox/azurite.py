@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.adapters.tables import azurite_connection_string
+from shared.adapters.tables.common import azurite_connection_string
 
 REPO = Path(__file__).resolve().parents[1]
 AZURITE_TABLE = REPO / "node_modules" / ".bin" / "azurite-table"

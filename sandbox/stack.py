@@ -21,7 +21,8 @@ from sandbox.dataverse import SandboxServer
 from shared import bootstrap
 from shared.adapters.servicebus import to_message
 from shared.adapters.settings import Settings
-from shared.admin import import_mappings, sync_steps
+from shared.service_layer.mappings import import_mappings
+from shared.service_layer.webhooks import sync_steps
 from shared.domain.consent import ConsentValue
 
 SYNC_TOKEN = "straddle-sync-app-user"

@@ -49,7 +49,7 @@ class Container:
             return self._dataverse
 
     def tables(self) -> Any:
-        """The Table Storage facade (shared.adapters.tables.TableStore); raises SettingsError when
+        """The Table Storage facade (shared.adapters.tables.store.TableStore); raises SettingsError when
         storage is not configured (and its ``.ledger`` when LEDGER_KEY is missing)."""
         with self._lock:
             if self._tables is None:
@@ -72,7 +72,7 @@ class Container:
     def sync_engine(self) -> Any:
         """The sync engine over Dataverse, Table Storage and the queue."""
         from shared.adapters.sync_gateway import DataverseSyncGateway
-        from shared.sync.engine import EngineConfig, SyncEngine
+        from shared.service_layer.process_changes import EngineConfig, SyncEngine
 
         if self._engine is not None:
             return self._engine
@@ -143,7 +143,8 @@ def build_dataverse_client(settings: Settings) -> Any:
 
 
 def build_table_store(settings: Settings, fail_fast: bool = False) -> Any:
-    from shared.adapters.tables import FAIL_FAST, TableStore
+    from shared.adapters.tables.common import FAIL_FAST
+    from shared.adapters.tables.store import TableStore
 
     settings.require_tables()
     options = FAIL_FAST if fail_fast else {}

@@ -73,7 +73,7 @@ var appSettings = {
   AzureWebJobsStorage__clientId: identityClientId
   AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
   AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
-  // Also where Straddle's own tables live (shared/adapters/tables.py).
+  // Also where Straddle's own tables live (shared/adapters/tables/).
   AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
   // --- Service Bus, identity-based (trigger binding and the app's own client) ---
   ServiceBusConnection__fullyQualifiedNamespace: split(split(namespace.properties.serviceBusEndpoint, '//')[1], ':')[0]

@@ -68,7 +68,7 @@ resource parkedQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview'
   }
 }
 
-// Chunks of a fanned-out nightly reconciliation (shared/reconcile.py): MessageId <run_id>.<index>.
+// Chunks of a fanned-out nightly reconciliation (shared/service_layer/reconcile.py): MessageId <run_id>.<index>.
 // A chunk that keeps failing is dead-lettered after reconcileMaxDeliveryCount deliveries; its
 // candidates stay unhealed until the next night's run finds them again.
 resource reconcileQueue 'Microsoft.ServiceBus/namespaces/queues@2022-10-01-preview' = {

@@ -3,7 +3,7 @@
 param name string
 param location string
 param tags object = {}
-@description('Every table the app uses (shared.adapters.tables.table_names).')
+@description('Every table the app uses (shared.adapters.tables.common.table_names).')
 param tableNames array
 param deploymentContainerName string
 

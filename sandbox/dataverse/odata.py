@@ -39,6 +39,11 @@ def fold(s: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKD", s) if not unicodedata.combining(c)).casefold()
 
 
+def now_iso() -> str:
+    """Now, in the form Dataverse returns its date/time columns (UTC, whole seconds)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def normalise_datetime(value: str) -> str:
     v = value.strip()
     if len(v) == 10:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import DataverseError
 from . import odata
-from .odata import fold, normalise_datetime
+from .odata import fold, normalise_datetime, now_iso
 from .schema import BY_SET, MEMBER_TABLE_BY_CODE, TABLES
 
 ALIASES = {"purposes": "msdynmkt_purpose", "topics": "msdynmkt_topic", "consents": "msdynmkt_contactpointconsent4",
@@ -36,7 +36,6 @@ def _table_for(key: str) -> str | None:
 
 
 def load_seed(store, seed: dict) -> dict[str, int]:
-    from .store import now_iso
     if not isinstance(seed, dict):
         raise DataverseError(400, "0x80040203", "The seed must be a JSON object.")
     by_table: dict[str, list] = {}

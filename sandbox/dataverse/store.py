@@ -19,17 +19,15 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import odata
+from .odata import now_iso
 from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (AUDITED, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
+from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
                      metadata_rows)
+from .seed import load_seed
 
 MAX_PAGE = 5000
 _CURSORS = 64
 _GUID_LEN = 36
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_guid(value: Any, what: str = "id") -> str:
@@ -288,7 +286,6 @@ class Store:
         if "(" not in tail or not tail.endswith(")"):
             raise DataverseError(400, BAD_QUERY, f"'{ref}' is not a valid entity reference.")
         entity_set, key = tail[:-1].split("(", 1)
-        from .schema import BY_SET
         t = BY_SET.get(entity_set)
         if t is None:
             raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{entity_set}'.")
@@ -691,7 +688,7 @@ class Store:
     def load(self, seed: dict) -> dict[str, int]:
         """Loads a seed (see README.md) without HTTP and without firing webhooks; returns counts."""
         import gc
-        from .seed import load_seed
+
         enabled = gc.isenabled()
         gc.disable()  # millions of new dicts would otherwise trigger many useless full collections
         try:

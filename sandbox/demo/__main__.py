@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         r = stack.registration
         print(f"  webhooks            registered ({len(r.step_ids) if hasattr(r, 'step_ids') else 'all'} steps) "
               f"-> {stack.host.url}/api/dataverse/webhook")
-        from shared.admin import summary
+        from shared.service_layer.mappings import summary
         print(f"  mappings            {summary(stack.mappings)}")
         print(f"  ready in {time.monotonic() - t0:.1f} s\n")
 
@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(played))
         stack.settle()
 
-        from shared.reconcile import run_reconciliation
-        from shared.runs import report_lines
+        from shared.service_layer.reconcile import run_reconciliation
+        from shared.service_layer.runs import report_lines
 
         print("\nNightly reconciliation (run now; it heals the drift seeded in the tenant):")
         started = time.monotonic()

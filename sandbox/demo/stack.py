@@ -48,7 +48,8 @@ class DemoStack:
 
     def start(self) -> "DemoStack":
         import function_app
-        from shared.admin import import_mappings, register_webhooks
+        from shared.service_layer.mappings import import_mappings
+        from shared.service_layer.webhooks import register_webhooks
 
         try:
             if self.azurite_connection is None:

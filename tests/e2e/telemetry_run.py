@@ -28,7 +28,7 @@ def main(azurite: str, prefix: str) -> int:
     logging.getLogger("straddle").setLevel(logging.INFO)  # the app's info records are exported, as in Azure
 
     from sandbox.stack import Stack
-    from shared.admin import explain
+    from shared.service_layer.explain import explain
     from shared.adapters.dataverse.errors import DataverseError
     from shared.domain.consent import ConsentValue
     from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant

@@ -67,7 +67,7 @@ def test_every_step_propagates_and_the_reconciliation_heals_the_drift(stack):
     assert bus.queue(bus.changes_queue).deadletter == [] and bus.queue(bus.parked_queue).deadletter == []
     assert stack.host.functions["process_changes"].failures == 0
 
-    from shared.reconcile import run_reconciliation
+    from shared.service_layer.reconcile import run_reconciliation
 
     report = run_reconciliation(stack.container)
     assert report["status"] == "succeeded" and report["drift_found"] > 0
@@ -94,7 +94,7 @@ def test_the_timer_runs_through_the_admin_endpoint(stack):
 
 
 def test_registration_sends_both_and_status_flags_one_that_cannot_authenticate(stack):
-    from shared.admin import webhook_status
+    from shared.service_layer.webhooks import webhook_status
 
     client = stack.container.dataverse()
     (endpoint,) = stack.sandbox.store.data["serviceendpoint"].rows.values()

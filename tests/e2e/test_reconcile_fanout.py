@@ -16,7 +16,7 @@ def test_the_timer_fans_out_and_the_chunks_heal_the_drift(azurite_tables):
     stack = DemoStack(settings, seed=generate(contacts=300, seed=9), azurite_connection=azurite_tables,
                       master_key="fanout-master-key").start()
     try:
-        from shared.reconcile import run_reconciliation
+        from shared.service_layer.reconcile import run_reconciliation
 
         before = run_reconciliation(stack.container, dry_run=True)
         assert before["drift_found"] > 0

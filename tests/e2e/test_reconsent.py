@@ -49,8 +49,8 @@ def flag(stack) -> bool:
 
 
 def test_a_re_consent_after_the_propagated_opt_out_stands_on_both_paths(stack):
-    from shared.admin import explain
-    from shared.reconcile import run_reconciliation
+    from shared.service_layer.explain import explain
+    from shared.service_layer.reconcile import run_reconciliation
 
     person = Marketer(stack.sandbox.api_url)  # any user but the sync's
     # 1. The person opts out of the purpose in RTM: the event path sets the flag (R4).

@@ -7,7 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from shared.adapters.tables import TableStore, table_names
+from shared.adapters.tables.common import table_names
+from shared.adapters.tables.store import TableStore
 
 LEDGER_KEY = b"integration-test-ledger-key-0123456789"
 

@@ -1,4 +1,4 @@
-"""The admin CLI through its entry point, ``shared.cli.main``, against the Dataverse sandbox and
+"""The admin CLI through its entry point, ``shared.entrypoints.cli.main``, against the Dataverse sandbox and
 Azurite (sandbox.stack.Stack installs its container as the process-wide one), with a tiny stand-in
 for the local host's admin API behind ``dlq``. Every command: success, bad input, --json shape, and
 no email address in any output but explain's own."""
@@ -14,7 +14,7 @@ import pytest
 
 from sandbox.stack import Stack
 from shared import bootstrap
-from shared.cli import main
+from shared.entrypoints.cli import main
 from shared.domain.consent import ConsentValue
 from shared.domain.ledger import LedgerEntry
 from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant

@@ -16,7 +16,7 @@ import pytest
 
 from shared import bootstrap
 from shared.adapters.settings import Settings
-from shared.cli import main
+from shared.entrypoints.cli import main
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +120,8 @@ def test_a_static_dev_token_against_a_real_environment_needs_asking(run):
     assert "https://contoso.crm.dynamics.com" in err and "--allow-static-token" in err and "local-dev-token" not in err
     code, out, _, _ = run(real, "doctor")
     assert code == 1 and "FAIL  settings: DATAVERSE_ACCESS_TOKEN (a static development token" in out
-    from shared.cli import refuse_dev_token
-    import shared.cli as cli
+    from shared.entrypoints.cli import refuse_dev_token
+    import shared.entrypoints.cli as cli
 
     cli._ALLOW_STATIC_TOKEN = True  # what --allow-static-token sets
     try:
@@ -167,7 +167,7 @@ def test_wait_notice_says_why_a_command_waits():
     import io
     import logging
 
-    from shared.cli import WaitNotice
+    from shared.entrypoints.cli import WaitNotice
     from shared.telemetry import emit
 
     stream = io.StringIO()

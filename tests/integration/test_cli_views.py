@@ -1,4 +1,4 @@
-"""A view of what happened, and the CLI's output conventions, through ``shared.cli.main`` against the
+"""A view of what happened, and the CLI's output conventions, through ``shared.entrypoints.cli.main`` against the
 Dataverse sandbox and Azurite: ``runs``, ``runs show``, ``activity``, ``reconcile --dry-run
 --changes``, ``explain`` of an unknown address, ``--output json|table|tsv``, ``--version``,
 examples in ``--help``, ``--verbose``."""
@@ -67,7 +67,7 @@ def test_every_command_help_has_examples_with_the_program_name(cli, argv):
 
 
 def test_help_and_errors_name_the_program_as_invoked(capsys, monkeypatch, tmp_path):
-    from shared.cli import main
+    from shared.entrypoints.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["runs", "--help"], prog="python -m shared") == 0

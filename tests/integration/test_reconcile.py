@@ -9,7 +9,7 @@ from azure.functions.timer import TimerRequest
 
 from sandbox.stack import Stack
 from shared.domain.consent import ConsentValue
-from shared.reconcile import run_reconciliation
+from shared.service_layer.reconcile import run_reconciliation
 from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_a_big_run_fans_out_to_chunks_that_resume_and_aggregate(make_stack):
     from azure.functions.servicebus import ServiceBusMessage
 
     import function_app
-    from shared.reconcile import ReconcileConfig
+    from shared.service_layer.reconcile import ReconcileConfig
 
     people = [contact(f"p{i}", f"p{i}@x.test") for i in range(12)]
     s = make_stack(tenant(people, consents=[consent_row(f"p{i}@x.test", CONTOSO, NEWS, OUT) for i in range(12)],

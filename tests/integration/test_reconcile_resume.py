@@ -10,7 +10,7 @@ import pytest
 
 from bench.tenant import build
 from sandbox.stack import Stack
-from shared.reconcile import ReconcileConfig, reconcile, unfinished_run
+from shared.service_layer.reconcile import ReconcileConfig, reconcile, unfinished_run
 
 pytestmark = pytest.mark.integration
 
@@ -137,7 +137,7 @@ def test_a_scan_out_of_time_goes_on_in_fresh_invocations_through_the_reconcile_q
     from azure.functions.servicebus import ServiceBusMessage
 
     import function_app
-    import shared.reconcile as reconcile_module
+    import shared.service_layer.reconcile as reconcile_module
 
     config = ReconcileConfig(readers=2)
     whole = stacks()

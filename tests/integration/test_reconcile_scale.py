@@ -9,7 +9,7 @@ import pytest
 
 from bench.tenant import build
 from sandbox.stack import Stack
-from shared.reconcile import run_reconciliation
+from shared.service_layer.reconcile import run_reconciliation
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from azure.core.exceptions import ResourceModifiedError
 
-from shared.adapters import tables as t
+from shared.adapters.tables import common
+from shared.adapters.tables.processed import ProcessedEvents
+from shared.adapters.tables.snapshots import ListSnapshots, SnapshotCorrupt
+from shared.adapters.tables.store import TableStore
 from shared.adapters.settings import Settings
 from shared.bootstrap import Container
 from tests.integration.conftest import LEDGER_KEY
@@ -18,7 +21,7 @@ from shared.domain.ledger import LedgerEntry
 pytestmark = pytest.mark.integration
 
 
-def _raw(store: t.TableStore, name: str) -> list[dict]:
+def _raw(store: TableStore, name: str) -> list[dict]:
     return [dict(e) for e in store.service.get_table_client(store.prefix + name).list_entities()]
 
 
@@ -36,12 +39,12 @@ def test_container_builds_a_working_store_from_settings(azurite_tables, table_pr
     container = Container(settings)
     store = container.tables()
     assert container.tables() is store
-    assert store.table_names() == t.table_names(table_prefix)
+    assert store.table_names() == common.table_names(table_prefix)
     store.processed.mark(["abc"])
     assert store.processed.seen(["abc", "def"]) == {"abc"}
     created = {tb.name for tb in store.service.list_tables()}
-    assert t.table_names(table_prefix)[0] in created
-    for name in t.table_names(table_prefix):
+    assert common.table_names(table_prefix)[0] in created
+    for name in common.table_names(table_prefix):
         store.service.delete_table(name)
 
 
@@ -51,7 +54,7 @@ def test_tables_are_created_lazily_once(table_store):
     table_store.runs.latest()
     assert existing() == {table_store.prefix + "runs"}
     table_store.runs.latest()  # a second use does not try again (and would not mind if it did)
-    t._Tables(table_store.service, table_store.prefix).client("runs")
+    common._Tables(table_store.service, table_store.prefix).client("runs")
 
 
 # --- processed event ids ----------------------------------------------------------------------
@@ -82,7 +85,7 @@ def test_seen_handles_quotes_in_ids(table_store):
 def test_purge_deletes_only_old_rows(table_store):
     now = datetime.now(timezone.utc)
     clock = {"now": now - timedelta(days=10)}
-    processed = t.ProcessedEvents(table_store._tables, now=lambda: clock["now"])
+    processed = ProcessedEvents(table_store._tables, now=lambda: clock["now"])
     old, fresh = _ids(150, seed=2), _ids(40, seed=3)
     processed.mark(old)
     clock["now"] = now
@@ -143,7 +146,7 @@ def test_ledger_never_stores_the_address(table_store):
     rows = [r for r in _raw(table_store, "ledger") if r["PartitionKey"] != "ledger-keys"]
     assert len(rows) == 2
     # beside them only the key's fingerprint, never the key
-    assert [k["RowKey"] for k in keys] == [t.key_fingerprint(LEDGER_KEY)] and LEDGER_KEY.decode() not in str(keys)
+    assert [k["RowKey"] for k in keys] == [common.key_fingerprint(LEDGER_KEY)] and LEDGER_KEY.decode() not in str(keys)
     for row in rows:
         text = json.dumps({k: str(v) for k, v in row.items()}).lower()
         assert "secret.person" not in text and "example.org" not in text and "@" not in text
@@ -175,7 +178,7 @@ def test_mappings_round_trip_small_and_large(table_store):
     assert mappings.load_version(versions[1]["version"]) == small
     for row in _raw(table_store, "mappings"):
         for value in row.values():
-            assert not isinstance(value, str) or len(value) <= t.PROPERTY_CHARS
+            assert not isinstance(value, str) or len(value) <= common.PROPERTY_CHARS
 
 
 def test_mappings_save_is_all_or_nothing(table_store):
@@ -263,16 +266,16 @@ def test_a_losing_concurrent_snapshot_save_leaves_no_rows(table_store, monkeypat
     snapshots = table_store.snapshots
     snapshots.save("list-c", _ids(3, seed=7), "t0")
     client = table_store.service.get_table_client(table_store.prefix + "snapshots")
-    real_get = t.TableClient.get_entity
+    real_get = common.TableClient.get_entity
 
     def stale_get(self, pk, rk, **kw):  # another save moves the pointer right after we read it
         pointer = real_get(self, pk, rk, **kw)
-        monkeypatch.setattr(t.TableClient, "get_entity", real_get)
+        monkeypatch.setattr(common.TableClient, "get_entity", real_get)
         snapshots_other.save("list-c", _ids(2, seed=8), "t-other")
         return pointer
 
-    snapshots_other = t.ListSnapshots(table_store._tables)
-    monkeypatch.setattr(t.TableClient, "get_entity", stale_get)
+    snapshots_other = ListSnapshots(table_store._tables)
+    monkeypatch.setattr(common.TableClient, "get_entity", stale_get)
     with pytest.raises(ResourceModifiedError):
         snapshots.save("list-c", _ids(4, seed=9), "t-loser")
     assert snapshots.load("list-c") == (frozenset(_ids(2, seed=8)), "t-other")
@@ -285,7 +288,7 @@ def test_a_corrupt_snapshot_is_reported(table_store):
     client = table_store.service.get_table_client(table_store.prefix + "snapshots")
     row = next(e for e in client.list_entities() if e["RowKey"] != "current")
     client.delete_entity(row["PartitionKey"], row["RowKey"])
-    with pytest.raises(t.SnapshotCorrupt):
+    with pytest.raises(SnapshotCorrupt):
         snapshots.load("list-d")
 
 
@@ -301,7 +304,6 @@ def test_a_fanned_out_runs_final_report_is_written_once(table_store):
 
 
 def test_a_rotated_ledger_key_keeps_the_older_history_readable(azurite_tables, table_prefix, table_store):
-    from shared.adapters.tables import TableStore
 
     ann = "ann.rotated@contoso.com"
     table_store.ledger.record([_entry(ann, 1), _entry(ann, 2)])  # under the old key
@@ -323,7 +325,6 @@ def test_a_rotated_ledger_key_keeps_the_older_history_readable(azurite_tables, t
 
 def test_a_ledger_key_changed_behind_the_operators_back_is_refused(azurite_tables, table_prefix, table_store):
     from shared.adapters.settings import SettingsError
-    from shared.adapters.tables import TableStore
 
     ann = "ann.keyed@contoso.com"
     table_store.ledger.record([_entry(ann, 1)])  # the first key is recorded

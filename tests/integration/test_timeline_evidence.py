@@ -12,10 +12,10 @@ import requests
 from sandbox.dataverse import SandboxServer
 from shared.adapters.dataverse import DataverseClient, StaticToken
 from shared.adapters.sync_gateway import DataverseSyncGateway
-from shared.admin import import_mappings
+from shared.service_layer.mappings import import_mappings
 from shared.domain.consent import ConsentSource, ConsentValue
 from shared.domain.planner import OptOutConsent, Trigger
-from shared.sync.engine import plan_in_rounds
+from shared.service_layer.process_changes import plan_in_rounds
 from tests.integration.tenant import consent_row, contact, gid, mappings_file, tenant
 
 pytestmark = pytest.mark.integration

@@ -5,9 +5,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shared.activity import parse_since, summarise
+from shared.service_layer.activity import parse_since, summarise
 from shared.domain.ledger import LedgerEntry
-from shared.output import tsv
+from shared.entrypoints.output import tsv
 
 NOW = datetime(2026, 2, 1, 12, 0, tzinfo=timezone.utc)
 

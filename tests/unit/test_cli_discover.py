@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.admin import discover_mappings, name_score, normalise_name
+from shared.service_layer.discovery import discover_mappings, name_score, normalise_name
 from shared.domain.mappings import parse_mappings_file, resolve_mappings
 from shared.domain.model import Purpose, SubscriptionList, Topic
 

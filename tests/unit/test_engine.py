@@ -14,7 +14,7 @@ from shared.domain.events import ChangeEvent, ConsentChanged, ContactChanged, Me
 from shared.domain.model import ConsentRow, Member, WriteResult
 from shared.domain.planner import AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
 from shared.ports import SyncRead, TransientError
-from shared.sync.engine import MAX_ROUNDS, EngineConfig, Incoming, SyncEngine
+from shared.service_layer.process_changes import MAX_ROUNDS, EngineConfig, Incoming, SyncEngine
 from tests.domain_builders import L_NEWS, P_ACME, T_NEWS, contact, single_brand
 
 SYNC_USER = "00000000-0000-0000-0000-00000000beef"

@@ -83,7 +83,7 @@ class RecordingEngine:
         self.batches = []
 
     def process(self, incoming):
-        from shared.sync.engine import BatchReport
+        from shared.service_layer.process_changes import BatchReport
 
         self.batches.append(list(incoming))
         return BatchReport()
@@ -105,10 +105,10 @@ def test_process_changes_hands_the_batch_to_the_engine(app_container, caplog):
 def test_process_changes_without_configuration_abandons_the_batch_after_a_pause(app_container, monkeypatch):
     # Raising makes the host abandon the messages: Service Bus redelivers them, nothing is lost;
     # the pause (doubling with the delivery count) keeps that from becoming a tight loop.
-    import shared.entry
+    import shared.entrypoints.functions
 
     pauses = []
-    monkeypatch.setattr(shared.entry.time, "sleep", pauses.append)
+    monkeypatch.setattr(shared.entrypoints.functions.time, "sleep", pauses.append)
     app_container({})
     with pytest.raises(SettingsError, match="AzureWebJobsStorage"):
         function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id)])
@@ -116,7 +116,7 @@ def test_process_changes_without_configuration_abandons_the_batch_after_a_pause(
         function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, delivery_count=4)])
     with pytest.raises(SettingsError):
         function_app.process_changes([sb_message(EVENT.to_json().encode(), EVENT.id, delivery_count=9)])
-    assert pauses == [1.0, 8.0, shared.entry.ABANDON_PAUSE_MAX_SECONDS]
+    assert pauses == [1.0, 8.0, shared.entrypoints.functions.ABANDON_PAUSE_MAX_SECONDS]
 
 
 def test_process_changes_accepts_every_produced_event(fake_queue, app_container):

@@ -1,7 +1,7 @@
 """Static checks of the deployment templates (no Bicep compiler or Azure CLI is reachable here).
 
 The Bicep files are read with tests/bicep.py and compared with what the code reads: the app
-settings (shared.adapters.settings.SETTINGS), the tables (shared.adapters.tables.table_names),
+settings (shared.adapters.settings.SETTINGS), the tables (shared.adapters.tables.common.table_names),
 the queues, the roles, the outputs and azure.yaml.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.adapters.settings import SETTINGS
-from shared.adapters.tables import DEFAULT_PREFIX, TABLES, table_names
+from shared.adapters.tables.common import DEFAULT_PREFIX, TABLES, table_names
 from tests import bicep
 from tests.bicep import Expr, ForLoop
 
@@ -534,19 +534,20 @@ def wb_tree():
 
 
 def test_emitted_fields_exist_in_the_code():
-    """The queries name fields the code logs (engine.py, entry.py): a rename must fail here."""
-    code = (ROOT / "shared" / "sync" / "engine.py").read_text() + (ROOT / "shared" / "entry.py").read_text()
+    """The queries name fields the code logs (process_changes.py, functions.py): a rename must fail here."""
+    code = ((ROOT / "shared" / "service_layer" / "process_changes.py").read_text()
+            + (ROOT / "shared" / "entrypoints" / "functions.py").read_text())
     assert re.search(r'emit\(log, "sync\.applied".*propagation_ms=', code, re.S)
     assert re.search(r'emit\(log, "process\.batch".*processed=', code, re.S)
     assert '"sync.parked"' in code
-    reconcile = (ROOT / "shared" / "reconcile.py").read_text()
+    reconcile = (ROOT / "shared" / "service_layer" / "reconcile.py").read_text()
     assert re.search(r'emit\(log, "reconcile\.fanned_out", run_id=.*chunks=.*candidates=', reconcile)
     assert reconcile.count('emit(log, "reconcile.report"') >= 2  # inline, and by the last chunk
 
 
 def emitted_fields() -> set[str]:
     """Field names the code logs: a real report's keys, plus every keyword in an emit(...) call."""
-    from shared.reconcile import ChunkResult, finish
+    from shared.service_layer.reconcile import ChunkResult, finish
 
     header = {"run_id": "r", "started_at": "2025-01-01T02:00:00Z", "dry_run": False, "candidates": 0,
               "rows_scanned": 0, "first_snapshot_lists": 0, "chunks": 1}
@@ -584,7 +585,7 @@ def emitted_records() -> set[str]:
 
 def reported_statuses() -> set[str]:
     """Every status a reconcile.report can carry (reconcile.py writes them as literals, one a ternary)."""
-    code = (ROOT / "shared" / "reconcile.py").read_text()
+    code = (ROOT / "shared" / "service_layer" / "reconcile.py").read_text()
     found = {v for pair in re.findall(r'"status":\s*"(\w+)"(?: if [^\n]*? else "(\w+)")?', code) for v in pair if v}
     return found | set(re.findall(r'status="(\w+)"', code))
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from shared.domain.drift import ReconsentTally
 from shared.domain.planner import Judgement, OptOutTime, Reconsent
-from shared.reconcile import ChunkResult, finish
+from shared.service_layer.reconcile import ChunkResult, finish
 
 
 def reconsent(email: str, at: str, verdict: str = "stands", purpose: str = "p") -> Reconsent:
@@ -40,7 +40,7 @@ def test_an_empty_run_reports_zero():
 
 
 def test_explain_prints_the_timeline_and_why(capsys):
-    from shared.cli import _print_timeline
+    from shared.entrypoints.cli import _print_timeline
 
     _print_timeline([{"scope": "purpose 'Contoso marketing'", "row_id": "r1", "reconsented_at": "2026-03-20T14:30:00Z",
                       "source": "Preference center", "rule": "R3", "verdict": "stands", "why": "their newer choice stands",

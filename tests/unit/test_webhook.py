@@ -25,8 +25,8 @@ def accept(body, queue, headers=None, config=OPEN):
 
 
 def post(body, headers=None):
-    """Through the real edge: shared.entry.dataverse_webhook with a real azure.functions.HttpRequest."""
-    from shared import entry
+    """Through the real edge: shared.entrypoints.functions.dataverse_webhook with a real azure.functions.HttpRequest."""
+    from shared.entrypoints import functions as entry
 
     if isinstance(body, dict):
         body = n.to_bytes(body)

@@ -1,10 +1,10 @@
-"""Whether a webhook registration can authenticate against the app's settings (shared.admin)."""
+"""Whether a webhook registration can authenticate against the app's settings (shared.service_layer.webhooks)."""
 from __future__ import annotations
 
 import pytest
 
 from shared.adapters.dataverse.webhooks import auth_description, auth_names
-from shared.admin import registration_auth_problem
+from shared.service_layer.webhooks import registration_auth_problem
 
 SECRET = "x-straddle-secret"
 

@@ -11,7 +11,8 @@ import azure.functions as func
 import jsonschema
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from shared import bootstrap, entry
+from shared import bootstrap
+from shared.entrypoints import functions as entry
 from shared.adapters.settings import Settings
 from shared.domain.events import event_from_json
 from tests import notifications as n

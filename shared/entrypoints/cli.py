@@ -4,9 +4,9 @@ Every command reads the same app settings as the function app (environment varia
 ``local.settings.json`` in the current folder). Bad input is one line on stderr and exit code 2;
 a Dataverse or Azure failure is one line and exit code 1; "not found" is exit code 3.
 ``--output json`` (``--json``) is stable for scripts, ``--output tsv`` feeds shell loops
-(``shared.output``). No command prints an email address, except ``explain`` the one it was asked
-about. The use cases live in ``shared.admin``, ``shared.runs``, ``shared.activity`` and
-``shared.review``; this module parses, calls and prints.
+(``shared.entrypoints.output``). No command prints an email address, except ``explain`` the one it was asked
+about. The use cases live in ``shared.service_layer`` (one module each); this module parses, calls
+and prints.
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def _prog() -> str:
 def _print_json(data: Any) -> None:
     """Machine-readable output: JSON, or with ``--output tsv`` tab-separated values (Azure CLI style)."""
     if _OUTPUT.get("format") == "tsv":
-        from shared.output import tsv
+        from shared.entrypoints.output import tsv
 
         sys.stdout.write(tsv(data, _OUTPUT.get("rows")))
         return
@@ -132,7 +132,7 @@ def _stored_mappings(c: Any, required: bool = False) -> Any:
 # --- mappings ------------------------------------------------------------------------------------
 
 def cmd_mappings_import(args: argparse.Namespace) -> int:
-    from shared.admin import import_mappings, mappings_changes, summary
+    from shared.service_layer.mappings import import_mappings, mappings_changes, summary
 
     try:
         doc = json.loads(Path(args.file).read_text())
@@ -164,7 +164,7 @@ def _print_changes(changes: Sequence[str], heading: str, nothing: str) -> None:
 
 
 def cmd_mappings_export(args: argparse.Namespace) -> int:
-    from shared.admin import export_mappings
+    from shared.service_layer.mappings import export_mappings
 
     doc = export_mappings(_container().tables().mappings)
     if doc is None:
@@ -179,7 +179,7 @@ def cmd_mappings_export(args: argparse.Namespace) -> int:
 
 
 def cmd_mappings_discover(args: argparse.Namespace) -> int:
-    from shared.admin import discover_mappings
+    from shared.service_layer.discovery import discover_mappings
     from shared.domain.mappings import parse_mappings_file, resolve_mappings
 
     if args.out and Path(args.out).is_dir():
@@ -257,7 +257,7 @@ def _email_columns(c: Any) -> tuple[str, ...] | None:
 
 
 def cmd_webhooks_register(args: argparse.Namespace) -> int:
-    from shared.admin import register_webhooks, webhook_changes, webhook_status
+    from shared.service_layer.webhooks import register_webhooks, webhook_changes, webhook_status
 
     c = _container()
     key = args.function_key or os.environ.get("STRADDLE_FUNCTION_KEY")
@@ -293,7 +293,7 @@ def cmd_webhooks_register(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_status(args: argparse.Namespace) -> int:
-    from shared.admin import webhook_status
+    from shared.service_layer.webhooks import webhook_status
 
     c = _container()
     status = webhook_status(c.dataverse(), args.url, email_columns=_email_columns(c),
@@ -306,7 +306,7 @@ def cmd_webhooks_status(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_remove(args: argparse.Namespace) -> int:
-    from shared.admin import WEBHOOK_NAME, webhook_status
+    from shared.service_layer.webhooks import WEBHOOK_NAME, webhook_status
 
     client = _container().dataverse()
     if not args.yes:
@@ -340,7 +340,7 @@ _ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from shared.admin import explain
+    from shared.service_layer.explain import explain
 
     email = args.email.strip()
     if not _ADDRESS.match(email) or len(email) > 320:
@@ -478,7 +478,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from shared.adapters.settings import SettingsError
-    from shared.admin import doctor
+    from shared.service_layer.doctor import doctor
     from shared.telemetry import redact
 
     try:
@@ -519,10 +519,10 @@ def _print_sources() -> None:
 # --- a view of what happened: runs, activity, the dry run's review file ---------------------------
 
 class _Review:
-    """The dry run's review file: every proposed change, one row per record (shared.review)."""
+    """The dry run's review file: every proposed change, one row per record (shared.service_layer.review)."""
 
     def __init__(self, path: str, fmt: str, names: dict[str, str], person: Callable[[str], str]):
-        from shared.review import CaseWriter
+        from shared.service_layer.review import CaseWriter
 
         # Written beside the target and moved into place only when the run finished: a failed
         # run leaves no half a review file that reads like a whole one.
@@ -539,7 +539,7 @@ class _Review:
         return self._writer.count
 
     def case(self, drift_class: str, action: Any) -> None:
-        from shared.review import describe_case
+        from shared.service_layer.review import describe_case
 
         self._writer.write(describe_case(drift_class, action, self._names, self._person))
 
@@ -554,7 +554,7 @@ class _Review:
 
 
 def add_review_arguments(rec: argparse.ArgumentParser) -> None:
-    from shared.review import FORMATS
+    from shared.service_layer.review import FORMATS
 
     rec.add_argument("--changes", metavar="FILE",
                      help="with --dry-run: write every proposed change, one row per record, to FILE (.csv or .json) "
@@ -565,7 +565,7 @@ def add_review_arguments(rec: argparse.ArgumentParser) -> None:
 
 
 def open_review(args: argparse.Namespace, c: Any) -> "_Review | None":
-    from shared.review import format_for, names_of, pseudonymiser
+    from shared.service_layer.review import format_for, names_of, pseudonymiser
 
     if not args.changes:
         if args.show_addresses or args.changes_format:
@@ -582,7 +582,7 @@ def open_review(args: argparse.Namespace, c: Any) -> "_Review | None":
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from shared.runs import SUMMARY_COLUMNS, recent
+    from shared.service_layer.runs import SUMMARY_COLUMNS, recent
 
     rows = recent(_container().tables().runs, args.max)
     if args.json:
@@ -597,7 +597,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    from shared.runs import find, report_lines, unhealed_lines
+    from shared.service_layer.runs import find, report_lines, unhealed_lines
 
     report = find(_container().tables().runs, args.run)
     if report is None:
@@ -614,7 +614,7 @@ def cmd_runs_show(args: argparse.Namespace) -> int:
 def cmd_activity(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from shared.activity import activity, activity_lines, parse_since
+    from shared.service_layer.activity import activity, activity_lines, parse_since
 
     now = datetime.now(timezone.utc)
     since = parse_since(args.since, now)
@@ -657,8 +657,8 @@ def add_view_commands(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def add_examples(parser: argparse.ArgumentParser, prog: str | None = None, path: str = "") -> None:
-    """Examples at the end of every command's --help (shared.output.EXAMPLES)."""
-    from shared.output import examples_epilog
+    """Examples at the end of every command's --help (shared.entrypoints.output.EXAMPLES)."""
+    from shared.entrypoints.output import examples_epilog
 
     prog = prog or parser.prog
     epilog = examples_epilog(path, prog)
@@ -709,9 +709,9 @@ def _ratio(value: str) -> float:
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    from shared.admin import DEFAULT_THRESHOLD
+    from shared.service_layer.discovery import DEFAULT_THRESHOLD
 
-    from shared.output import FORMATS, prog_name, version
+    from shared.entrypoints.output import FORMATS, prog_name, version
 
     parser = _Parser(prog=prog or prog_name(), description="Straddle: one opt-out for Dynamics 365 Outbound and Real-time marketing.")
     parser.add_argument("--output", "-o", choices=FORMATS, default="table",
@@ -797,8 +797,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from shared.reconcile import run_reconciliation
-    from shared.runs import report_lines
+    from shared.service_layer.reconcile import run_reconciliation
+    from shared.service_layer.runs import report_lines
 
     c = _container()
     review = open_review(args, c)
@@ -901,7 +901,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     from shared.adapters.deadletters import DeadLettersUnavailable
     from shared.adapters.settings import SettingsError
     from shared.domain.mappings import MappingsError
-    from shared.output import prog_name
+    from shared.entrypoints.output import prog_name
     from shared.ports import TransientError
 
     _OUTPUT.clear()
@@ -936,8 +936,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
 
 def _explain_failure(exc: BaseException) -> str:
-    """One line: what failed (which URL or setting) and what to do (``shared.admin.describe_failure``)."""
-    from shared.admin import describe_failure
+    """One line: what failed (which URL or setting) and what to do (``shared.service_layer.failures.describe_failure``)."""
+    from shared.service_layer.failures import describe_failure
 
     what, fix = describe_failure(exc, _storage_url())
     return f"{what}; {fix}" if fix else what

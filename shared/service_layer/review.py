@@ -48,7 +48,7 @@ def describe_case(drift_class: str, action: Action, names: dict[str, str],
                   person: Callable[[str], str] | None = None, result: WriteResult | None = None) -> dict[str, Any]:
     """One change as plain values. ``person`` maps an address to what is shown (None: no people
     column at all, as in a stored run report)."""
-    from shared.sync.engine import describe
+    from shared.service_layer.process_changes import describe
 
     system, table, change, record_id, before, after = describe(action)
     list_id = getattr(action, "list_id", None)

@@ -62,7 +62,7 @@ def version() -> str:
     from pathlib import Path
 
     try:
-        with open(Path(__file__).resolve().parent.parent / "pyproject.toml", "rb") as f:
+        with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
             return str(tomllib.load(f)["project"]["version"])
     except (OSError, KeyError, ValueError):
         return "unknown"

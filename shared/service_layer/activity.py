@@ -147,7 +147,7 @@ def activity(ledger: Any, since: datetime, now: datetime, dead_letters: Callable
 
     last_run = None
     if runs is not None:
-        from shared.runs import summary
+        from shared.service_layer.runs import summary
 
         latest = runs.latest(1)
         if latest:

@@ -32,10 +32,10 @@ from shared.domain.mappings import Mappings
 from shared.domain.partitions import KeyRange, ScanSource, plan_ranges, rows_after
 from shared.domain.planner import Action, OptOutConsent, RemoveFromList, State, Trigger
 from shared.ports import ListSnapshotsPort, RunReportsPort, TenantSource
-from shared.sync.engine import SyncEngine
+from shared.service_layer.process_changes import SyncEngine
 from shared.telemetry import emit
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.reconcile")  # the emitted records keep the logger name they always had
 
 Progress = Callable[[str, int, "int | None"], None]  # (stage, done, total or None)
 CaseSink = Callable[[str, Action], None]  # (drift class, planned action): the dry run's review file
@@ -393,7 +393,7 @@ class ChunkResult:
     incomplete: int = 0
     oldest_unhealed_hours: float | None = None
     removed: list[tuple[str, str]] = field(default_factory=list)  # (list id, member id) the run removed
-    unhealed: list[dict[str, Any]] = field(default_factory=list)  # failed changes (shared.review), no addresses
+    unhealed: list[dict[str, Any]] = field(default_factory=list)  # failed changes (shared.service_layer.review), no addresses
     reconsent: ReconsentTally = field(default_factory=ReconsentTally)
 
     def add(self, other: "ChunkResult") -> None:
@@ -425,7 +425,7 @@ class ChunkResult:
 
 def heal_chunk(engine: SyncEngine, mappings: Mappings, triggers: list[Trigger], run_id: str, started_iso: str,
                dry_run: bool, clock: Callable[[], float] = time.time, cases: CaseSink | None = None) -> ChunkResult:
-    from shared.review import describe_case, names_of
+    from shared.service_layer.review import describe_case, names_of
 
     applied = engine.apply_rules(triggers, mappings, dry_run=dry_run)
     result = ChunkResult(incomplete=int(applied.incomplete))

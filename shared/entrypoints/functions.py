@@ -15,7 +15,7 @@ import azure.functions as func
 from shared import bootstrap
 from shared.adapters.settings import SettingsError
 from shared.ingest.webhook import WebhookResponse, accept_notification, error
-from shared.sync.engine import Incoming
+from shared.service_layer.process_changes import Incoming
 from shared.telemetry import emit
 
 log = logging.getLogger("straddle")
@@ -97,7 +97,7 @@ def _attempt(message: func.ServiceBusMessage) -> int:
 def nightly_reconcile(timer: func.TimerRequest) -> None:
     """The nightly safety net. A failure propagates so the run shows as failed in the host's
     telemetry (and the "no successful reconciliation" alert fires); nothing is half-written."""
-    from shared.reconcile import nightly
+    from shared.service_layer.reconcile import nightly
 
     emit(log, "reconcile.triggered", past_due=timer.past_due)
     try:
@@ -111,7 +111,7 @@ def reconcile_chunk(message: func.ServiceBusMessage) -> None:
     """One chunk of a fanned-out reconciliation, or the next stretch of a run's scan (a "scan"
     message). Raising abandons it: Service Bus redelivers, and a chunk or scan partition already
     recorded is skipped, so the run resumes rather than repeats."""
-    from shared.reconcile import run_chunk
+    from shared.service_layer.reconcile import run_chunk
 
     try:
         run_chunk(bootstrap.container(), message.get_body())

@@ -38,7 +38,7 @@ from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_
 from shared.ports import LedgerPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
 from shared.telemetry import emit, redact
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("shared.sync.engine")  # the emitted records keep the logger name they always had
 
 MAX_ROUNDS = 8  # reads per batch before the rest is left to the nightly reconciliation
 MARKER = "Straddle sync"  # msdynmkt_reason prefix: how a person reading RTM recognises our rows

@@ -1,6 +1,6 @@
 """Reconciliation run reports for people: recent runs one line each, one run in full.
 
-The reports are the ones ``shared.reconcile`` stores in the ``runs`` table (dry runs are not
+The reports are the ones ``shared.service_layer.reconcile`` stores in the ``runs`` table (dry runs are not
 stored). ``report_lines`` is the one table of a report: ``reconcile``, ``runs show`` and the demo
 all print it.
 """
