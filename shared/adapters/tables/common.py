@@ -25,7 +25,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ServiceRequestError, ServiceResponseError
-from azure.data.tables import EntityProperty, TableClient, TableServiceClient, TableTransactionError
+from azure.core import MatchConditions
+from azure.data.tables import EntityProperty, TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from shared.adapters.settings import SettingsError
 from shared.domain.consent import normalise_email
@@ -128,6 +129,16 @@ def batches(items: Iterable[T], max_count: int = MAX_BATCH, max_bytes: int = MAX
         total += n
     if batch:
         yield batch
+
+
+def write_guarded(client: Any, entity: dict[str, Any], current: Any) -> None:
+    """Creates ``entity``, or replaces ``current`` only if nobody changed it since it was read
+    (its ETag): a writer that lost the race gets ResourceExistsError or ResourceModifiedError."""
+    if current is None:
+        client.create_entity(entity)
+    else:
+        client.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
+                             match_condition=MatchConditions.IfNotModified)
 
 
 def split_text(text: str, size: int = PROPERTY_CHARS) -> list[str]:

@@ -7,13 +7,12 @@ import json
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, UpdateMode
 
 from shared.adapters.tables.common import (
     CHUNK_PARTITION_PREFIX, SCAN_PARTITION_PREFIX, PROPERTY_CHARS, PROPERTIES_PER_ROW, _PROPERTY_NAME, _INT32, _INT64,
-    check_key, chunked, batches, split_text, split_bytes, _entity_size, _plain, _Tables, _submit_retrying, _delete_rows)
+    check_key, chunked, batches, split_text, split_bytes, _entity_size, _plain, _Tables, _submit_retrying, _delete_rows, write_guarded)
 
 # --- run reports ------------------------------------------------------------------------------
 
@@ -129,11 +128,7 @@ class RunReports:
         entity = encode_report(report)
         entity["PartitionKey"], entity["RowKey"] = pk, rk
         try:
-            if current is None:
-                client.create_entity(entity)
-            else:
-                client.update_entity(entity, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
-                                     match_condition=MatchConditions.IfNotModified)
+            write_guarded(client, entity, current)
         except (ResourceExistsError, ResourceModifiedError):
             return False
         return True

@@ -6,13 +6,12 @@ import os
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient
 
 from shared.adapters.tables.common import (
     PROPERTIES_PER_ROW, check_key, chunked, batches, split_bytes, micros, pack_members, unpack_members, _Clock,
-    _entity_size, _plain, _Tables, _submit, _delete_rows)
+    _entity_size, _plain, _Tables, _submit, _delete_rows, write_guarded)
 
 # --- list snapshots ---------------------------------------------------------------------------
 
@@ -60,11 +59,7 @@ class ListSnapshots:
                    "rows": len(rows), "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest(),
                    "taken_at": taken_at}
         try:
-            if previous is None:
-                client.create_entity(pointer)
-            else:
-                client.update_entity(pointer, mode=UpdateMode.REPLACE, etag=previous.metadata["etag"],
-                                     match_condition=MatchConditions.IfNotModified)
+            write_guarded(client, pointer, previous)
         except Exception:
             _delete_rows(client, [(pk, r["RowKey"]) for r in rows])  # ours never went live
             raise
