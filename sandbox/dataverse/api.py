@@ -239,7 +239,7 @@ class Api:
             page = max(1, min(page, MAX_PAGE))
             applied["Preference-Applied"] = f"odata.maxpagesize={page}"
         top = None
-        if "$top" in params:
+        if "$top" in params and "odata.maxpagesize" not in prefs:  # with both, Dataverse ignores $top
             try:
                 top = int(params["$top"])
             except ValueError:
@@ -265,10 +265,14 @@ class Api:
 
     def _listmembers(self, method: str, key, rest: list[str], params: dict, headers: dict) -> Response:
         """``GET listmembers`` (RetrieveMultiple only): the intersect rows of the memberships, with
-        createdon the join time. Writes go through the list's actions, so they are refused here."""
+        createdon the join time; ``DELETE listmembers(<id>)`` ends one. Joining goes through the
+        list's actions, so other writes are refused here."""
+        if method == "DELETE" and key is not None and not rest:
+            self.store.delete_listmember(parse_guid(key, LISTMEMBER.key))
+            return no_content()
         if method != "GET":
-            raise DataverseError(405, BAD_QUERY, "The sandbox serves listmembers read-only: join and leave "
-                                 "through AddMemberList, AddListMembersList and RemoveMemberList.")
+            raise DataverseError(405, BAD_QUERY, "The sandbox serves listmembers for reading and DELETE "
+                                 "listmembers(<id>) only: join through AddMemberList or AddListMembersList.")
         if key is not None or rest:
             raise DataverseError(405, BAD_QUERY, "listmembers supports RetrieveMultiple only (GET /listmembers).")
         for p in params:
@@ -289,7 +293,7 @@ class Api:
                 page = max(1, min(int(prefer(headers)["odata.maxpagesize"]), MAX_PAGE))
             except ValueError:
                 raise bad_query("odata.maxpagesize must be a number.") from None
-        if "$top" in params:
+        if "$top" in params and "odata.maxpagesize" not in prefer(headers):  # with both, $top is ignored
             try:
                 page, rows = min(page, int(params["$top"])), rows[:int(params["$top"])]
             except ValueError:
@@ -418,6 +422,9 @@ class Api:
         # AddMemberList / RemoveMemberList: bound to list, one parameter EntityId (Edm.Guid).
         if t.name != "list" or action not in ("AddMemberList", "RemoveMemberList"):
             raise DataverseError(404, BAD_QUERY, f"The action 'Microsoft.Dynamics.CRM.{action}' is not bound to {t.name}.")
+        if action == "RemoveMemberList" and self.store.without_remove_member_action:
+            # Not a Web API action where Dynamics 365 apps were not enabled: OData finds no such segment.
+            raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment 'Microsoft.Dynamics.CRM.{action}'.")
         unknown = sorted(set(body) - {"EntityId"})
         if unknown:
             raise DataverseError(400, BAD_QUERY, f"The parameter '{unknown[0]}' in the request payload is not a valid "

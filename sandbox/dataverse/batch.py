@@ -1,7 +1,8 @@
 """OData 4.0 $batch as Dataverse speaks it: multipart/mixed, change sets as nested multipart/mixed.
 
 Change sets are atomic (store transaction); requests outside change sets run independently;
-processing stops at the first failure unless ``Prefer: odata.continue-on-error``.
+processing stops at the first failure (and the batch answers 400) unless
+``Prefer: odata.continue-on-error``.
 """
 from __future__ import annotations
 
@@ -144,6 +145,7 @@ class BatchRunner:
         outer = f"batchresponse_{uuid.uuid4()}"
         out: list[bytes] = []
         store = self.api.store
+        stopped = False
         for part in parts:
             if part.changeset is None:
                 resp = self._run_one(part, user_id, {})
@@ -177,6 +179,10 @@ class BatchRunner:
                     out.append(f"Content-Type: multipart/mixed; boundary={inner}\r\n\r\n".encode() + blob)
                     failed = False
             if failed and not keep_going:
+                stopped = True
                 break
         payload = b"".join(f"--{outer}\r\n".encode() + p + b"\r\n" for p in out) + f"--{outer}--\r\n".encode()
-        return Response(200, {"Content-Type": f"multipart/mixed; boundary={outer}", "OData-Version": "4.0"}, payload)
+        # Without odata.continue-on-error a failure stops the batch and the batch itself fails: 400
+        # (BATCH, "Handling errors"), the body still holding the failing request's response.
+        return Response(400 if stopped else 200, {"Content-Type": f"multipart/mixed; boundary={outer}",
+                                                  "OData-Version": "4.0"}, payload)

@@ -7,6 +7,7 @@ BAD_COLUMN = "0x80048d19"  # unknown property or wrong value type
 BAD_REQUEST = "0x80040203"  # invalid argument
 DUPLICATE = "0x80040237"  # row with that id exists
 THROTTLED = "0x80072322"  # service protection: number of requests
+THROTTLED_TIME = "0x80072321"  # service protection: combined execution time
 UNAUTHORIZED = "0x80072560"
 UNEXPECTED = "0x80040216"
 BATCH_TOO_LARGE = "0x80040203"

@@ -38,11 +38,61 @@ class Throttle:
             return None
 
 
-def parse_limit(text: str | None) -> tuple[int, float] | None:
+class ExecutionTime:
+    """At most ``seconds`` of combined execution time per caller in any ``window``-long window
+    (Dataverse: 1,200 s per 300 s); None disables it. Like Dataverse, a caller may go over within
+    one window: the requests that follow are refused until enough of it has aged out."""
+
+    def __init__(self, limit: tuple[float, float] | None = None):
+        self._lock = threading.Lock()
+        self._spent: dict[str, deque] = {}  # caller -> (finished at, seconds) in finishing order
+        self.limit = limit
+
+    def set(self, limit: tuple[float, float] | None):
+        with self._lock:
+            self.limit = limit
+            self._spent.clear()
+
+    def _window(self, caller: str, now: float, window: float) -> deque:
+        q = self._spent.setdefault(caller, deque())
+        while q and q[0][0] <= now - window:
+            q.popleft()
+        return q
+
+    def check(self, caller: str) -> float | None:
+        """Retry-After seconds when the caller's window already holds the limit, else None."""
+        limit = self.limit
+        if limit is None:
+            return None
+        budget, window = limit
+        now = time.monotonic()
+        with self._lock:
+            q = self._window(caller, now, window)
+            total = sum(s for _, s in q)
+            if total < budget:
+                return None
+            for finished, seconds in q:  # wait until what is left of the window is under the limit
+                total -= seconds
+                if total < budget:
+                    return max(1, math.ceil(finished + window - now))
+            return max(1, math.ceil(window))
+
+    def spend(self, caller: str, seconds: float):
+        limit = self.limit
+        if limit is None or seconds <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._window(caller, now, limit[1]).append((now, seconds))
+
+
+def parse_limit(text: str | None, amount=int) -> tuple[float, float] | None:
+    """``6000/300`` (requests per window seconds), or with ``amount=float`` ``1200/300`` (seconds of
+    combined execution time per window seconds)."""
     if not text:
         return None
     n, _, secs = text.partition("/")
-    return int(n), float(secs or 300)
+    return amount(n), float(secs or 300)
 
 
 class Faults:

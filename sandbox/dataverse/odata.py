@@ -417,14 +417,18 @@ def parse_orderby(table: Table, text: str | None) -> list[tuple[str, bool]]:
     return out
 
 
-def sort_ids(table: Table, rows: dict[str, dict], ids: list[str], orderby: list[tuple[str, bool]]) -> list[str]:
+def sort_ids(table: Table, rows: dict[str, dict], ids: list[str], orderby: list[tuple[str, bool]],
+             related_name: Callable[[str, str], Any] | None = None) -> list[str]:
     """Stable multi-key sort; nulls sort lowest as in SQL Server; ties broken by the key.
-    GUID columns (the key too) sort in SQL Server's uniqueidentifier order."""
+    GUID columns (the key too) sort in SQL Server's uniqueidentifier order; a lookup sorts by the
+    related row's primary name (``related_name(column, id)``), as Dataverse orders lookups."""
     if len(orderby) == 1 and orderby[0][0] == table.key:  # by the key alone: one sort
         return sorted(ids, key=guid_order, reverse=orderby[0][1])
     ids = sorted(ids, key=guid_order)
     for col, desc in reversed(orderby):
         conv = fold if table.columns[col] == S else guid_order if table.columns[col] == G else None
+        if related_name is not None and col in table.by_column:
+            conv = (lambda v, c=col: fold(related_name(c, v) or ""))
 
         def key(i, c=col, f=conv):
             v = rows[i].get(c)

@@ -61,8 +61,7 @@ TABLES: dict[str, Table] = {t.name: t for t in [
                                       "description": S, "purpose": S, "membercount": I}),
     Table("msdynmkt_contactpointconsent4", "msdynmkt_contactpointconsent4s", "msdynmkt_contactpointconsent4id",
           {"msdynmkt_contactpointvalue": S, "msdynmkt_contactpointtype": O, "msdynmkt_contactpointconsenttype": O,
-           "msdynmkt_value": O, "msdynmkt_source": O, "msdynmkt_logicalreason": O, "msdynmkt_reason": S,
-           "msdynmkt_name": S},
+           "msdynmkt_value": O, "msdynmkt_source": O, "msdynmkt_logicalreason": O, "msdynmkt_reason": S},
           [Lookup("msdynmkt_purposeid", "msdynmkt_purposeId", "msdynmkt_purpose"),
            Lookup("msdynmkt_topicid", "msdynmkt_topicId", "msdynmkt_topic")],
           indexed=("msdynmkt_contactpointvalue", "_msdynmkt_purposeid_value", "_msdynmkt_topicid_value")),
@@ -119,6 +118,14 @@ TABLES: dict[str, Table] = {t.name: t for t in [
           metadata=True),
 ]}
 BY_SET = {t.entity_set: t for t in TABLES.values()}
+#: Each table's PrimaryNameAttribute (the table references): ordering by a lookup orders by it.
+PRIMARY_NAME = {"contact": "fullname", "lead": "fullname", "list": "listname",
+                "msdynmkt_contactpointconsent4": "msdynmkt_contactpointvalue", "msdynmkt_purpose": "msdynmkt_name",
+                "msdynmkt_topic": "msdynmkt_name", "msdynmkt_compliancesettings4": "msdynmkt_name",
+                "serviceendpoint": "name", "sdkmessageprocessingstep": "name", "sdkmessageprocessingstepimage": "name",
+                "sdkmessage": "name", "systemuser": "fullname"}
+#: Tables whose state is set by an update (SetState), never on create: a create starts them enabled.
+STATE_AFTER_CREATE = {"sdkmessageprocessingstep"}
 
 #: The listmember intersect table, served read-only (``GET listmembers``) from the memberships;
 #: not in TABLES: it has no rows of its own and every write goes through the list's actions.

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from .api import Api, Response, error_response, json_response, kind_of
 from .batch import BatchRunner
-from .errors import THROTTLED, UNAUTHORIZED, UNEXPECTED, DataverseError
-from .limits import Faults, Stats, Throttle
+from .errors import THROTTLED, THROTTLED_TIME, UNAUTHORIZED, UNEXPECTED, DataverseError
+from .limits import ExecutionTime, Faults, Stats, Throttle
 from .seed import read_seed
 from .schema import user_id_for_token
 from .store import Store
@@ -19,6 +19,9 @@ from .webhooks import Webhooks
 
 log = logging.getLogger("sandbox.dataverse")
 API_PREFIX = "/api/data/v9.2"
+#: The degree of parallelism the sandbox recommends (``x-ms-dop-hint``) unless told otherwise: an
+#: environment with several web servers, at least the nightly scan's most readers (32).
+DOP_HINT = 32
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -73,13 +76,19 @@ class SandboxServer:
     def __init__(self, port: int = 0, seed=None, latency_ms: float = 0, limit: tuple[int, float] | None = None,
                  webhook_shuffle: bool = False, webhook_duplicate_share: float = 0.0, host: str = "127.0.0.1",
                  verbose: bool = False, webhook_seed=None, without_outbound_solution: bool = False,
-                 auditing: bool = True):
+                 auditing: bool = True, without_remove_member_action: bool = False,
+                 execution_limit: tuple[float, float] | None = None, dop_hint: int | None = DOP_HINT):
         self.host, self.port = host, port
         self.verbose = verbose
-        self.store = Store(without_outbound_solution=without_outbound_solution, auditing=auditing)
+        self.store = Store(without_outbound_solution=without_outbound_solution, auditing=auditing,
+                           without_remove_member_action=without_remove_member_action)
         self.api = Api(self.store)
         self.batch = BatchRunner(self.api, lambda m, p: self.stats.inner(m, kind_of(m, p)))
         self.throttle = Throttle(tuple(limit) if limit else None)
+        # Combined execution time: the sandbox's own serving time (injected delays included, the
+        # base latency not: it stands for the network and Dataverse's many servers; FIDELITY.md).
+        self.execution = ExecutionTime(tuple(execution_limit) if execution_limit else None)
+        self.dop_hint = dop_hint
         self.faults = Faults(latency_ms)
         self.stats = Stats()
         self._inflight = threading.Condition()
@@ -139,6 +148,9 @@ class SandboxServer:
     def set_limit(self, limit: tuple[int, float] | None):
         self.throttle.set(tuple(limit) if limit else None)
 
+    def set_execution_limit(self, limit: tuple[float, float] | None):
+        self.execution.set(tuple(limit) if limit else None)
+
     def set_faults(self, cfg: dict):
         self.faults.configure(cfg)
 
@@ -178,25 +190,45 @@ class SandboxServer:
             return resp
         user_id = user_id_for_token(token)
         self.store.ensure_user(user_id)
-        retry = self.throttle.check(user_id)
-        if retry is not None:
-            self.stats.bump("throttled")
-            resp = error_response(DataverseError(429, THROTTLED, "Number of requests exceeded the limit of "
-                                                 f"{self.throttle.limit[0]} over time window of {int(self.throttle.limit[1])} seconds.",
-                                                 {"Retry-After": str(int(retry))}))
-            self.stats.status(429)
-            return resp
+        refused = self._over_limit(user_id)
+        if refused is not None:
+            return refused
         arrived = time.monotonic()
         delay, fault = self.faults.draw()
         if delay:
             time.sleep(delay)
         resp = self._answer(method, sub, query, headers, body, user_id, fault)
+        self.execution.spend(user_id, time.monotonic() - arrived)
+        if self.dop_hint:
+            resp.headers.setdefault("x-ms-dop-hint", str(self.dop_hint))
         # The base latency is the answer time: Dataverse's own work happens within it (on its many
         # servers at once), so only what is left of it is waited after serving.
         rest = self.faults.latency_ms / 1000 - (time.monotonic() - arrived)
         if rest > 0:
             time.sleep(rest)
         return resp
+
+    def _over_limit(self, user_id: str) -> Response | None:
+        """Dataverse's 429 when the caller is over the number of requests or the combined execution
+        time of the window (LIMITS: the messages and codes are the documented ones)."""
+        retry = self.throttle.check(user_id)
+        if retry is not None:
+            err = DataverseError(429, THROTTLED, f"Number of requests exceeded the limit of {self.throttle.limit[0]} "
+                                                 f"over time window of {int(self.throttle.limit[1])} seconds.",
+                                 {"Retry-After": str(int(retry))})
+        else:
+            retry = self.execution.check(user_id)
+            if retry is None:
+                return None
+            budget, window = self.execution.limit
+            err = DataverseError(429, THROTTLED_TIME, "Combined execution time of incoming requests exceeded limit "
+                                                      f"of {round(budget * 1000):,} milliseconds over time window of "
+                                                      f"{int(window)} seconds. Decrease number of concurrent requests or "
+                                                      "reduce the duration of requests and try again later.",
+                                 {"Retry-After": str(int(retry))})
+        self.stats.bump("throttled")
+        self.stats.status(429)
+        return error_response(err)
 
     def _answer(self, method: str, sub: str, query: str, headers: dict, body: bytes, user_id: str,
                 fault: int | None) -> Response:
@@ -241,6 +273,13 @@ class SandboxServer:
                 self.set_limit((int(n), float(data.get("seconds", 300))) if n else None)
             lim = self.throttle.limit
             return json_response(200, {"requests": lim[0], "seconds": lim[1]} if lim else {"requests": None})
+        if name == "execution-limit":
+            if method == "POST":
+                secs = data.get("execution_seconds")
+                self.set_execution_limit((float(secs), float(data.get("seconds", 300))) if secs else None)
+            lim = self.execution.limit
+            return json_response(200, {"execution_seconds": lim[0], "seconds": lim[1]} if lim
+                                 else {"execution_seconds": None})
         if name == "stats" and method == "GET":
             return json_response(200, {**self.stats.snapshot(), "peak_concurrent": self.peak_concurrent})
         if name == "stats/reset" and method == "POST":

@@ -21,8 +21,8 @@ from typing import Any, Callable
 from . import odata
 from .odata import now_iso
 from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
-                     metadata_rows)
+from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, PRIMARY_NAME, RELATIONSHIPS, S,
+                     STATE_AFTER_CREATE, TABLES, Table, metadata_rows)
 from .seed import load_seed
 
 MAX_PAGE = 5000
@@ -69,8 +69,14 @@ OUTBOUND_PREFIX = "msdyncrm_"
 
 
 class Store:
-    def __init__(self, without_outbound_solution: bool = False, auditing: bool = True):
+    def __init__(self, without_outbound_solution: bool = False, auditing: bool = True,
+                 without_remove_member_action: bool = False):
         self.without_outbound_solution = without_outbound_solution
+        # An environment created without Dynamics 365 apps has no RemoveMemberList Web API action.
+        self.without_remove_member_action = without_remove_member_action
+        # listmember id -> (relationship, list id, member id): built on the first DELETE listmembers(id)
+        # and kept up to date from then on (None until then, so seeding millions costs nothing more).
+        self._listmember_index: dict[str, tuple[str, str, str]] | None = None
         self.lock = threading.RLock()
         self.data = {name: _TableData(t) for name, t in TABLES.items()}
         # rel -> list id -> member ids, and rel -> member id -> list ids
@@ -147,6 +153,8 @@ class Store:
         self._forget_order(rel, list_id, member_id)
         s.add(member_id)
         self.member_of[rel].setdefault(member_id, set()).add(list_id)
+        if self._listmember_index is not None:
+            self._listmember_index[listmember_id(list_id, member_id)] = (rel, list_id, member_id)
         if joined is not None:
             self.joined[(list_id, member_id)] = joined
         if self._undo is not None:
@@ -160,6 +168,8 @@ class Store:
         self._forget_order(rel, list_id, member_id)
         s.discard(member_id)
         self.member_of[rel][member_id].discard(list_id)
+        if self._listmember_index is not None:
+            self._listmember_index.pop(listmember_id(list_id, member_id), None)
         joined = self.joined.pop((list_id, member_id), None)
         if self._undo is not None:
             self._undo.append(lambda: self._link(rel, list_id, member_id, joined))
@@ -239,6 +249,7 @@ class Store:
             self.members = {r: {} for r in RELATIONSHIPS}
             self.member_of = {r: {} for r in RELATIONSHIPS}
             self.joined = {}
+            self._listmember_index = None
             self._cursors.clear()
             self._scope_orders.clear()
 
@@ -319,6 +330,9 @@ class Store:
         t = TABLES[table]
         with self.lock:
             attrs = self._attrs(t, body, allow_system=False)
+            if table in STATE_AFTER_CREATE:  # state on create is ignored: the row starts enabled
+                attrs.pop("statecode", None)
+                attrs.pop("statuscode", None)
             rid = row_id or attrs.get(t.key) or str(uuid.uuid4())
             td = self.data[table]
             if rid in td.rows:
@@ -505,6 +519,19 @@ class Store:
                 self._emit(Event("RemoveMember", "list", list_id, user_id,
                                  extra={"ListId": list_id, "EntityId": entity_id}))
 
+    def delete_listmember(self, row_id: str) -> None:
+        """``DELETE listmembers(<id>)``: the membership whose intersect row this is ends (LISTMEMBER
+        documents Delete on the table). The Delete message of listmember is not raised to webhooks:
+        the sandbox has no message filter for that table."""
+        with self.lock:
+            if self._listmember_index is None:
+                self._listmember_index = {listmember_id(l, m): (rel, l, m) for rel, by_list in self.members.items()
+                                          for l, ms in by_list.items() for m in ms}
+            found = self._listmember_index.get(row_id)
+            if found is None:
+                raise not_found("listmember", row_id)
+            self._unlink(*found)
+
     # --- metadata ----------------------------------------------------------------------------
 
     def attributes(self, table: str) -> list[str]:
@@ -609,7 +636,8 @@ class Store:
             if pred is not None:
                 rows_ = td.rows
                 ids = [i for i in ids if pred(rows_[i])]
-            ids = odata.sort_ids(t, td.rows, ids, orderby) if orderby else sorted(ids, key=odata.guid_order)
+            ids = (odata.sort_ids(t, td.rows, ids, orderby, lambda col, rid: self._primary_name(t, col, rid))
+                   if orderby else sorted(ids, key=odata.guid_order))
             total = len(ids) if count else None
             if limit is not None:
                 return [td.rows[i] for i in ids[:limit]], None, total
@@ -620,6 +648,12 @@ class Store:
             while len(self._cursors) > _CURSORS:
                 self._cursors.popitem(last=False)
             return self._cursor_page(td, ids, key, 0, page_size), self._cursor_next(ids, key, 0, page_size), total
+
+    def _primary_name(self, t: Table, column: str, rid: str):
+        """The primary name of the row a lookup column points to (None: no such row or name)."""
+        target = t.by_column[column].target
+        row = self.data[target].rows.get(rid) if target in self.data else None
+        return row.get(PRIMARY_NAME.get(target, "")) if row else None
 
     def _count(self, td: _TableData, pred, order: list[str] | None = None) -> int:
         if order is not None:

@@ -20,6 +20,7 @@ from shared.adapters.dataverse.client import (
     LIST_RELATIONSHIPS,
     REMOVE_MEMBER_OK,
     DataverseClient,
+    MemberRemoval,
     _columns,
     _entity_set,
     add_member_op,
@@ -29,8 +30,6 @@ from shared.adapters.dataverse.client import (
     member_from_row,
     member_select,
     member_update_op,
-    remove_member_op,
-    to_write_result,
 )
 from shared.adapters.dataverse.errors import DataverseError, DataverseThrottled, DataverseUnavailable
 from shared.adapters.dataverse.odata import BatchOp, PartResponse, chunk_values, guid, in_function, query_string
@@ -202,16 +201,11 @@ class DataverseSyncGateway:
     # --- writes ---------------------------------------------------------------------------------
 
     def write(self, actions: Sequence[Action], marker: str) -> list[WriteResult]:
-        ops = [self._op(a, marker) for a in actions]
+        items = [(*self._op(a, marker), a) for a in actions]
         with _transient():
-            parts = self.client.batch([op for op, _ in ops])
-        results = []
-        for (op, accept), part, action in zip(ops, parts, actions):
-            target = _target_id(action)
-            results.append(to_write_result(part, target, **accept))
-        return results
+            return self.client.write([(op, _target_id(a), accept) for op, accept, a in items])
 
-    def _op(self, a: Action, marker: str) -> tuple[BatchOp, dict[str, Any]]:
+    def _op(self, a: Action, marker: str) -> tuple[BatchOp | MemberRemoval, dict[str, Any]]:
         reason = f"{marker} {a.rule}" + (f" (event {a.cause[:8]})" if a.cause else "")
         if isinstance(a, OptOutConsent):
             # Every column the table requires (value, source, logical reason; on create also the
@@ -225,8 +219,8 @@ class DataverseSyncGateway:
             return consent_create_op(fields), {}
         if isinstance(a, SetDoNotBulkEmail):
             return member_update_op(*a.member, {"donotbulkemail": True}), {}
-        if isinstance(a, RemoveFromList):
-            return remove_member_op(a.list_id, *a.member), REMOVE_MEMBER_OK
+        if isinstance(a, RemoveFromList):  # the action or the listmember row, as the environment offers
+            return MemberRemoval(a.list_id, *a.member), REMOVE_MEMBER_OK
         if isinstance(a, AddToOptOutList):
             return add_member_op(a.list_id, *a.member), ADD_MEMBER_OK
         raise TypeError(f"unknown action {type(a).__name__}")

@@ -27,10 +27,12 @@ DOCTOR_WRITES = (
      "grant the app user's security role Write on Contact Point Consent (msdynmkt_contactpointconsent4) and Create"),
     ("write contact flags", "PATCH", "contacts({id})", {"donotbulkemail": True},
      "grant the app user's security role Write on Contact (and Lead)"),
-    # List membership is written only through the list's actions (Dataverse refuses $ref Associate on it).
-    ("remove list members", "POST", "lists({id})/Microsoft.Dynamics.CRM.RemoveMemberList", {"EntityId": "{id2}"},
-     "grant the app user's security role Write and Append To on Marketing List, Append on Contact and Lead"),
 )
+#: Members leave lists through RemoveMemberList where the environment has that action, else by
+#: deleting their listmember row (Dataverse refuses $ref Disassociate on list membership).
+REMOVAL_CHECK = "remove list members"
+REMOVAL_FIX = ("grant the app user's security role Write and Append To on Marketing List, Append on Contact and "
+               "Lead (and Delete on Marketing List Member where members leave by row)")
 
 
 def _check(name: str, status: str, detail: str = "", fix: str = "") -> dict[str, Any]:
@@ -65,9 +67,11 @@ def doctor(settings: Any, dataverse: Any, tables: Any, dead_letters: Any = None,
     reads_ok = False
     if client is None:
         checks += [_check(probe[0], "skip", "no Dataverse connection") for probe in DOCTOR_READS + DOCTOR_WRITES]
+        checks.append(_check(REMOVAL_CHECK, "skip", "no Dataverse connection"))
     else:
         reads_ok = _dataverse_reads(client, checks)
         _dataverse_writes(client, checks)
+        checks.append(_member_removal(client))
     store = _table_storage(tables, checks)
     checks.append(_mappings_resolve(store, client, reads_ok))
     if client is not None and reads_ok:
@@ -169,6 +173,31 @@ def _dataverse_writes(client: Any, checks: list[dict[str, Any]]) -> None:
             checks.append(_check(name, "pass", "404 for a row that does not exist: the write path is open"))
         except Exception as exc:
             checks.append(_failed(name, exc, fix))
+
+
+def _member_removal(client: Any) -> dict[str, Any]:
+    """Which way members leave lists in this environment (probed with a random list id, nothing
+    changes), and that the way is open to the app user."""
+    import uuid
+
+    from shared.adapters.dataverse.client import REMOVAL_ROW, delete_listmember_op
+    from shared.adapters.dataverse.errors import DataverseNotFound
+
+    try:
+        if client.member_removal(probe=True) != REMOVAL_ROW:
+            return _check(REMOVAL_CHECK, "pass", "RemoveMemberList action offered: members leave through it "
+                                                 "(404 for a list that does not exist: the write path is open)")
+        probe = delete_listmember_op(str(uuid.uuid4()))
+        try:
+            client.request(probe.method, probe.path, kind="DELETE doctor probe")
+        except DataverseNotFound:
+            pass  # no such row: the delete path is open
+        return _check(REMOVAL_CHECK, "pass", "no RemoveMemberList action (an environment created without Dynamics "
+                                             "365 apps): members leave by deleting their listmember row "
+                                             "(DELETE listmembers(id)); 404 for a row that does not exist: the "
+                                             "delete path is open")
+    except Exception as exc:
+        return _failed(REMOVAL_CHECK, exc, REMOVAL_FIX)
 
 
 def _table_storage(tables: Any, checks: list[dict[str, Any]]) -> Any:

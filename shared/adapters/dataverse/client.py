@@ -7,15 +7,18 @@ in filters are sent as given (the caller normalises; Dataverse compares case-ins
 """
 from __future__ import annotations
 
+import json
 import re
 import threading
+import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from shared.adapters.dataverse.auth import TokenProvider, token_provider_from_settings
 from shared.adapters.dataverse.errors import (DataverseAmbiguous, DataverseAuthError, DataverseBadRequest,
-                                              DataverseNotFound, parse_error_body)
+                                              DataverseNotFound, error_for, parse_error_body)
 from shared.adapters.dataverse.odata import (BatchOp, PartResponse, chunk_values, guid, id_from_entity_url,
-                                             in_function, is_guid, literal)
+                                             in_function, is_guid, literal, query_string)
 from shared.adapters.dataverse.transport import DataverseTransport
 from shared.adapters.dataverse.webhooks import WebhookRegistrations
 from shared.domain.consent import EMAIL_COLUMNS, ContactPointType
@@ -178,6 +181,34 @@ def remove_member_op(list_id: str, table: str, member_id: str) -> BatchOp:
     return BatchOp("POST", f"lists({guid(list_id)})/{REMOVE_MEMBER_ACTION}", {"EntityId": guid(member_id)})
 
 
+def delete_listmember_op(listmember_id: str) -> BatchOp:
+    """Deleting the membership's ``listmember`` row: how a member leaves where RemoveMemberList is
+    not a Web API action (environments created without Dynamics 365 apps)."""
+    return BatchOp("DELETE", f"listmembers({guid(listmember_id)})")
+
+
+@dataclass(frozen=True)
+class MemberRemoval:
+    """A member leaving a list, written the way the environment offers (``member_removal``): the
+    RemoveMemberList action, or deleting the listmember row found for it when the batch is built."""
+
+    list_id: str
+    table: str
+    member_id: str
+
+
+#: How a member leaves a list: the list's RemoveMemberList action, or deleting the listmember row.
+REMOVAL_ACTION, REMOVAL_ROW = "RemoveMemberList action", "DELETE listmembers(id)"
+
+
+def removal_action_missing(status: int | None, message: str | None) -> bool:
+    """Whether an answer says RemoveMemberList is not a Web API action here. OData's routing error
+    ("Resource not found for the segment '...RemoveMemberList'") is the only sign: its code is not
+    documented and varies, so this one check reads the message (FIDELITY.md)."""
+    return (status in (400, 404) and bool(message) and "RemoveMemberList" in str(message)
+            and "resource not found for the segment" in str(message).lower())
+
+
 def member_update_op(table: str, member_id: str, fields: Mapping[str, Any]) -> BatchOp:
     """PATCH with If-Match: * : update-only, never creates a row."""
     return BatchOp("PATCH", f"{_entity_set(table)}({guid(member_id)})", dict(fields), {"If-Match": "*"})
@@ -214,6 +245,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         self._audit_history: bool | None = None  # None: not yet asked; False: the service refuses it
         self._column_numbers: dict[str, dict[str, int]] = {}  # table -> audited flag -> ColumnNumber
         self._outbound_solution: bool | None = None  # None: not yet probed
+        self._removal: str | None = None  # REMOVAL_ACTION or REMOVAL_ROW; None: not yet known
         self._probe_lock = threading.Lock()
 
     @classmethod
@@ -331,18 +363,12 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         out: dict[tuple[str, str], str | None] = dict.fromkeys(wanted)
         if not wanted or self._listmember_query is False:
             return out
-        by_list: dict[str, list[str]] = {}
-        for list_id, member in wanted:
-            by_list.setdefault(list_id, []).append(member)
         try:
-            for list_id, members in by_list.items():
-                for chunk in chunk_values(members):
-                    params = {"$select": "createdon,_entityid_value",
-                              "$filter": f"_listid_value eq {list_id} and {in_function('entityid', chunk)}"}
-                    for row in self.query_rows("listmembers", params):
-                        key = (list_id, _lower(row.get("_entityid_value")))
-                        if key in out:
-                            out[key] = row.get("createdon")
+            for list_id, params in _listmember_queries(wanted, "createdon,_entityid_value"):
+                for row in self.query_rows("listmembers", params):
+                    key = (list_id, _lower(row.get("_entityid_value")))
+                    if key in out:
+                        out[key] = row.get("createdon")
             self._listmember_query = True
         except (DataverseBadRequest, DataverseNotFound):
             if self._listmember_query:  # it worked before: this failure is real
@@ -395,9 +421,78 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         return [to_write_result(p, guid(m), **ADD_MEMBER_OK) for p, (_, _, m) in zip(parts, items)]
 
     def remove_list_members(self, items: Sequence[tuple[str, str, str]]) -> list[WriteResult]:
-        """(list id, member table, member id) -> left; 404 (not a member) counts as ok."""
-        parts = self.batch([remove_member_op(l, t, m) for l, t, m in items])
-        return [to_write_result(p, guid(m), **REMOVE_MEMBER_OK) for p, (_, _, m) in zip(parts, items)]
+        """(list id, member table, member id) -> left; not a member (any more) counts as ok."""
+        return self.write([(MemberRemoval(l, t, m), guid(m), REMOVE_MEMBER_OK) for l, t, m in items])
+
+    # --- writes in $batch, member removals the environment's way ------------------------------
+
+    def member_removal(self, probe: bool = False) -> str:
+        """How members leave lists in this environment (REMOVAL_ACTION or REMOVAL_ROW), probed once
+        (or again with ``probe``): RemoveMemberList is a Web API action only where Dynamics 365 apps
+        were enabled when the environment was created; elsewhere the listmember row is deleted.
+        The probe removes a random id from a random list, so nothing changes; a refusal (403)
+        raises. ``doctor`` asks this; writes learn it from their own first removal instead, at
+        no extra request."""
+        with self._probe_lock:
+            if self._removal is None or probe:
+                probe = remove_member_op(str(uuid.uuid4()), "contact", str(uuid.uuid4()))
+                try:
+                    self.request("POST", probe.path, json=probe.body, kind="POST member removal probe")
+                    self._removal = REMOVAL_ACTION
+                except (DataverseNotFound, DataverseBadRequest) as exc:  # else: no such list, the action exists
+                    self._removal = REMOVAL_ROW if removal_action_missing(exc.status, exc.message) else REMOVAL_ACTION
+        return self._removal
+
+    def write(self, items: Sequence[tuple[BatchOp | MemberRemoval, str | None, Mapping[str, Any]]]
+              ) -> list[WriteResult]:
+        """(operation, target id, how its answer is read) -> one WriteResult each, in ``$batch``.
+        A MemberRemoval goes as RemoveMemberList until the environment says it has no such action
+        (then, once per client, those removals are resent as listmember row deletions)."""
+        shape = self._removal
+        ops: list[BatchOp | None] = []
+        removals = [(i, op) for i, (op, _, _) in enumerate(items) if isinstance(op, MemberRemoval)]
+        rows = self._listmember_ids([(r.list_id, r.member_id) for _, r in removals]) if shape == REMOVAL_ROW else {}
+        for op, _, _ in items:
+            if not isinstance(op, MemberRemoval):
+                ops.append(op)
+            elif shape == REMOVAL_ROW:
+                row_id = rows.get((guid(op.list_id), guid(op.member_id)))
+                ops.append(delete_listmember_op(row_id) if row_id else None)  # None: not a member
+            else:
+                ops.append(remove_member_op(op.list_id, op.table, op.member_id))
+        sent = self.batch([op for op in ops if op is not None])
+        answers = iter(sent)
+        parts = [next(answers) if op is not None else None for op in ops]
+        results = [to_write_result(p, target, **accept) if op is not None else WriteResult(True, target, None)
+                   for op, p, (_, target, accept) in zip(ops, parts, items)]
+        answered = [i for i, _ in removals if parts[i] is not None] if shape is None else []
+        if answered:  # the first removals tell which way this environment takes
+            missing = [i for i in answered if removal_action_missing(parts[i].status, parse_error_body(parts[i].body)[1])]
+            with self._probe_lock:
+                self._removal = REMOVAL_ROW if missing else REMOVAL_ACTION
+            if missing:
+                for i, result in zip(missing, self.write([items[i] for i in missing])):
+                    results[i] = result
+        return results
+
+    def _listmember_ids(self, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """(list id, member id) -> its listmember row's id, for the pairs that are memberships: one
+        query per list (and 200 members) on the listmember table, all in one ``$batch``."""
+        wanted = list(dict.fromkeys((guid(l), guid(m)) for l, m in pairs))
+        queries = list(_listmember_queries(wanted, "listmemberid,_entityid_value"))
+        out: dict[tuple[str, str], str] = {}
+        parts = self.batch([BatchOp("GET", "listmembers?" + query_string(params)) for _, params in queries])
+        for (list_id, _), part in zip(queries, parts):
+            if part is None or part.status != 200:
+                raise error_for(part.status if part else 503, part.body if part else None, "GET listmembers")
+            body = json.loads(part.body or b"{}")
+            rows = list(body.get("value") or [])
+            if body.get("@odata.nextLink"):
+                rows.extend(self.query_rows(body["@odata.nextLink"]))
+            for row in rows:
+                if row.get("listmemberid") and row.get("_entityid_value"):
+                    out[(list_id, str(row["_entityid_value"]).lower())] = str(row["listmemberid"]).lower()
+        return out
 
     def set_member_flags(self, updates: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[WriteResult]:
         """(table, id, {"donotbulkemail": True}) -> PATCH with If-Match: * (never creates a row)."""
@@ -523,6 +618,18 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         cols = select.split(",") if isinstance(select, str) else list(select)
         return self.query_rows(entity_set, {"$select": ",".join(c.strip() for c in cols) or None, "$filter": filter},
                                page_size)
+
+
+def _listmember_queries(pairs: Sequence[tuple[str, str]], select: str) -> Iterator[tuple[str, dict[str, str]]]:
+    """(list id, query params) on the listmember table for (list id, member id) pairs: one query
+    per list and chunk of members (``_listid_value eq`` and ``In`` on entityid)."""
+    by_list: dict[str, list[str]] = {}
+    for list_id, member in pairs:
+        by_list.setdefault(list_id, []).append(member)
+    for list_id, members in by_list.items():
+        for chunk in chunk_values(members):
+            yield list_id, {"$select": select,
+                            "$filter": f"_listid_value eq {list_id} and {in_function('entityid', chunk)}"}
 
 
 def _purpose(r: Mapping[str, Any]) -> Purpose:

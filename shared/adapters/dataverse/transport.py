@@ -282,7 +282,9 @@ class DataverseTransport:
                         page_size: int | None = None) -> Iterator[tuple[list[dict], bool]]:
         """(page, whether another page follows): a caller may stop after any page."""
         size = min(page_size or self.page_size, MAX_PAGE_SIZE)
-        headers = {"Prefer": f"odata.maxpagesize={size}"}
+        # Dataverse ignores $top when odata.maxpagesize comes with it: a query that sets $top
+        # gets no page size (and at most $top rows, one page).
+        headers = {} if params and params.get("$top") is not None else {"Prefer": f"odata.maxpagesize={size}"}
         kind = f"GET {path_kind(path)}"
         next_url: str | None = self.url_for(path, params)
         while next_url:
