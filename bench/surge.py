@@ -12,7 +12,9 @@ Three ways, same data, same run:
              member's lists, remove each membership, one request at a time (sampled)
 
 Targets (issue #4): surge <= 0.5 requests/event and >= 6x fewer than the per-event baseline;
-a lone event <= 3 requests. Run: ``python -m bench.surge [--events 10000]``.
+a lone event <= 3 requests (4 in an environment without the RemoveMemberList action, where a
+removal first finds its listmember row). Run:
+``python -m bench.surge [--events 10000] [--without-remove-member-action]``.
 """
 from __future__ import annotations
 
@@ -98,7 +100,15 @@ def run_flow(stack: Stack, indexes: list[int]) -> tuple[int, float]:
     return stack.sandbox.stats.snapshot()["total"], time.perf_counter() - started
 
 
-def lone_events(azurite: str) -> list[tuple[str, int]]:
+def warm_up(stack: Stack) -> None:
+    """What a worker learns once and keeps (cached), so it is not an event's cost: its user id and
+    which way members leave lists in this environment."""
+    client = stack.container.dataverse()
+    client.who_am_i()
+    client.member_removal()
+
+
+def lone_events(azurite: str, sandbox_options: dict) -> list[tuple[str, int]]:
     """Requests for one event arriving alone, per kind of change."""
     rng = random.Random(7)
     out = []
@@ -119,11 +129,12 @@ def lone_events(azurite: str) -> list[tuple[str, int]]:
         data = seed(3, second_share, rng)
         if name.startswith("R1") or name.startswith("R3"):
             data["consents"] = []  # nothing opted out yet: the event itself is the opt-out
-        stack = Stack(azurite, "lone" + uuid.uuid4().hex[:8], data, MAPPINGS, register_webhooks=False)
+        stack = Stack(azurite, "lone" + uuid.uuid4().hex[:8], data, MAPPINGS, register_webhooks=False,
+                      **sandbox_options)
         try:
             if name.startswith("R3"):
                 stack.sandbox.store.data["contact"].rows[gid("c1")]["donotbulkemail"] = True
-            stack.container.dataverse().who_am_i()  # once per worker, cached: not the event's cost
+            warm_up(stack)
             requests, _ = run_engine(stack, [make(1)], 1)
             out.append((name, requests))
         finally:
@@ -137,14 +148,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500, help="messages per invocation (host maxMessageBatchSize)")
     parser.add_argument("--baseline-events", type=int, default=500, help="sample size for the per-event baselines")
     parser.add_argument("--second-email-share", type=float, default=0.3)
+    parser.add_argument("--without-remove-member-action", action="store_true",
+                        help="an environment without the RemoveMemberList action: members leave by DELETE listmembers(id)")
     args = parser.parse_args()
+    sandbox_options = {"without_remove_member_action": True} if args.without_remove_member_action else {}
     rng = random.Random(42)
     with ensure_azurite() as azurite:
         data = seed(args.events, args.second_email_share, rng)
         stack = Stack(azurite.connection_string, "surge" + uuid.uuid4().hex[:8], data, MAPPINGS,
-                      register_webhooks=False)
+                      register_webhooks=False, **sandbox_options)
         try:
-            stack.container.dataverse().who_am_i()
+            warm_up(stack)
             sample = sorted(rng.sample(range(args.events), min(args.baseline_events, args.events // 4)))
             rest = [i for i in range(args.events) if i not in set(sample)]
             # The per-record flow runs first, on its sample, then those addresses are put back.
@@ -156,11 +170,12 @@ def main() -> None:
             left = stack.members_of(NEWS_LIST)
         finally:
             stack.close()
-        lone = lone_events(azurite.connection_string)
+        lone = lone_events(azurite.connection_string, sandbox_options)
 
     surge_n, sample_n = len(rest), len(sample)
     surge_rpe, one_rpe, flow_rpe = surge_requests / surge_n, one_requests / sample_n, flow_requests / sample_n
-    print(f"bulk unsubscribe, {args.events} contacts in a mapped list, {args.second_email_share:.0%} with a second email")
+    print(f"bulk unsubscribe, {args.events} contacts in a mapped list, {args.second_email_share:.0%} with a second email"
+          + ("; no RemoveMemberList action (members leave by DELETE listmembers(id))" if sandbox_options else ""))
     print(f"{'way':44} {'events':>7} {'requests':>9} {'req/event':>10} {'events/s':>9}")
     for name, n, req, sec in (("surge (batches of %d)" % args.batch, surge_n, surge_requests, surge_seconds),
                               ("engine, one event per invocation", sample_n, one_requests, one_seconds),
@@ -171,8 +186,10 @@ def main() -> None:
     print("lone events:")
     for name, req in lone:
         print(f"  {name:50} {req} request(s)")
-    ok = surge_rpe <= 0.5 and flow_rpe / surge_rpe >= 6 and all(r <= 3 for _, r in lone) and not left
-    print(f"targets (<=0.5 req/event, >=6x, lone <=3, nothing left): {'PASS' if ok else 'FAIL'}")
+    # Without RemoveMemberList a round that removes members first finds their listmember rows: one request more.
+    lone_max = 4 if sandbox_options else 3
+    ok = surge_rpe <= 0.5 and flow_rpe / surge_rpe >= 6 and all(r <= lone_max for _, r in lone) and not left
+    print(f"targets (<=0.5 req/event, >=6x, lone <={lone_max}, nothing left): {'PASS' if ok else 'FAIL'}")
 
 
 if __name__ == "__main__":

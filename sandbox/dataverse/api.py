@@ -503,12 +503,11 @@ def _narrowing(node) -> tuple[set[str] | None, set[str] | None]:
     lists = members = None
     for n in terms:
         if n[0] == "cmp" and n[1] == "eq" and n[3][1] in ("guid", "str"):
-            values = {str(n[3][2]).strip("{}").lower()}
-        elif n[0] == "in":
-            values = {str(v[2]).strip("{}").lower() for v in n[2] if v[0] == "lit"}
+            col, values = n[2], {str(n[3][2]).strip("{}").lower()}
+        elif n[0] == "in":  # ("in", column, [literals])
+            col, values = n[1], {str(v[2]).strip("{}").lower() for v in n[2] if v[0] == "lit"}
         else:
             continue
-        col = n[2]
         if col in ("_listid_value", "listid"):
             lists = values if lists is None else lists & values
         elif col in ("_entityid_value", "entityid"):

@@ -2,8 +2,10 @@
 
 Each test builds the request as Microsoft's reference page for that operation defines it (names,
 parameters, types, choice values; see sandbox/dataverse/FIDELITY.md for the pages) and checks the
-documented answer, or Dataverse's refusal. The client is then run against the same sandbox in both
-tenant shapes (with and without the Outbound marketing solution).
+documented answer, or Dataverse's refusal. The client is then run against the same sandbox in each
+tenant shape: with and without the Outbound marketing solution, and without the RemoveMemberList
+Web API action (an environment created without Dynamics 365 apps, where members leave by
+deleting their listmember row).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import requests
 
 from sandbox.dataverse import SandboxServer
 from shared.adapters.dataverse.auth import StaticToken
-from shared.adapters.dataverse.client import DataverseClient
+from shared.adapters.dataverse.client import REMOVAL_ACTION, REMOVAL_ROW, DataverseClient
 from shared.ingest.notification import parse_notification
 from tests import notifications as n
 
@@ -35,9 +37,13 @@ def _session(srv: SandboxServer) -> requests.Session:
     return s
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["with-outbound", "without-outbound"])
+SHAPES = {"with-outbound": {}, "without-outbound": {"without_outbound_solution": True},
+          "without-RemoveMemberList": {"without_remove_member_action": True}}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES.values()), ids=list(SHAPES))
 def srv(request):
-    with SandboxServer(port=0, seed=SEED, without_outbound_solution=request.param) as s:
+    with SandboxServer(port=0, seed=SEED, **request.param) as s:
         yield s
 
 
@@ -59,10 +65,33 @@ def test_add_member_list_bound_to_list_answers_the_listmember_id(api):
     assert re.fullmatch(r"[0-9a-f-]{36}", body["Id"]) and body["Id"] != CONTACT
 
 
-def test_remove_member_list_bound_to_list_answers_no_content(api):
+def test_remove_member_list_bound_to_list_answers_no_content_where_it_is_an_action(srv, api):
     api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": CONTACT})
     r = api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.RemoveMemberList", json={"EntityId": CONTACT})
-    assert r.status_code == 204 and not r.content
+    if srv.store.without_remove_member_action:  # not a Web API action there: OData finds no such segment
+        assert r.status_code == 404
+        assert r.json()["error"]["message"] == "Resource not found for the segment 'Microsoft.Dynamics.CRM.RemoveMemberList'."
+        assert _members(api) == [CONTACT]
+    else:
+        assert r.status_code == 204 and not r.content and _members(api) == []
+
+
+def _members(api) -> list[str]:
+    return [m["contactid"] for m in api.get(f"{api.base}/lists({LIST})/listcontact_association",
+                                            params={"$select": "contactid"}).json()["value"]]
+
+
+def test_deleting_the_listmember_row_ends_the_membership_in_every_shape(api):
+    # ListMember documents Delete: DELETE /listmembers(listmemberid); the row is found by list and entity.
+    api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": CONTACT})
+    rows = api.get(f"{api.base}/listmembers", params={
+        "$select": "listmemberid", "$filter": f"_listid_value eq {LIST} and _entityid_value eq {CONTACT}"}).json()["value"]
+    assert len(rows) == 1
+    r = api.delete(f"{api.base}/listmembers({rows[0]['listmemberid']})")
+    assert r.status_code == 204 and _members(api) == []
+    again = api.delete(f"{api.base}/listmembers({rows[0]['listmemberid']})")
+    assert again.status_code == 404 and again.json()["error"]["code"] == "0x80040217"
+    assert api.post(f"{api.base}/listmembers", json={"name": "x"}).status_code == 405  # joins go through the actions
 
 
 def test_add_list_members_list_is_unbound_with_list_and_members(api):
@@ -93,7 +122,10 @@ def test_list_actions_raise_their_messages_with_documented_inputs(srv, api):
     hooks_active, srv.store.hooks_active = srv.store.hooks_active, lambda: True
     try:
         api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": CONTACT})
-        api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.RemoveMemberList", json={"EntityId": CONTACT})
+        removed = api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.RemoveMemberList", json={"EntityId": CONTACT})
+        if removed.status_code == 404:  # no such action here: the row goes instead (its Delete is not emulated)
+            (row,) = api.get(f"{api.base}/listmembers", params={"$filter": f"_listid_value eq {LIST}"}).json()["value"]
+            api.delete(f"{api.base}/listmembers({row['listmemberid']})")
         api.post(f"{api.base}/AddListMembersList", json={
             "List": {"@odata.type": "Microsoft.Dynamics.CRM.list", "listid": LIST},
             "Members": [{"@odata.type": "Microsoft.Dynamics.CRM.contact", "contactid": CONTACT}]})
@@ -101,8 +133,8 @@ def test_list_actions_raise_their_messages_with_documented_inputs(srv, api):
         srv.store.listeners.pop()
         srv.store.hooks_active = hooks_active
     got = [(e["message"], e.get("ListId"), e.get("EntityId"), tuple(e.get("MemberIds") or ())) for e in seen]
-    assert got == [("AddMember", LIST, CONTACT, ()), ("RemoveMember", LIST, CONTACT, ()),
-                   ("AddListMembers", LIST, None, (CONTACT,))]
+    removal = [] if srv.store.without_remove_member_action else [("RemoveMember", LIST, CONTACT, ())]
+    assert got == [("AddMember", LIST, CONTACT, ()), *removal, ("AddListMembers", LIST, None, (CONTACT,))]
 
 
 # --- tenants with and without the Outbound marketing solution -----------------------------------
@@ -131,7 +163,7 @@ def test_an_absent_column_is_a_400_naming_it(srv, api, params):
     assert "msdyncrm_issubscription" not in api.get(f"{api.base}/lists({LIST})").json()
 
 
-def test_the_client_reads_lists_in_both_tenant_shapes(srv):
+def test_the_client_reads_lists_in_every_tenant_shape(srv, api):
     client = DataverseClient(srv.api_url, StaticToken("conformance"), retry_budget=5)
     try:
         (lst,) = client.marketing_lists()
@@ -141,7 +173,52 @@ def test_the_client_reads_lists_in_both_tenant_shapes(srv):
         assert [l.id for l in client.marketing_lists(subscription_only=True)] == [LIST]
         res = client.add_list_members([(LIST, "contact", CONTACT)])
         assert res[0].ok and client.request_counts["batch:POST lists/Microsoft.Dynamics.CRM.AddMemberList"] == 1
-        assert client.remove_list_members([(LIST, "contact", CONTACT)])[0].ok
+    finally:
+        client.close()
+
+
+def test_the_client_removes_members_the_way_the_environment_offers(srv, api):
+    """The first removal tells the client which way the environment takes (no extra request where
+    RemoveMemberList is an action); without it the listmember rows are found in one $batch of
+    queries (one per list) and deleted in one more, and later removals go that way at once."""
+    no_action = srv.store.without_remove_member_action
+    other = str(uuid.uuid4())
+    srv.store.load({"contacts": [{"contactid": other, "lastname": "Bo"}]})
+    for member in (CONTACT, other):
+        api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": member})
+    client = DataverseClient(srv.api_url, StaticToken("conformance"), retry_budget=5)
+    try:
+        stranger = str(uuid.uuid4())  # not a member: leaving is already done
+        res = client.remove_list_members([(LIST, "contact", CONTACT), (LIST, "contact", stranger)])
+        assert [r.ok for r in res] == [True, True] and _members(api) == [other]
+        counts = client.request_counts
+        assert counts["POST $batch"] == (3 if no_action else 1)
+        assert counts["batch:DELETE listmembers"] == (1 if no_action else 0)
+        client.reset_counts()
+        assert client.remove_list_members([(LIST, "contact", other)])[0].ok and _members(api) == []
+        assert client.request_counts["POST $batch"] == (2 if no_action else 1)
+        assert client.request_counts["batch:POST lists/Microsoft.Dynamics.CRM.RemoveMemberList"] == (0 if no_action else 1)
+        client.reset_counts()
+        assert client.member_removal(probe=True) == (REMOVAL_ROW if no_action else REMOVAL_ACTION)
+        assert client.total_requests == 1 and _members(api) == []  # the probe changes nothing
+    finally:
+        client.close()
+
+
+def test_the_sync_gateway_removes_members_the_way_the_environment_offers(srv, api):
+    from shared.adapters.sync_gateway import DataverseSyncGateway
+    from shared.domain.planner import RemoveFromList, SetDoNotBulkEmail
+
+    api.post(f"{api.base}/lists({LIST})/Microsoft.Dynamics.CRM.AddMemberList", json={"EntityId": CONTACT})
+    client = DataverseClient(srv.api_url, StaticToken("conformance"), retry_budget=5)
+    try:
+        gateway = DataverseSyncGateway(client)
+        actions = [RemoveFromList(("contact", CONTACT), LIST, (), "R1", None),
+                   SetDoNotBulkEmail(("contact", CONTACT), (), "R3", None)]
+        for _ in range(2):  # twice: the second time the member is already gone, which is success
+            results = gateway.write(actions, "straddle")
+            assert [r.ok for r in results] == [True, True] and [r.id for r in results] == [CONTACT, CONTACT]
+            assert _members(api) == [] and api.get(f"{api.base}/contacts({CONTACT})").json()["donotbulkemail"] is True
     finally:
         client.close()
 
@@ -215,3 +292,109 @@ def test_serviceendpoint_secrets_are_not_readable(api):
     got = api.get(f"{api.base}/serviceendpoints({row_id})", params={"$select": "name,authvalue"}).json()
     assert got["name"] == "s" and got["authvalue"] is None
     assert "key-value" not in api.get(f"{api.base}/serviceendpoints").text
+
+
+# --- queries, batches and service protection (the Web API pages; FIDELITY.md) --------------------
+
+def test_top_is_ignored_with_a_page_size_and_the_client_sends_none_with_top(srv, api):
+    more = [{"contactid": str(uuid.uuid4()), "lastname": f"P{i}"} for i in range(3)]
+    srv.store.load({"contacts": more})
+    assert len(api.get(f"{api.base}/contacts", params={"$top": "2"}).json()["value"]) == 2
+    paged = api.get(f"{api.base}/contacts", params={"$top": "2"}, headers={"Prefer": "odata.maxpagesize=3"})
+    assert len(paged.json()["value"]) == 3 and "@odata.nextLink" in paged.json()  # $top ignored: 4 rows, pages of 3
+    client = DataverseClient(srv.api_url, StaticToken("conformance"), retry_budget=5, page_size=3)
+    try:
+        assert len(list(client.query_rows("contacts", {"$select": "contactid", "$top": "2"}))) == 2
+        assert len(list(client.query_rows("contacts", {"$select": "contactid"}))) == 4
+        assert client.largest_key("contacts", "contactid") is not None
+    finally:
+        client.close()
+
+
+def _batch_body(*parts: tuple[str, str, str | None]) -> bytes:
+    out = []
+    for method, url, body in parts:
+        out.append(f"--batch_c\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+                   f"{method} {url} HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{body or ''}\r\n")
+    return ("".join(out) + "--batch_c--\r\n").encode()
+
+
+def test_a_failing_batch_without_continue_on_error_answers_400(srv, api):
+    # The documented example: the first request fails, the batch stops and answers 400 holding that error.
+    body = _batch_body(("POST", "/api/data/v9.2/contacts", '{"lastname": "x", "nosuchcolumn": 1}'),
+                       ("POST", "/api/data/v9.2/contacts", '{"lastname": "never"}'))
+    headers = {"Content-Type": "multipart/mixed; boundary=batch_c"}
+    r = api.post(f"{api.base}/$batch", data=body, headers=headers)
+    assert r.status_code == 400 and r.headers["Content-Type"].startswith("multipart/mixed")
+    assert r.text.count("HTTP/1.1 ") == 1 and "HTTP/1.1 400" in r.text  # stopped at the failure
+    assert api.get(f"{api.base}/contacts", params={"$filter": "lastname eq 'never'"}).json()["value"] == []
+    r = api.post(f"{api.base}/$batch", data=body, headers={**headers, "Prefer": "odata.continue-on-error"})
+    assert r.status_code == 200 and "HTTP/1.1 204" in r.text
+    client = DataverseClient(srv.api_url, StaticToken("conformance"), retry_budget=5)
+    try:  # the client always asks to continue: every row gets its own answer
+        res = client.set_member_flags([("contact", str(uuid.uuid4()), {"donotemail": True}),
+                                       ("contact", CONTACT, {"donotemail": True})])
+        assert [r.ok for r in res] == [False, True] and res[0].status == 404
+    finally:
+        client.close()
+
+
+def test_lookups_order_by_the_related_rows_primary_name(srv, api):
+    # Order rows: "results are sorted using the primary name field for the related table".
+    low, high = "00000000-0000-0000-0000-0000000000a1", "ffffffff-0000-0000-0000-0000000000a2"
+    srv.store.load({"purposes": [{"msdynmkt_purposeid": low, "msdynmkt_name": "Zeta"},
+                                 {"msdynmkt_purposeid": high, "msdynmkt_name": "alpha"}],
+                    "topics": [{"msdynmkt_topicid": str(uuid.uuid4()), "msdynmkt_name": f"t{i}",
+                                "_msdynmkt_purposeid_value": p} for i, p in enumerate((low, high))]})
+    rows = api.get(f"{api.base}/msdynmkt_topics", params={"$select": "msdynmkt_name",
+                                                          "$orderby": "_msdynmkt_purposeid_value"}).json()["value"]
+    assert [r["msdynmkt_name"] for r in rows] == ["t1", "t0"]  # alpha before Zeta, whatever the GUIDs
+
+
+def test_the_consent_table_has_no_name_column(api):
+    # The Contact Point Consent reference lists no msdynmkt_name; its primary name is the contact point.
+    r = api.post(f"{api.base}/msdynmkt_contactpointconsent4s", json={"msdynmkt_contactpointvalue": "a@example.test",
+                                                                     "msdynmkt_name": "x"})
+    assert r.status_code == 400 and "'msdynmkt_name'" in r.json()["error"]["message"]
+    assert api.get(f"{api.base}/msdynmkt_contactpointconsent4s", params={"$select": "msdynmkt_name"}).status_code == 400
+
+
+def test_a_steps_state_is_not_set_on_create(api):
+    r = api.post(f"{api.base}/sdkmessageprocessingsteps", json={"name": "s", "stage": 40, "mode": 1, "statecode": 1,
+                                                                 "statuscode": 2})
+    step = re.search(r"\(([0-9a-f-]{36})\)", r.headers["OData-EntityId"]).group(1)
+    assert api.get(f"{api.base}/sdkmessageprocessingsteps({step})").json()["statecode"] == 0  # created enabled
+    api.patch(f"{api.base}/sdkmessageprocessingsteps({step})", json={"statecode": 1, "statuscode": 2},
+              headers={"If-Match": "*"})
+    assert api.get(f"{api.base}/sdkmessageprocessingsteps({step})").json()["statecode"] == 1  # an update sets it
+
+
+def test_dataverse_sends_its_recommended_parallelism_and_the_client_keeps_it():
+    from shared.adapters.sync_gateway import DataverseSyncGateway
+
+    with SandboxServer(port=0, seed=SEED, dop_hint=3) as s:
+        assert requests.get(f"{s.api_url}/WhoAmI", headers={"Authorization": "Bearer c"}).headers["x-ms-dop-hint"] == "3"
+        client = DataverseClient(s.api_url, StaticToken("conformance"), retry_budget=5)
+        try:
+            client.who_am_i()
+            assert client.dop_hint == 3 and DataverseSyncGateway(client).parallelism_hint() == 3
+        finally:
+            client.close()
+
+
+def test_combined_execution_time_over_the_window_is_a_429_the_client_waits_out():
+    # 20 minutes per 5 minutes in Dataverse; here 0.1 s per 1 s, with each request taking 60 ms.
+    with SandboxServer(port=0, seed=SEED, execution_limit=(0.1, 1.0)) as s:
+        s.set_faults({"delay_share": 1.0, "delay_ms": 60})
+        api = _session(s)
+        codes = [api.get(f"{s.api_url}/WhoAmI") for _ in range(3)]
+        assert [c.status_code for c in codes] == [200, 200, 429]
+        err = codes[2].json()["error"]
+        assert err["code"] == "0x80072321" and int(codes[2].headers["Retry-After"]) >= 1
+        assert err["message"].startswith("Combined execution time of incoming requests exceeded limit of 100 milliseconds")
+        client = DataverseClient(s.api_url, StaticToken("another caller"), retry_budget=10)
+        try:  # another caller is not held back; its own third request waits for the Retry-After
+            assert [client.get_json("WhoAmI")["UserId"] for _ in range(3)]
+            assert client.request_counts["throttled"] >= 1 and client.request_counts["GET WhoAmI"] >= 4
+        finally:
+            client.close()
