@@ -368,6 +368,22 @@ def test_doctor_passes_on_a_healthy_stack_and_says_what_to_fix(cli, local_host):
     cli("webhooks", "remove", "--yes")
 
 
+def test_doctor_says_which_way_members_leave_lists(cli, stack):
+    def removal_check() -> dict:
+        data = json.loads(cli("--json", "doctor")[1])
+        return next(c for c in data["checks"] if c["check"] == "remove list members")
+
+    check = removal_check()
+    assert check["status"] == "pass" and check["detail"].startswith("RemoveMemberList action offered")
+    stack.sandbox.store.without_remove_member_action = True  # an environment created without Dynamics 365 apps
+    try:
+        check = removal_check()
+        assert check["status"] == "pass" and "no RemoveMemberList action" in check["detail"]
+        assert "DELETE listmembers(id)" in check["detail"]
+    finally:
+        stack.sandbox.store.without_remove_member_action = False
+
+
 def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypatch, azurite_tables, local_host):
     from shared.adapters.settings import Settings
 

@@ -597,3 +597,24 @@ def test_the_largest_key_is_one_row_in_descending_key_order():
     url = unquote(adapter.requests[0].url)
     assert "$orderby=contactid desc" in url and "$top=1" in url and "$filter" not in url
     assert client.largest_key("contacts", "contactid") is None
+
+
+# --- member removal and $top ----------------------------------------------------------------------
+
+def test_only_odatas_routing_error_for_remove_member_list_means_the_action_is_missing():
+    from shared.adapters.dataverse.client import removal_action_missing
+
+    missing = "Resource not found for the segment 'Microsoft.Dynamics.CRM.RemoveMemberList'."
+    assert removal_action_missing(404, missing) and removal_action_missing(400, missing)
+    assert not removal_action_missing(404, "list With Id = 1 Does Not Exist")  # the action is there
+    assert not removal_action_missing(404, "Resource not found for the segment 'contactss'.")
+    assert not removal_action_missing(500, missing) and not removal_action_missing(404, None)
+
+
+def test_a_query_with_top_sends_no_page_size_which_would_make_dataverse_ignore_top():
+    client, adapter, _ = make(lambda req: (200, {}, {"value": [{"contactid": C1}]}), page_size=2)
+    assert list(client.query_rows("contacts", {"$select": "contactid", "$top": "1"})) == [{"contactid": C1}]
+    assert list(client.query_rows("contacts", {"$select": "contactid"})) == [{"contactid": C1}]
+    with_top, without = adapter.requests
+    assert "Prefer" not in with_top.headers and "$top=1" in with_top.url
+    assert without.headers["Prefer"] == "odata.maxpagesize=2"
