@@ -435,9 +435,9 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         no extra request."""
         with self._probe_lock:
             if self._removal is None or probe:
-                probe = remove_member_op(str(uuid.uuid4()), "contact", str(uuid.uuid4()))
+                op = remove_member_op(str(uuid.uuid4()), "contact", str(uuid.uuid4()))
                 try:
-                    self.request("POST", probe.path, json=probe.body, kind="POST member removal probe")
+                    self.request("POST", op.path, json=op.body, kind="POST member removal probe")
                     self._removal = REMOVAL_ACTION
                 except (DataverseNotFound, DataverseBadRequest) as exc:  # else: no such list, the action exists
                     self._removal = REMOVAL_ROW if removal_action_missing(exc.status, exc.message) else REMOVAL_ACTION
