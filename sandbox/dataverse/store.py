@@ -330,9 +330,6 @@ class Store:
         t = TABLES[table]
         with self.lock:
             attrs = self._attrs(t, body, allow_system=False)
-            if table in STATE_AFTER_CREATE:  # state on create is ignored: the row starts enabled
-                attrs.pop("statecode", None)
-                attrs.pop("statuscode", None)
             rid = row_id or attrs.get(t.key) or str(uuid.uuid4())
             td = self.data[table]
             if rid in td.rows:
@@ -340,6 +337,9 @@ class Store:
             ts = now_iso()
             row = {k: v for k, v in attrs.items() if v is not None}
             row[t.key] = rid
+            if table in STATE_AFTER_CREATE:  # state on create is ignored: the row starts enabled
+                row.pop("statecode", None)
+                row.pop("statuscode", None)
             row.setdefault("statecode", 0)
             row.update(createdon=ts, modifiedon=ts, _createdby_value=user_id, _modifiedby_value=user_id,
                        versionnumber=self._next_version())
