@@ -162,7 +162,7 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = { 'azd-env-name': environmentName }
 var parkedQueueName = '${changesQueueName}-parked'
 // Must stay equal to shared.adapters.tables.common.TABLES (the tests compare).
-var tableSuffixes = ['processed', 'ledger', 'mappings', 'runs', 'snapshots']
+var tableSuffixes = ['processed', 'ledger', 'mappings', 'runs', 'snapshots', 'compliance']
 var tableNames = [for suffix in tableSuffixes: '${tablePrefix}${suffix}']
 var deploymentContainerName = 'app-package-${take(resourceToken, 7)}'
 

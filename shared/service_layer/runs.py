@@ -73,6 +73,9 @@ def report_lines(report: dict[str, Any], prog: str = "straddle") -> list[str]:
         lines.append(f"  failures: {report['failures']} ({prog} runs show {report.get('run_id')})")
     if report.get("oldest_unhealed_opt_out_hours") is not None:
         lines.append(f"  oldest unhealed opt-out: {report['oldest_unhealed_opt_out_hours']} h")
+    from shared.service_layer.compliance import report_lines as deadline_lines
+
+    lines += deadline_lines(report)
     if report.get("note"):
         lines.append(f"  note: {report['note']}")
     return lines

@@ -1,0 +1,154 @@
+"""Opt-out deadlines end to end: a person's opt-out in the Dataverse sandbox, its webhook through the
+real function code and process_changes, the record in Azurite's deadlines table, and what
+``straddle compliance`` and ``compliance export`` make of it. One-click unsubscribes (source
+"Email - list-unsubscribe") are RTM opt-outs like any other (R2, R4), counted apart."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from shared.domain.compliance import CHANGE_EVENT, OptOutRecord, SideState
+from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue
+from shared.entrypoints.cli import main
+from sandbox.stack import Stack
+from tests.integration.tenant import consent_row, contact, gid, mappings_file, tenant
+
+pytestmark = pytest.mark.integration
+
+OUT, IN = ConsentValue.OPTED_OUT.value, ConsentValue.OPTED_IN.value
+NEWS, CONTOSO = gid("Contoso News"), gid("Contoso marketing")
+L_NEWS = gid("Contoso Newsletter")
+ONE_CLICK = {"msdynmkt_value": OUT, "msdynmkt_source": ConsentSource.EMAIL_LIST_UNSUBSCRIBE.value,
+             "msdynmkt_logicalreason": ConsentLogicalReason.OPT_OUT_ONE_CLICK.value}
+
+
+@pytest.fixture
+def make_stack(azurite_tables, table_prefix):
+    stacks = []
+
+    def make(seed: dict, mode: str = "single-brand") -> Stack:
+        s = Stack(azurite_tables, table_prefix, seed, mappings_file(mode))
+        stacks.append(s)
+        return s
+
+    yield make
+    for s in stacks:
+        s.close()
+
+
+def records(s: Stack, hours: float = 1) -> list[OptOutRecord]:
+    now = datetime.now(timezone.utc)
+    return list(s.container.tables().compliance.window(now - timedelta(hours=hours), now + timedelta(minutes=1)))
+
+
+def person(s: Stack, email: str) -> str:
+    return s.container.tables().ledger.partition_for(email)
+
+
+def test_a_one_click_topic_unsubscribe_is_r2_and_its_deadline_is_recorded_as_one_click(make_stack):
+    ann = contact("ann", "ann@contoso.test")
+    row = consent_row("ann@contoso.test", CONTOSO, NEWS, IN)
+    s = make_stack(tenant([ann], consents=[row], list_members={L_NEWS: [ann["contactid"]]}))
+    s.api("PATCH", f"msdynmkt_contactpointconsent4s({row['msdynmkt_contactpointconsent4id']})", ONE_CLICK)
+    s.drain()
+    assert s.members_of(L_NEWS) == set()  # R2: left the topic's list, like any RTM topic opt-out
+    assert s.ledger_rules("ann@contoso.test") == ["R2"]
+    (r,) = records(s)
+    assert r.one_click and r.person == person(s, "ann@contoso.test") and r.origin == "event"
+    assert r.evidence == CHANGE_EVENT and r.given_in == "rtm" and r.rule == "R2"
+    assert not r.is_open and set(r.sides) == {"obm"}
+    given, effective = datetime.fromisoformat(r.given_at.replace("Z", "+00:00")), \
+        datetime.fromisoformat(r.effective_at.replace("Z", "+00:00"))
+    assert timedelta(0) <= effective - given < timedelta(minutes=2)
+
+
+def test_a_one_click_purpose_unsubscribe_is_r4(make_stack):
+    di = contact("di", "di@x.test")
+    row = consent_row("di@x.test", CONTOSO, None, IN)
+    s = make_stack(tenant([di], consents=[row]))
+    s.api("PATCH", f"msdynmkt_contactpointconsent4s({row['msdynmkt_contactpointconsent4id']})", ONE_CLICK)
+    s.drain()
+    assert s.rows("contact")[di["contactid"]]["donotbulkemail"]  # R4 (single brand): the flag
+    (r,) = records(s)
+    assert r.one_click and r.rule == "R4" and not r.is_open
+
+
+def test_an_ordinary_opt_out_is_not_counted_as_one_click(make_stack):
+    ann = contact("ann", "ann@contoso.test")
+    row = consent_row("ann@contoso.test", CONTOSO, NEWS, IN)
+    s = make_stack(tenant([ann], consents=[row], list_members={L_NEWS: [ann["contactid"]]}))
+    s.api("PATCH", f"msdynmkt_contactpointconsent4s({row['msdynmkt_contactpointconsent4id']})", {"msdynmkt_value": OUT})
+    s.drain()
+    (r,) = records(s)
+    assert not r.one_click and r.rule == "R2"
+
+
+def test_a_retry_of_the_same_event_closes_the_side_it_left_open_and_keeps_the_other(table_store):
+    store = table_store.compliance
+    given = "2026-03-02T10:00:00.000Z"
+    first = OptOutRecord("eve@x.test", "event-1", given, CHANGE_EVENT, "event", "2026-03-02T10:00:05.000Z",
+                         {"rtm": SideState("2026-03-02T10:00:05.000Z", False, "R5"),
+                          "obm": SideState(None, True, "R5", "503")}, one_click=True)
+    retry = OptOutRecord("eve@x.test", "event-1", given, CHANGE_EVENT, "event", "2026-03-02T10:01:00.000Z",
+                         {"obm": SideState("2026-03-02T10:01:00.000Z", False, "R5")})
+    store.record([first])
+    (r,) = store.window(datetime(2026, 3, 2, tzinfo=timezone.utc), datetime(2026, 3, 3, tzinfo=timezone.utc))
+    assert r.is_open and r.sides["obm"].detail == "503" and r.one_click
+    store.record([retry])
+    (r,) = store.window(datetime(2026, 3, 2, tzinfo=timezone.utc), datetime(2026, 3, 3, tzinfo=timezone.utc))
+    assert not r.is_open and r.effective_at == "2026-03-02T10:01:00.000Z"
+    assert r.sides["rtm"].at == "2026-03-02T10:00:05.000Z" and r.one_click  # the merge kept what the retry did not say
+    assert r.person == table_store.ledger.partition_for("eve@x.test") and "eve" not in r.person
+    # outside the window: not found
+    assert not list(store.window(datetime(2026, 3, 4, tzinfo=timezone.utc), datetime(2026, 3, 5, tzinfo=timezone.utc)))
+
+
+def test_compliance_and_its_export_on_the_cli(make_stack, capsys, monkeypatch, tmp_path):
+    ann = contact("ann", "ann@contoso.test")
+    row = consent_row("ann@contoso.test", CONTOSO, NEWS, IN)
+    s = make_stack(tenant([ann], consents=[row], list_members={L_NEWS: [ann["contactid"]]}))
+    s.api("PATCH", f"msdynmkt_contactpointconsent4s({row['msdynmkt_contactpointconsent4id']})", ONE_CLICK)
+    s.drain()
+    # an opt-out still open for 30 hours (a write that keeps failing), to be reported with its age
+    old = (datetime.now(timezone.utc) - timedelta(hours=30)).isoformat().replace("+00:00", "Z")
+    s.container.tables().compliance.record([OptOutRecord(
+        "bo@x.test", "event-stuck", old, CHANGE_EVENT, "event", old, {"rtm": SideState(None, True, "R1", "403 denied")})])
+    monkeypatch.chdir(tmp_path)
+    s.activate()
+
+    assert main(["compliance", "--since", "2d", "--output", "json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["received"] == 2 and view["propagated"] == 1 and view["open"] == 1 and view["one_click"] == 1
+    assert view["open_past_deadline"] == 1 and 29.9 < view["oldest_open_hours"] < 30.2
+    assert view["breached_48h"] == 0 and view["breached_10_business_days"] == 0
+    assert view["time_to_effect"]["timed"] == 1 and view["time_to_effect"]["p50_s"] < 120
+    assert {(r["rule"], r["direction"]) for r in view["by_rule"]} == {("R2", "to_obm"), ("R1", "to_rtm")}
+
+    assert main(["compliance", "--since", "2d"]) == 0
+    text = capsys.readouterr().out
+    assert "2 received, 1 propagated, 1 open, 1 by one-click unsubscribe" in text
+    assert "open for more than 24 h (1" in text and "403 denied" in text
+    assert "@" not in text
+
+    assert main(["compliance", "--since", "2d", "--deadline-hours", "31"]) == 0
+    assert "open for more than 31 h: none" in capsys.readouterr().out
+
+    target = tmp_path / "opt-outs.csv"
+    assert main(["compliance", "export", "--since", "2d", "--to", str(target)]) == 0
+    assert "wrote 2 opt-out(s)" in capsys.readouterr().out
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    rows = list(csv.DictReader(target.open()))
+    assert [r["status"] for r in rows] == ["open", "propagated"]  # oldest given first
+    assert rows[1]["source"] == "rtm one-click" and rows[1]["rule"] == "R2" and rows[1]["sides"] == "obm"
+    assert rows[1]["pseudonym"] == person(s, "ann@contoso.test")[:16]
+    assert rows[0]["rtm_effective_at"] == "open" and rows[0]["breached_48h"] == "false"
+    assert "@" not in target.read_text()
+
+    assert main(["compliance", "export", "--since", "2d", "--to", str(tmp_path)]) == 2  # a folder
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["compliance", "--since", "soon"]) == 2
