@@ -145,6 +145,11 @@ param duplicateDetectionWindow string = 'PT10M'
 @description('Alert when one nightly reconciliation finds more drift than this (all classes D1-D5 together).')
 param driftAlertThreshold int = 50
 
+@minValue(1)
+@maxValue(47)
+@description('Hours an opt-out may stay open before the deadline alert fires (OPT_OUT_DEADLINE_HOURS); 24 leaves a day before the 48-hour deadline of Gmail and Yahoo.')
+param optOutDeadlineHours int = 24
+
 @description('E-mail address that receives the alerts. Empty: alerts fire without notifying anyone (add an action group later).')
 param alertEmail string = ''
 
@@ -279,6 +284,7 @@ module functionApp 'modules/functionapp.bicep' = {
     reconcileReaders: reconcileReaders
     reconcileFanoutAbove: reconcileFanoutAbove
     processedRetentionDays: processedRetentionDays
+    optOutDeadlineHours: optOutDeadlineHours
     tablePrefix: tablePrefix
     maxAttempts: maxAttempts
     retryDelaySeconds: retryDelaySeconds
@@ -317,6 +323,7 @@ module alerts 'modules/alerts.bicep' = {
     parkedQueueName: parkedQueueName
     reconcileQueueName: reconcileQueueName
     driftAlertThreshold: driftAlertThreshold
+    optOutDeadlineHours: optOutDeadlineHours
     alertEmail: alertEmail
   }
 }
