@@ -75,12 +75,12 @@ class OptOutRecord:
     @property
     def given_in(self) -> str:
         """The system the opt-out was given in: the other one than the sides the sync wrote."""
-        written = {side for side, s in self.sides.items() if s.detail != ALREADY_TRUE}
-        if written == {"rtm"}:
+        sides = set(self.sides)
+        if sides == {"rtm"}:
             return "obm"
-        if written == {"obm"}:
+        if sides == {"obm"}:
             return "rtm"
-        return "both" if written else "-"
+        return "both" if sides else "-"
 
 
 def merge(old: OptOutRecord, new: OptOutRecord) -> OptOutRecord:
@@ -227,8 +227,10 @@ def records_for(writes: Iterable[Write], now_iso: str) -> list[OptOutRecord]:
         rule = seen.rule if seen else w.rule
         if not w.ok or (seen is not None and seen.open):
             side = SideState(None, True, rule, (seen.detail if seen and seen.open else None) or w.detail or "failed")
+        elif seen is not None and not seen.open and seen.detail != ALREADY_TRUE:
+            side = seen  # a write already reflected it: that is the side's moment
         else:
-            side = SideState(now_iso, False, rule)
+            side = SideState(now_iso, False, rule, ALREADY_TRUE if w.detail == ALREADY_TRUE else None)
         rec.sides[w.side] = side
         if w.given.one_click and not rec.one_click:
             out[(w.email, w.cause)] = replace(rec, one_click=True)

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
-from shared.domain.compliance import CHANGE_EVENT, DATAVERSE_DATES, UNDATED, Given, Write, records_for
-from shared.domain.consent import (CONSENT_TABLE, PERSONAL_SOURCES, ConsentSource, ConsentType, ConsentValue,
-                                   normalise_email)
-from shared.domain.events import ChangeEvent, ConsentChanged, EventFormatError, event_from_json
+from shared.domain.compliance import ALREADY_TRUE, CHANGE_EVENT, DATAVERSE_DATES, UNDATED, Given, Write, records_for
+from shared.domain.consent import (CONSENT_TABLE, OPT_OUT_FLAGS, PERSONAL_SOURCES, ConsentSource, ConsentType,
+                                   ConsentValue, normalise_email)
+from shared.domain.events import (ChangeEvent, ConsentChanged, ContactChanged, EventFormatError, MembershipChanged,
+                                  event_from_json)
 from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Mappings
 from shared.domain.model import WriteResult
@@ -34,6 +35,7 @@ from shared.domain.planner import (
     SetDoNotBulkEmail,
     State,
     Trigger,
+    effective_opt_outs,
     plan,
 )
 from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for
@@ -187,7 +189,8 @@ class SyncEngine:
                     return reconcile_given(action)
                 return Given(event.origin.time, CHANGE_EVENT, "event", is_one_click(event))
 
-            failed_causes = self.file(applied, origin, given)
+            reflected = already_reflected([e for _, e in todo.values()], applied, mappings)
+            failed_causes = self.file(applied, origin, given, reflected)
             report.actions_applied += sum(1 for r in applied.results if r.ok)
             report.actions_failed += sum(1 for r in applied.results if not r.ok)
             for event_id, (msg, event) in todo.items():
@@ -229,12 +232,13 @@ class SyncEngine:
     # --- evidence -------------------------------------------------------------------------------
 
     def file(self, applied: "Applied", origin: Callable[[str | None], tuple[str, str | None]],
-             given: Callable[[Action], Given] | None = None) -> dict[str, str]:
+             given: Callable[[Action], Given] | None = None, reflected: Sequence[Write] = ()) -> dict[str, str]:
         """Ledger entries for every written action, and the opt-out deadlines' record of each
-        (``given`` dates the opt-out behind an action); returns cause -> failure for causes to retry."""
+        (``given`` dates the opt-out behind an action; ``reflected``: opt-outs that needed no
+        write); returns cause -> failure for causes to retry."""
         failed: dict[str, str] = {}
         entries: list[LedgerEntry] = []
-        writes: list[Write] = []
+        writes: list[Write] = list(reflected)
         given = given or reconcile_given
         now = self._clock()
         for action, result in zip(applied.plan.actions, applied.results):
@@ -364,6 +368,51 @@ def is_one_click(event: ChangeEvent) -> bool:
     c = event.change
     return (isinstance(c, ConsentChanged) and c.source == ConsentSource.EMAIL_LIST_UNSUBSCRIBE
             and c.value == ConsentValue.OPTED_OUT)
+
+
+def already_reflected(events: Sequence[ChangeEvent], applied: Applied, mappings: Mappings) -> list[Write]:
+    """Opt-out events that needed no write: the other side already reflected the opt-out when the
+    sync read it (the rows as they are now, so an opt-out since withdrawn is not counted)."""
+    acted = {a.cause for a in applied.plan.actions}
+    state, columns = applied.state, mappings.email_columns
+    out: list[Write] = []
+
+    def emails_of(key: tuple[str, str]) -> frozenset[str]:
+        m = state.members.get(key)
+        return m.contact_points(columns) if m is not None else frozenset()
+
+    for event in events:
+        if event.id in acted or not event.origin.time:
+            continue
+        c, given = event.change, Given(event.origin.time, CHANGE_EVENT, "event", is_one_click(event))
+        found: list[tuple[str, str, str]] = []  # (email, side, rule)
+        if isinstance(c, ConsentChanged) and c.value == ConsentValue.OPTED_OUT:
+            email = normalise_email(c.contact_point_value)
+            if email and email in state.loaded_emails:
+                purposes, topics = effective_opt_outs(state.consent.get(email, ()))
+                if c.topic_id and c.topic_id in topics and c.topic_id in mappings.purpose_of_topic:
+                    found.append((email, "obm", "R2"))
+                elif not c.topic_id and c.purpose_id in purposes and c.purpose_id in mappings.brands_of_purpose:
+                    found.append((email, "obm", "R4"))
+        elif isinstance(c, ContactChanged) and mappings.covered_purposes:
+            m = state.members.get((event.table, event.record_id))
+            if m is not None and (m.donotbulkemail or m.donotemail) and (
+                    event.message == "Create" or any(f in c.changed for f in OPT_OUT_FLAGS)):
+                found += [(e, "rtm", "R3") for e in emails_of((event.table, event.record_id))]
+        elif isinstance(c, MembershipChanged):
+            for list_id in c.list_ids:
+                table = mappings.member_table_of_list.get(list_id)
+                for member_id in c.member_ids if table else ():
+                    key = (table, member_id)
+                    if key not in state.members:
+                        continue
+                    member_now = list_id in state.lists_of.get(key, ())
+                    if c.action == "removed" and list_id in mappings.topics_of_list and not member_now:
+                        found += [(e, "rtm", "R1") for e in emails_of(key)]
+                    elif c.action != "removed" and list_id in mappings.brand_of_opt_out_list and member_now:
+                        found += [(e, "rtm", "R5") for e in emails_of(key)]
+        out += [Write(e, event.id, side, rule, True, ALREADY_TRUE, given) for e, side, rule in found]
+    return out
 
 
 def deadline_writes(action: Action, result: WriteResult, given: Given) -> list[Write]:

@@ -13,7 +13,7 @@ from shared.domain.compliance import (
     ALREADY_TRUE, CHANGE_EVENT, DATAVERSE_DATES, UNDATED, Given, OptOutRecord, SideState, Write, add_business_days,
     percentile, records_for, summarise)
 from shared.domain.consent import ConsentSource, ConsentType, ConsentValue, ContactPointType
-from shared.domain.events import ConsentChanged
+from shared.domain.events import ConsentChanged, ContactChanged
 from shared.domain.planner import OptOutConsent, RemoveFromList
 from shared.service_layer import compliance as svc
 from shared.service_layer.process_changes import EngineConfig, SyncEngine, reconcile_given
@@ -252,6 +252,48 @@ def test_the_run_report_hook_reports_a_storage_failure_instead_of_raising():
     assert out == {"opt_outs_error": "unexpected OSError"}
 
 
-def test_already_true_is_a_side_reflected_without_a_write():
+def test_already_true_is_a_side_reflected_without_a_write_and_a_real_write_wins():
+    g = Given("2026-03-06T11:00:00Z", CHANGE_EVENT, "event")
+    (r,) = records_for([Write("a@x.test", "e1", "rtm", "R1", True, None, g),
+                        Write("a@x.test", "e1", "rtm", "R1", True, ALREADY_TRUE, g)], "2026-03-06T11:00:01Z")
+    assert r.sides["rtm"].detail is None
+
+
+def test_already_true_is_counted():
     r = rec("a" * 64, NOW, {"rtm": SideState(iso(NOW), False, "R1", ALREADY_TRUE)})
-    assert summarise([r], NOW)["already_true"] == 1 and r.given_in == "-"
+    assert summarise([r], NOW)["already_true"] == 1 and r.given_in == "obm"
+
+
+def test_an_opt_out_the_other_side_already_reflected_is_recorded_with_no_write():
+    store = FakeOptOuts()
+    dv, engine = engine_with(store)
+    dv.add(contact("c1", "di@x.test"))  # in no mapped list: the RTM topic opt-out needs no OBM write
+    dv.row("di@x.test", P_ACME, T_NEWS, ConsentValue.OPTED_OUT)
+    e = one_click_out("di@x.test")
+    engine.process([msg(e)])
+    assert "write" not in dv.calls
+    (r,) = store.records
+    assert r.sides == {"obm": SideState("2027-01-15T08:00:00.000Z", False, "R2", ALREADY_TRUE)}
+    assert r.one_click and r.given_at == e.origin.time and r.given_in == "rtm"
+
+
+def test_an_opt_out_withdrawn_before_it_was_processed_is_not_recorded():
+    store = FakeOptOuts()
+    dv, engine = engine_with(store)
+    dv.add(contact("c1", "ed@x.test"))
+    dv.row("ed@x.test", P_ACME, T_NEWS, ConsentValue.OPTED_IN)  # opted in again by now
+    engine.process([msg(one_click_out("ed@x.test"))])
+    assert store.records == []
+
+
+def test_a_flag_set_where_every_purpose_is_already_opted_out_is_recorded_as_already_true_r3():
+    store = FakeOptOuts()
+    dv, engine = engine_with(store)
+    dv.add(contact("c1", "fay@x.test", "fay@home.test", dnb=True))
+    for e in ("fay@x.test", "fay@home.test"):
+        dv.row(e, P_ACME, None, ConsentValue.OPTED_OUT)
+    ev = event(ContactChanged(("donotbulkemail",), True, None, {}), table="contact", record_id="c1")
+    engine.process([msg(ev)])
+    assert "write" not in dv.calls
+    assert {(r.person, r.rule, r.sides["rtm"].detail) for r in store.records} == {
+        ("fay@x.test", "R3", ALREADY_TRUE), ("fay@home.test", "R3", ALREADY_TRUE)}
