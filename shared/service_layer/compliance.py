@@ -182,8 +182,9 @@ _DIRECTION_TEXT = {"to_rtm": "-> RTM", "to_obm": "-> OBM"}
 def compliance_lines(view: dict[str, Any], prog: str = "straddle") -> list[str]:
     """The view as a person reads it."""
     t = view["time_to_effect"]
-    out = [f"opt-outs given {view['since']} .. {view['until']}: {view['received']} received, "
+    out = [f"opt-outs {view['since']} .. {view['until']}: {view['received']} received, "
            f"{view['propagated']} propagated, {view['open']} open"
+           + (f", {view['already_true']} already true" if view["already_true"] else "")
            + (f", {view['one_click']} by one-click unsubscribe" if view["one_click"] else "")
            + (f", {view['undated']} undated (found by a reconciliation, nothing dates them)" if view["undated"] else ""),
            f"time to effect: p50 {_seconds(t['p50_s'])}, p95 {_seconds(t['p95_s'])}, p99 {_seconds(t['p99_s'])}, "

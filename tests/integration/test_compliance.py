@@ -152,3 +152,32 @@ def test_compliance_and_its_export_on_the_cli(make_stack, capsys, monkeypatch, t
     assert main(["compliance", "export", "--since", "2d", "--to", str(tmp_path)]) == 2  # a folder
     assert "is a folder" in capsys.readouterr().err
     assert main(["compliance", "--since", "soon"]) == 2
+
+
+def test_a_healing_run_records_what_it_healed_closes_what_was_open_and_reports_the_figures(make_stack):
+    """The nightly run's opt-outs are dated by the rows it read (here the consent row's modifiedon,
+    months ago: past both deadlines); an opt-out left open by the event path before the run is
+    closed by a run that succeeded; the stored report carries the figures."""
+    from shared.service_layer.reconcile import run_reconciliation
+    from shared.service_layer.runs import report_lines
+
+    d1 = contact("d1", "d1@x.test")  # in the newsletter, opted out of its topic: D1
+    s = make_stack(tenant([d1], consents=[consent_row("d1@x.test", CONTOSO, NEWS, OUT)],
+                          list_members={L_NEWS: [d1["contactid"]]}))
+    earlier = (datetime.now(timezone.utc) - timedelta(hours=3)).isoformat().replace("+00:00", "Z")
+    s.container.tables().compliance.record([OptOutRecord(
+        "eve@x.test", "event-open", earlier, CHANGE_EVENT, "event", earlier, {"rtm": SideState(None, True, "R1", "503")})])
+    report = run_reconciliation(s.container)
+    assert report["status"] == "succeeded" and report["fixed_D1"] == 1
+    assert report["opt_outs_closed_by_run"] == 1 and report["opt_outs_open"] == 0
+    assert report["opt_outs_window_days"] == 30
+    assert s.container.tables().runs.get(report["run_id"])["opt_outs_closed_by_run"] == 1  # stored with the report
+    assert any("opt-outs, last 30 days" in line for line in report_lines(report))
+    by_origin = {r.origin: r for r in records(s, hours=4)}  # the healed one is filed under the night it was healed
+    closed, r = by_origin["event"], by_origin["reconcile"]
+    assert not closed.is_open and closed.sides["rtm"].detail == f"consistent at reconciliation {report['run_id']}"
+    assert r.given_at == "2026-01-01T00:00:00Z" and r.evidence == "row dates"
+    assert r.rule == "R2" and not r.is_open and r.person == person(s, "d1@x.test")
+    # given long before it was healed: both deadlines missed, and the run's figures say so
+    assert report["opt_outs_received"] == 2 and report["opt_outs_breached_48h"] == 1
+    assert report["opt_outs_breached_10_business_days"] == 1

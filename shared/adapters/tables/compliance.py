@@ -1,10 +1,11 @@
 """The opt-out deadlines table: one row per opt-out, per person, per cause.
 
-PartitionKey is the UTC day the opt-out was given (or first handled, when nothing dates it), so a
-window of days is a range of partitions; RowKey is the person's ledger key (HMAC of the normalised
-address under LEDGER_KEY, never the address) and a digest of the cause, so a retry of the same
-change event lands on the same row and closes the side it left open. Writes are upserts that
-merge: each write sets only the sides it is about.
+PartitionKey is a UTC day: for a change event the day it was given (so each retry of the event
+lands on the same row and closes the side it left open), for a reconciliation the day it was
+healed (an opt-out given months ago and healed tonight is tonight's news). A window of days is a
+range of partitions. RowKey is the person's ledger key (HMAC of the normalised address under
+LEDGER_KEY, never the address) and a digest of the cause. Writes are upserts that merge: each
+write sets only the sides it is about.
 """
 from __future__ import annotations
 
@@ -21,8 +22,14 @@ from shared.domain.planner import instant
 _MAX_DETAIL = 500
 
 
+def filed_at(record: OptOutRecord) -> datetime | None:
+    """The moment a record is filed and found under: an event's given time, else when handled."""
+    given = instant(record.given_at) if record.origin == "event" else None
+    return given or instant(record.seen_at)
+
+
 def day_of(record: OptOutRecord) -> str:
-    moment = instant(record.given_at) or instant(record.seen_at) or datetime.now(timezone.utc)
+    moment = filed_at(record) or datetime.now(timezone.utc)
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
@@ -74,8 +81,9 @@ class ComplianceStore:
                      for day in by_day.values() for batch in batches(day, size=_entity_size)])
 
     def window(self, since: datetime, until: datetime) -> Iterator[OptOutRecord]:
-        """Records given (or, undated, handled) from ``since`` to ``until``; the day partitions
-        bound the query, the exact moments filter it."""
+        """Records filed from ``since`` to ``until`` (an event's opt-out by when it was given, a
+        reconciliation's by when it healed it); the day partitions bound the query, the exact
+        moments filter it."""
         first = (since.astimezone(timezone.utc) - timedelta(days=1)).strftime("%Y-%m-%d")
         last = (until.astimezone(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d")
         found = self._tables.client("compliance").query_entities(
@@ -83,7 +91,7 @@ class ComplianceStore:
             results_per_page=1000)
         for e in found:
             r = from_entity(e)
-            moment = instant(r.given_at) or instant(r.seen_at)
+            moment = filed_at(r)
             if moment is not None and since <= moment <= until:
                 yield r
 
