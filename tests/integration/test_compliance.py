@@ -16,7 +16,8 @@ from shared.domain.compliance import CHANGE_EVENT, OptOutRecord, SideState
 from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue
 from shared.entrypoints.cli import main
 from sandbox.stack import Stack
-from tests.integration.tenant import consent_row, contact, gid, mappings_file, tenant
+from tests.integration.tenant import consent_row, contact, gid, tenant
+from tests.integration.test_sync_rules import make_stack  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -25,20 +26,6 @@ NEWS, CONTOSO = gid("Contoso News"), gid("Contoso marketing")
 L_NEWS = gid("Contoso Newsletter")
 ONE_CLICK = {"msdynmkt_value": OUT, "msdynmkt_source": ConsentSource.EMAIL_LIST_UNSUBSCRIBE.value,
              "msdynmkt_logicalreason": ConsentLogicalReason.OPT_OUT_ONE_CLICK.value}
-
-
-@pytest.fixture
-def make_stack(azurite_tables, table_prefix):
-    stacks = []
-
-    def make(seed: dict, mode: str = "single-brand") -> Stack:
-        s = Stack(azurite_tables, table_prefix, seed, mappings_file(mode))
-        stacks.append(s)
-        return s
-
-    yield make
-    for s in stacks:
-        s.close()
 
 
 def records(s: Stack, hours: float = 1) -> list[OptOutRecord]:
@@ -181,3 +168,18 @@ def test_a_healing_run_records_what_it_healed_closes_what_was_open_and_reports_t
     # given long before it was healed: both deadlines missed, and the run's figures say so
     assert report["opt_outs_received"] == 2 and report["opt_outs_breached_48h"] == 1
     assert report["opt_outs_breached_10_business_days"] == 1
+
+
+@pytest.mark.parametrize("argv", [["compliance", "--help"], ["compliance", "export", "--help"]])
+def test_the_compliance_commands_have_help_with_examples(argv, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "examples:" in out and "--since" in out
+
+
+@pytest.mark.parametrize("argv", [["compliance", "export"], ["compliance", "--deadline-hours", "0"],
+                                  ["compliance", "--deadline-hours", "soon"]])
+def test_bad_compliance_input_is_one_line_and_exit_2(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
