@@ -129,6 +129,7 @@ def summarise(records: Iterable[OptOutRecord], now: datetime, deadline_hours: fl
     received = propagated = undated = one_click = 0
     already = 0
     times: list[float] = []
+    origins: dict[str, dict] = {}
     by: dict[tuple[str, str], list[float]] = {}
     counts: dict[tuple[str, str], dict[str, int]] = {}
     open_items: list[dict] = []
@@ -138,6 +139,8 @@ def summarise(records: Iterable[OptOutRecord], now: datetime, deadline_hours: fl
     for r in records:
         received += 1
         one_click += r.one_click
+        o = origins.setdefault(r.origin, {"received": 0, "propagated": 0, "open": 0, "_times": []})
+        o["received"] += 1
         given = instant(r.given_at)
         if given is None:
             undated += 1
@@ -158,6 +161,7 @@ def summarise(records: Iterable[OptOutRecord], now: datetime, deadline_hours: fl
         effective = instant(r.effective_at)
         if r.is_open:
             open_total += 1
+            o["open"] += 1
             end = now
             if given is not None:
                 oldest_open = max(oldest_open or 0.0, _hours(given, now))
@@ -168,9 +172,11 @@ def summarise(records: Iterable[OptOutRecord], now: datetime, deadline_hours: fl
                                    "detail": "; ".join(s.detail for s in r.sides.values() if s.open and s.detail)})
         else:
             propagated += 1
+            o["propagated"] += 1
             end = effective or now
             if given is not None and effective is not None:
                 times.append(max(0.0, (effective - given).total_seconds()))
+                o["_times"].append(times[-1])
         if given is not None:
             breached_48h += _hours(given, end) > INBOX_PROVIDER_HOURS
             breached_10bd += end > add_business_days(given, CAN_SPAM_BUSINESS_DAYS)
@@ -182,6 +188,9 @@ def summarise(records: Iterable[OptOutRecord], now: datetime, deadline_hours: fl
         "undated": undated, "one_click": one_click,
         "time_to_effect": {**_stats(times), "timed": len(times)},
         "by_rule": by_rule,
+        # an event's opt-out is timed from its change; drift the nightly run heals, from the rows' dates
+        "by_origin": [{"origin": k, **{n: v for n, v in o.items() if n != "_times"}, **_stats(o["_times"])}
+                      for k, o in sorted(origins.items())],
         "deadline_hours": deadline_hours,
         "open_past_deadline": len(open_items),
         "oldest_open_hours": round(oldest_open, 1) if oldest_open is not None else None,

@@ -189,6 +189,10 @@ def compliance_lines(view: dict[str, Any], prog: str = "straddle") -> list[str]:
            + (f", {view['undated']} undated (found by a reconciliation, nothing dates them)" if view["undated"] else ""),
            f"time to effect: p50 {_seconds(t['p50_s'])}, p95 {_seconds(t['p95_s'])}, p99 {_seconds(t['p99_s'])}, "
            f"max {_seconds(t['max_s'])} ({t['timed']} timed)"]
+    for o in view.get("by_origin", ()):
+        what = "from change events" if o["origin"] == "event" else "healed by a reconciliation"
+        out.append(f"  {what}: {o['received']} received, {o['open']} open; p50 {_seconds(o['p50_s'])}, "
+                   f"p95 {_seconds(o['p95_s'])}, max {_seconds(o['max_s'])}")
     if view["by_rule"]:
         out.append(f"  {'rule':<8}{'direction':<10}{'received':>9}{'done':>7}{'open':>6}{'1-click':>8}"
                    f"{'p50':>10}{'p95':>10}{'max':>10}")

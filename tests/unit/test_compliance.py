@@ -84,6 +84,10 @@ def test_summary_counts_times_and_breaches_by_rule_and_direction():
     assert rows[("R2", "to_obm")]["one_click"] == 1 and rows[("R2", "to_obm")]["p50_s"] == 30
     assert rows[("R5", "to_obm")]["propagated"] == 1
     assert summarise(records, NOW, deadline_hours=31)["open_past_deadline"] == 1
+    (events,) = v["by_origin"]
+    assert events["origin"] == "event" and events["received"] == 6 and events["open"] == 2
+    lines = svc.compliance_lines({"since": "s", "until": "u", **v})
+    assert "  from change events: 6 received, 2 open; p50 2.0 h, p95 50.0 h, max 50.0 h" in lines
 
 
 def test_a_record_from_writes_is_one_per_person_and_cause_and_any_failure_keeps_the_side_open():
