@@ -12,7 +12,6 @@ planned again from the rows as they now are, so the writes that already happened
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -260,17 +259,9 @@ class SyncEngine:
                 system, _ = origin(r.cause)
                 emit(log, "sync.reconsent_kept", rule=r.rule, origin=system, event_id=r.cause)
                 entries.extend(reconsent_entries(r, system))
-        # The deadlines table is written beside the ledger, not after it: both are Table Storage
-        # round trips, and the batch waits for the longer one only.
-        if self.opt_outs is None or not writes:
-            self.ledger.record(entries)
-            return failed
-        recording = threading.Thread(target=self._record_opt_outs, args=(writes, now), name="opt-out-records")
-        recording.start()
-        try:
-            self.ledger.record(entries)
-        finally:
-            recording.join()
+        self.ledger.record(entries)
+        if self.opt_outs is not None and writes:
+            self._record_opt_outs(writes, now)  # one packed row per batch (shared.adapters.tables.compliance)
         return failed
 
     def _record_opt_outs(self, writes: list[Write], now: float) -> None:

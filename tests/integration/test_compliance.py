@@ -183,3 +183,15 @@ def test_bad_compliance_input_is_one_line_and_exit_2(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0]
+
+
+def test_a_big_batch_is_packed_in_as_few_rows_as_fit_and_reads_back_whole(table_store):
+    store = table_store.compliance
+    given = "2026-03-02T10:00:00.000Z"
+    people = [f"p{i}@x.test" for i in range(20_000)]  # HMACs do not compress: more than one row's worth
+    store.record([OptOutRecord(p, f"e{i}", given, CHANGE_EVENT, "event", given,
+                               {"obm": SideState(given, False, "R2")}) for i, p in enumerate(people)])
+    rows = list(table_store.service.get_table_client(table_store.prefix + "compliance").list_entities())
+    assert 1 < len(rows) <= 4 and sum(r["records"] for r in rows) == 20_000
+    found = list(store.window(datetime(2026, 3, 2, tzinfo=timezone.utc), datetime(2026, 3, 3, tzinfo=timezone.utc)))
+    assert len(found) == 20_000 and {r.person for r in found} == {table_store.ledger.partition_for(p) for p in people}
