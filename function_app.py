@@ -28,3 +28,8 @@ def nightly_reconcile(timer: func.TimerRequest) -> None:
 @app.service_bus_queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%", connection="ServiceBusConnection")
 def reconcile_chunk(message: func.ServiceBusMessage) -> None:
     functions.reconcile_chunk(message)
+
+
+@app.timer_trigger(arg_name="timer", schedule="0 30 * * * *", run_on_startup=False)
+def compliance_check(timer: func.TimerRequest) -> None:
+    functions.compliance_check(timer)

@@ -11,6 +11,11 @@
 3. Check: every accepted event is accounted for (processed, duplicate, echo, no effect, parked
    with a reason, dead-lettered with a reason, or dropped by duplicate detection: none vanished);
    the sandbox equals the expected closure; no email address in anything the run logged.
+4. Compliance: each notification is replayed as if its change happened when it is first POSTed
+   (its OperationCreatedOn restamped, the same for its duplicate), so the propagation the bench
+   measures (POST to the event's last write) is what the opt-out deadlines table records (given
+   to effective). The figures ``straddle compliance`` prints over the burst's window must equal
+   the bench's own p50 and p99 within a second.
 
 ``python -m bench.burst [--events 10000] [--throttle 0.05] [--errors 0.03]``
 """
@@ -20,6 +25,7 @@ import argparse
 import json
 import logging
 import random
+import re
 import statistics
 import tempfile
 import threading
@@ -28,6 +34,7 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -218,12 +225,19 @@ def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, dupl
         statuses: Counter = Counter()
         posted_at: dict[str, float] = {}
         local = threading.local()
+        stamped: dict[int, tuple[bytes, float]] = {}
+        stamp_lock = threading.Lock()
+        window_start = datetime.now(timezone.utc)
 
         def post(note: tuple[dict, bytes]) -> None:
             s = getattr(local, "s", None) or requests.Session()
             local.s = s
             headers, body = note
-            sent = time.time()
+            with stamp_lock:
+                if id(note) not in stamped:  # a duplicate repeats the first POST's body and time
+                    now = time.time()
+                    stamped[id(note)] = (restamp(body, now), now)
+                body, sent = stamped[id(note)]
             r = s.post(url, data=body, headers=headers, params={"code": stack.host.function_key}, timeout=60)
             statuses[r.status_code] += 1
             if r.status_code == 202:
@@ -268,6 +282,7 @@ def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, dupl
 
         delays = _delays(capture.applied, posted_at)
         unique = len(posted_at)
+        compliance = compliance_figures(stack, window_start)
         result = {
             "notifications_posted": len(posts), "http_statuses": dict(statuses), "accepted_202": statuses[202],
             "echo_webhooks_202": echo_202, "accepted_total": accepted, "outcomes": dict(total),
@@ -283,6 +298,7 @@ def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, dupl
             "dataverse_requests": stats["total"], "requests_per_event": round(stats["total"] / max(unique, 1), 3),
             "throttled_429": stats.get("throttled", 0), "faults_injected": stats["faults_injected"],
             "propagation_ms_p50": delays[0], "propagation_ms_p99": delays[1],
+            "compliance": compliance, "compliance_matches": _matches(delays, compliance),
             "log_lines": capture.lines, "log_lines_with_an_address": capture.addresses, "log_file": str(log_path),
         }
         return result
@@ -293,6 +309,33 @@ def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, dupl
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         capture.file.close()
+
+
+_STAMP = re.compile(rb'"OperationCreatedOn"\s*:\s*"\\?/Date\(\d+\)\\?/"')
+
+
+def restamp(body: bytes, at: float) -> bytes:
+    """The notification as if its change happened at ``at`` (OperationCreatedOn, /Date(ms)/)."""
+    out, n = _STAMP.subn(b'"OperationCreatedOn":"\\/Date(%d)\\/"' % int(at * 1000), body, count=1)
+    assert n == 1, "a recorded notification without OperationCreatedOn"
+    return out
+
+
+def compliance_figures(stack: DemoStack, since: datetime) -> dict:
+    """What ``straddle compliance --since <the burst's start>`` reports, through the same code."""
+    from shared.service_layer.compliance import compliance_view
+
+    view = compliance_view(stack.container.tables().compliance, since, datetime.now(timezone.utc))
+    t = view["time_to_effect"]
+    return {"received": view["received"], "propagated": view["propagated"], "open": view["open"],
+            "p50_ms": None if t["p50_s"] is None else int(t["p50_s"] * 1000),
+            "p99_ms": None if t["p99_s"] is None else int(t["p99_s"] * 1000)}
+
+
+def _matches(delays: tuple[int | None, int | None], compliance: dict, tolerance_ms: int = 1000) -> bool:
+    """The bench's p50 and p99 and the compliance command's agree within ``tolerance_ms``."""
+    pairs = [(delays[0], compliance["p50_ms"]), (delays[1], compliance["p99_ms"])]
+    return all(a is not None and b is not None and abs(a - b) <= tolerance_ms for a, b in pairs)
 
 
 def _delays(applied: list[tuple[float, str]], posted_at: dict[str, float]) -> tuple[int | None, int | None]:
@@ -318,9 +361,12 @@ def main() -> None:
     args = p.parse_args()
     r = run(args.events, args.throttle, args.errors, args.duplicates, args.concurrency, instances=args.instances)
     print(json.dumps(r, indent=2))
-    ok = r["none_vanished"] and r["closure_ok"] and r["log_lines_with_an_address"] == 0
+    ok = r["none_vanished"] and r["closure_ok"] and r["log_lines_with_an_address"] == 0 and r["compliance_matches"]
+    c = r["compliance"]
     print(f"burst: {r['events_per_second']} events/s, {r['requests_per_event']} Dataverse requests/event, "
           f"propagation p50 {r['propagation_ms_p50']} ms p99 {r['propagation_ms_p99']} ms; "
+          f"compliance command: p50 {c['p50_ms']} ms p99 {c['p99_ms']} ms over {c['propagated']} opt-out(s) "
+          f"({c['open']} open): {'same within 1 s' if r['compliance_matches'] else 'DIFFERENT'}; "
           f"none vanished: {r['none_vanished']}; closure: {r['closure_ok']}; addresses in logs: "
           f"{r['log_lines_with_an_address']} -> {'PASS' if ok else 'FAIL'}")
 

@@ -145,6 +145,11 @@ param duplicateDetectionWindow string = 'PT10M'
 @description('Alert when one nightly reconciliation finds more drift than this (all classes D1-D5 together).')
 param driftAlertThreshold int = 50
 
+@minValue(1)
+@maxValue(47)
+@description('Hours an opt-out may stay open before the deadline alert fires (OPT_OUT_DEADLINE_HOURS); 24 leaves a day before the 48-hour deadline of Gmail and Yahoo.')
+param optOutDeadlineHours int = 24
+
 @description('E-mail address that receives the alerts. Empty: alerts fire without notifying anyone (add an action group later).')
 param alertEmail string = ''
 
@@ -162,7 +167,7 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = { 'azd-env-name': environmentName }
 var parkedQueueName = '${changesQueueName}-parked'
 // Must stay equal to shared.adapters.tables.common.TABLES (the tests compare).
-var tableSuffixes = ['processed', 'ledger', 'mappings', 'runs', 'snapshots']
+var tableSuffixes = ['processed', 'ledger', 'mappings', 'runs', 'snapshots', 'compliance']
 var tableNames = [for suffix in tableSuffixes: '${tablePrefix}${suffix}']
 var deploymentContainerName = 'app-package-${take(resourceToken, 7)}'
 
@@ -279,6 +284,7 @@ module functionApp 'modules/functionapp.bicep' = {
     reconcileReaders: reconcileReaders
     reconcileFanoutAbove: reconcileFanoutAbove
     processedRetentionDays: processedRetentionDays
+    optOutDeadlineHours: optOutDeadlineHours
     tablePrefix: tablePrefix
     maxAttempts: maxAttempts
     retryDelaySeconds: retryDelaySeconds
@@ -317,6 +323,7 @@ module alerts 'modules/alerts.bicep' = {
     parkedQueueName: parkedQueueName
     reconcileQueueName: reconcileQueueName
     driftAlertThreshold: driftAlertThreshold
+    optOutDeadlineHours: optOutDeadlineHours
     alertEmail: alertEmail
   }
 }

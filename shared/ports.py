@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Iterator, Mapping, Protocol, Sequence
 
+from shared.domain.compliance import OptOutRecord
 from shared.domain.events import ChangeEvent
 from shared.domain.ledger import LedgerEntry
 from shared.domain.mappings import Mappings
@@ -115,6 +116,12 @@ class ProcessedEventsPort(Protocol):
 
 class LedgerPort(Protocol):
     def record(self, entries: Sequence[LedgerEntry]) -> None: ...
+
+
+class OptOutRecordsPort(Protocol):
+    """Opt-out deadlines (shared.domain.compliance): what each opt-out was and when each side reflected it."""
+
+    def record(self, records: Sequence[OptOutRecord]) -> None: ...
 
 
 class MappingsSource(Protocol):

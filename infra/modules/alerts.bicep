@@ -8,6 +8,8 @@ param parkedQueueName string
 param reconcileQueueName string
 @description('Alert when one reconciliation finds more drift than this (D1-D5 together).')
 param driftAlertThreshold int
+@description('Hours an opt-out may stay open (OPT_OUT_DEADLINE_HOURS, the same value the app reports against).')
+param optOutDeadlineHours int
 @description('Who is e-mailed; empty means no action group (the alerts still fire in the portal).')
 param alertEmail string = ''
 
@@ -118,6 +120,17 @@ union
    | project timestamp, source = "event path", hours)
 '''
 
+// The hourly compliance_check logs the oldest opt-out still open (the opt-out deadlines table):
+// past the deadline the app is configured with, an operator has the rest of the 48 hours to act.
+var deadlineQuery = '''
+traces
+| where message startswith "compliance.check"
+| extend cd = customDimensions
+| extend hours = todouble(cd.straddle_opt_outs_oldest_open_hours)
+| where hours > __DEADLINE_HOURS__
+| project timestamp, hours, open_past_deadline = toint(cd.straddle_opt_outs_open_past_deadline)
+'''
+
 resource noReconcileAlert 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = {
   name: 'straddle-no-reconciliation-26h'
   location: location
@@ -209,6 +222,42 @@ resource unpropagatedAlert 'Microsoft.Insights/scheduledQueryRules@2022-06-15' =
       allOf: [
         {
           query: unpropagatedQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: actionGroups
+    }
+  }
+}
+
+resource deadlineAlert 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = {
+  name: 'straddle-opt-out-open-past-deadline'
+  location: location
+  tags: tags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Straddle: an opt-out is open for more than ${optOutDeadlineHours} hours'
+    description: 'The hourly compliance check found an opt-out not yet reflected on every side after OPT_OUT_DEADLINE_HOURS (Gmail and Yahoo require 48 hours). See docs/runbook.md#deadline.'
+    severity: 1
+    enabled: true
+    scopes: [
+      appInsightsId
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT2H'
+    criteria: {
+      allOf: [
+        {
+          query: replace(deadlineQuery, '__DEADLINE_HOURS__', string(optOutDeadlineHours))
           timeAggregation: 'Count'
           operator: 'GreaterThan'
           threshold: 0

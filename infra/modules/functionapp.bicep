@@ -26,6 +26,7 @@ param reconcileChunkSize int
 param reconcileReaders int
 param reconcileFanoutAbove int
 param processedRetentionDays int
+param optOutDeadlineHours int
 param tablePrefix string
 param maxAttempts int
 param retryDelaySeconds int
@@ -110,6 +111,7 @@ var appSettings = {
   LEDGER_KEY: ledgerKeyReference
   LEDGER_KEY_PREVIOUS: hasLedgerKeyPrevious ? ledgerKeyPreviousReference : ''
   PROCESSED_RETENTION_DAYS: string(processedRetentionDays)
+  OPT_OUT_DEADLINE_HOURS: string(optOutDeadlineHours)
   MAX_ATTEMPTS: string(maxAttempts)
   RETRY_DELAY_SECONDS: string(retryDelaySeconds)
 }

@@ -168,6 +168,9 @@ SETTINGS: tuple[Setting, ...] = (
             doc="true in Azure: the Functions Python worker configures the exporter, so the app does not."),
     Setting("PROCESSED_RETENTION_DAYS", "processed_retention_days", _positive_int, 7,
             doc="How long processed event ids are kept for idempotency."),
+    Setting("OPT_OUT_DEADLINE_HOURS", "opt_out_deadline_hours", _positive_float, 24.0,
+            doc="Hours an opt-out may stay open before it is reported (and alerted on); 24 leaves a day "
+                "before Gmail's and Yahoo's 48-hour deadline."),
     Setting("MAX_ATTEMPTS", "max_attempts", _positive_int, 5,
             doc="Attempts per change event before it is parked on the dead-letter queue."),
     Setting("RETRY_DELAY_SECONDS", "retry_delay_seconds", _positive_int, 30,
@@ -206,6 +209,7 @@ class Settings:
     appinsights_connection_string: str | None
     worker_exports_telemetry: bool
     processed_retention_days: int
+    opt_out_deadline_hours: float
     max_attempts: int
     retry_delay_seconds: int
 

@@ -130,6 +130,7 @@ class RemoveFromList:
     emails: tuple[str, ...]
     rule: str
     cause: str | None
+    since: str | None = None  # when the opt-out it follows from happened (dates the opt-out's deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -621,7 +622,7 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
         elif kind == "not_in":
             _, k, list_id = fact
             if list_id in state.lists_of.get(k, ()):
-                actions.append(RemoveFromList(k, list_id, emails_of.get(k, ()), label, cause))
+                actions.append(RemoveFromList(k, list_id, emails_of.get(k, ()), label, cause, since(roots)))
         elif kind == "in":
             _, k, list_id = fact
             if k in state.members and list_id not in state.lists_of.get(k, ()):

@@ -628,6 +628,48 @@ def cmd_activity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _window(args: argparse.Namespace):
+    from datetime import datetime, timezone
+
+    from shared.service_layer.activity import parse_since
+
+    now = datetime.now(timezone.utc)
+    return parse_since(args.since, now), now
+
+
+def cmd_compliance(args: argparse.Namespace) -> int:
+    from shared.service_layer.compliance import compliance_lines, compliance_view
+
+    since, now = _window(args)
+    c = _container()
+    hours = args.deadline_hours or c.settings.opt_out_deadline_hours
+    view = compliance_view(c.tables().compliance, since, now, hours)
+    if args.json:
+        _print_json(view)
+    else:
+        print("\n".join(compliance_lines(view, _prog())))
+    return EXIT_OK
+
+
+def cmd_compliance_export(args: argparse.Namespace) -> int:
+    from shared.service_layer.compliance import export_rows, write_export
+
+    if Path(args.to).is_dir():
+        raise CommandError(f"{args.to} is a folder; give a file name")
+    since, now = _window(args)
+    records = _container().tables().compliance.window(since, now)
+    try:
+        count = write_export(args.to, export_rows(records, now))
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.to}: {exc.strerror}") from None
+    if args.json:
+        _print_json({"written": args.to, "rows": count, "since": since.isoformat(), "until": now.isoformat()})
+    else:
+        print(f"wrote {count} opt-out(s) given since {since:%Y-%m-%dT%H:%M:%SZ} to {args.to} "
+              "(people pseudonymised, readable by you only)")
+    return EXIT_OK
+
+
 def _columns(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """Rows as a plain table: a header, then one aligned line per row."""
     cells = [[c.replace("_", " ") for c in columns]] + [["-" if r.get(c) is None else str(r.get(c)) for c in columns]
@@ -654,6 +696,22 @@ def add_view_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     act.add_argument("--since", default="24h", help="a span back from now (90m, 24h, 7d, 2w) or an ISO 8601 moment "
                                                     "(default 24h)")
     act.set_defaults(handler=cmd_activity, tsv_rows="by_rule")
+    since_help = "a span back from now (90m, 24h, 7d, 2w) or an ISO 8601 moment (default 30d)"
+    comp = commands.add_parser(parents=[common], name="compliance",
+                               help="did every opt-out meet its deadline: received, propagated, time to effect by "
+                                    "rule and direction, open ones, breaches of 48 h and 10 business days; "
+                                    "'compliance export' for an auditor's CSV")
+    comp.add_argument("--since", default="30d", help=since_help)
+    comp.add_argument("--deadline-hours", type=_positive_float,
+                      help="report opt-outs open longer than this (default: OPT_OUT_DEADLINE_HOURS, 24)")
+    comp.set_defaults(handler=cmd_compliance, tsv_rows="by_rule")
+    comp_cmds = comp.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    ex = comp_cmds.add_parser(parents=[common], name="export",
+                              help="one row per opt-out (pseudonym, given at, source, sides, effective at, rule) "
+                                   "to a CSV file only you can read")
+    ex.add_argument("--since", default="30d", help=since_help)
+    ex.add_argument("--to", required=True, metavar="FILE.csv", help="the CSV file to write")
+    ex.set_defaults(handler=cmd_compliance_export)
 
 
 def add_examples(parser: argparse.ArgumentParser, prog: str | None = None, path: str = "") -> None:
@@ -696,6 +754,16 @@ def _positive(value: str) -> int:
     if n <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {value}")
+    return x
 
 
 def _ratio(value: str) -> float:

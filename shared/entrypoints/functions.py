@@ -107,6 +107,21 @@ def nightly_reconcile(timer: func.TimerRequest) -> None:
         raise
 
 
+def compliance_check(timer: func.TimerRequest) -> None:
+    """Hourly: the opt-outs still open past OPT_OUT_DEADLINE_HOURS, as the ``compliance.check``
+    record the deadline alert queries. Reads Table Storage only."""
+    from datetime import datetime, timezone
+
+    from shared.service_layer.compliance import check
+
+    container = bootstrap.container()
+    try:
+        check(container.tables().compliance, datetime.now(timezone.utc), container.settings.opt_out_deadline_hours)
+    except Exception as exc:
+        emit(log, "compliance.check_failed", logging.ERROR, error=type(exc).__name__)
+        raise
+
+
 def reconcile_chunk(message: func.ServiceBusMessage) -> None:
     """One chunk of a fanned-out reconciliation, or the next stretch of a run's scan (a "scan"
     message). Raising abandons it: Service Bus redelivers, and a chunk or scan partition already

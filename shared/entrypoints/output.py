@@ -89,6 +89,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "runs": ("{prog} runs", "{prog} runs --max 30 --output tsv", "{prog} runs show latest"),
     "runs list": ("{prog} runs list --max 30",),
     "runs show": ("{prog} runs show latest", "{prog} runs show 20260131T020000-1a2b3c --json"),
+    "compliance": ("{prog} compliance", "{prog} compliance --since 7d --output json",
+                   "{prog} compliance export --since 90d --to opt-outs.csv"),
+    "compliance export": ("{prog} compliance export --since 30d --to opt-outs.csv",
+                          "{prog} compliance export --since 2026-01-01 --to q1-opt-outs.csv"),
     "activity": ("{prog} activity", "{prog} activity --since 7d", "{prog} activity --since 2026-01-31T08:00 --json"),
 }
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable, Sequence
 
-from shared.domain.consent import CONSENT_TABLE, PERSONAL_SOURCES, ConsentType, ConsentValue, normalise_email
-from shared.domain.events import ChangeEvent, EventFormatError, event_from_json
+from shared.domain.compliance import ALREADY_TRUE, CHANGE_EVENT, DATAVERSE_DATES, UNDATED, Given, Write, records_for
+from shared.domain.consent import (CONSENT_TABLE, OPT_OUT_FLAGS, PERSONAL_SOURCES, ConsentSource, ConsentType,
+                                   ConsentValue, normalise_email)
+from shared.domain.events import (ChangeEvent, ConsentChanged, ContactChanged, EventFormatError, MembershipChanged,
+                                  event_from_json)
 from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Mappings
 from shared.domain.model import WriteResult
@@ -32,10 +35,11 @@ from shared.domain.planner import (
     SetDoNotBulkEmail,
     State,
     Trigger,
+    effective_opt_outs,
     plan,
 )
 from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for
-from shared.ports import LedgerPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
+from shared.ports import LedgerPort, OptOutRecordsPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
 from shared.telemetry import emit, redact
 
 log = logging.getLogger("shared.sync.engine")  # the emitted records keep the logger name they always had
@@ -93,7 +97,7 @@ class EngineConfig:
 class SyncEngine:
     def __init__(self, gateway: SyncGateway, mappings: Callable[[], Mappings | None], processed: ProcessedEventsPort,
                  ledger: LedgerPort, retries: RetryQueue, config: EngineConfig | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, opt_outs: OptOutRecordsPort | None = None):
         self.gateway = gateway
         self._mappings = mappings
         self.processed = processed
@@ -101,6 +105,7 @@ class SyncEngine:
         self.retries = retries
         self.config = config or EngineConfig()
         self._clock = clock
+        self.opt_outs = opt_outs
 
     # --- the batch ------------------------------------------------------------------------------
 
@@ -178,7 +183,14 @@ class SyncEngine:
                 event = events_by_id.get(cause or "")
                 return "dataverse", event.origin.time if event else None
 
-            failed_causes = self.file(applied, origin)
+            def given(action: Action) -> Given:
+                event = events_by_id.get(action.cause or "")
+                if event is None or not event.origin.time:
+                    return reconcile_given(action)
+                return Given(event.origin.time, CHANGE_EVENT, "event", is_one_click(event))
+
+            reflected = already_reflected([e for _, e in todo.values()], applied, mappings)
+            failed_causes = self.file(applied, origin, given, reflected)
             report.actions_applied += sum(1 for r in applied.results if r.ok)
             report.actions_failed += sum(1 for r in applied.results if not r.ok)
             for event_id, (msg, event) in todo.items():
@@ -219,10 +231,15 @@ class SyncEngine:
 
     # --- evidence -------------------------------------------------------------------------------
 
-    def file(self, applied: "Applied", origin: Callable[[str | None], tuple[str, str | None]]) -> dict[str, str]:
-        """Ledger entries for every written action; returns cause -> failure for causes to retry."""
+    def file(self, applied: "Applied", origin: Callable[[str | None], tuple[str, str | None]],
+             given: Callable[[Action], Given] | None = None, reflected: Sequence[Write] = ()) -> dict[str, str]:
+        """Ledger entries for every written action, and the opt-out deadlines' record of each
+        (``given`` dates the opt-out behind an action; ``reflected``: opt-outs that needed no
+        write); returns cause -> failure for causes to retry."""
         failed: dict[str, str] = {}
         entries: list[LedgerEntry] = []
+        writes: list[Write] = list(reflected)
+        given = given or reconcile_given
         now = self._clock()
         for action, result in zip(applied.plan.actions, applied.results):
             system, origin_time = origin(action.cause)
@@ -236,13 +253,25 @@ class SyncEngine:
                 if action.cause:
                     failed.setdefault(action.cause, detail)
             entries.extend(ledger_entries(action, result, system, origin_time))
+            writes.extend(deadline_writes(action, result, given(action)))
         for r in applied.plan.reconsents:
             if r.verdict == "stands" and r.to_remember:
                 system, _ = origin(r.cause)
                 emit(log, "sync.reconsent_kept", rule=r.rule, origin=system, event_id=r.cause)
                 entries.extend(reconsent_entries(r, system))
         self.ledger.record(entries)
+        if self.opt_outs is not None and writes:
+            self._record_opt_outs(writes, now)  # one packed row per batch (shared.adapters.tables.compliance)
         return failed
+
+    def _record_opt_outs(self, writes: list[Write], now: float) -> None:
+        records = records_for(writes, _iso(now))
+        try:
+            self.opt_outs.record(records)
+        except Exception as exc:
+            # The opt-outs are written and in the ledger; failing the batch now would retry events
+            # whose writes are done (a retry finds nothing to write, so it could not record them either).
+            emit(log, "compliance.record_failed", logging.ERROR, records=len(records), error=failure_reason(exc))
 
     def _retry(self, msg: Incoming, event: ChangeEvent, reason: str) -> EventOutcome:
         if msg.attempt >= self.config.max_attempts:
@@ -326,6 +355,78 @@ def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trig
     return state, current, rounds, False
 
 
+def reconcile_given(action: Action) -> Given:
+    """An opt-out the nightly run found: dated by what the planner's timeline read (modifiedon,
+    listmember createdon, audit history, the ledger), else undated."""
+    since = getattr(action, "since", None)
+    return Given(since, DATAVERSE_DATES if since else UNDATED, "reconcile")
+
+
+def is_one_click(event: ChangeEvent) -> bool:
+    """A consent row opted out through an email's one-click unsubscribe (List-Unsubscribe)."""
+    c = event.change
+    return (isinstance(c, ConsentChanged) and c.source == ConsentSource.EMAIL_LIST_UNSUBSCRIBE
+            and c.value == ConsentValue.OPTED_OUT)
+
+
+def already_reflected(events: Sequence[ChangeEvent], applied: Applied, mappings: Mappings) -> list[Write]:
+    """Opt-out events that needed no write: the other side already reflected the opt-out when the
+    sync read it (the rows as they are now, so an opt-out since withdrawn is not counted)."""
+    acted = {a.cause for a in applied.plan.actions}
+    state, columns = applied.state, mappings.email_columns
+    out: list[Write] = []
+
+    def emails_of(key: tuple[str, str]) -> frozenset[str]:
+        m = state.members.get(key)
+        return m.contact_points(columns) if m is not None else frozenset()
+
+    for event in events:
+        if event.id in acted or not event.origin.time:
+            continue
+        c, given = event.change, Given(event.origin.time, CHANGE_EVENT, "event", is_one_click(event))
+        found: list[tuple[str, str, str]] = []  # (email, side, rule)
+        if isinstance(c, ConsentChanged) and c.value == ConsentValue.OPTED_OUT:
+            email = normalise_email(c.contact_point_value)
+            if email and email in state.loaded_emails:
+                purposes, topics = effective_opt_outs(state.consent.get(email, ()))
+                if c.topic_id and c.topic_id in topics and c.topic_id in mappings.purpose_of_topic:
+                    found.append((email, "obm", "R2"))
+                elif not c.topic_id and c.purpose_id in purposes and c.purpose_id in mappings.brands_of_purpose:
+                    found.append((email, "obm", "R4"))
+        elif isinstance(c, ContactChanged) and mappings.covered_purposes:
+            m = state.members.get((event.table, event.record_id))
+            if m is not None and (m.donotbulkemail or m.donotemail) and (
+                    event.message == "Create" or any(f in c.changed for f in OPT_OUT_FLAGS)):
+                found += [(e, "rtm", "R3") for e in emails_of((event.table, event.record_id))]
+        elif isinstance(c, MembershipChanged):
+            for list_id in c.list_ids:
+                table = mappings.member_table_of_list.get(list_id)
+                for member_id in c.member_ids if table else ():
+                    key = (table, member_id)
+                    if key not in state.members:
+                        continue
+                    member_now = list_id in state.lists_of.get(key, ())
+                    if c.action == "removed" and list_id in mappings.topics_of_list and not member_now:
+                        found += [(e, "rtm", "R1") for e in emails_of(key)]
+                    elif c.action != "removed" and list_id in mappings.brand_of_opt_out_list and member_now:
+                        found += [(e, "rtm", "R5") for e in emails_of(key)]
+        out += [Write(e, event.id, side, rule, True, ALREADY_TRUE, given) for e, side, rule in found]
+    return out
+
+
+def deadline_writes(action: Action, result: WriteResult, given: Given) -> list[Write]:
+    """The action as writes for the opt-out deadlines: one per person it reaches."""
+    system = "rtm" if isinstance(action, OptOutConsent) else "obm"
+    emails = (action.email,) if isinstance(action, OptOutConsent) else action.emails
+    detail = None if result.ok else f"{result.status or ''} {result.error_code or ''}".strip() or "failed"
+    cause = action.cause or "unknown"
+    return [Write(e, cause, system, action.rule, result.ok, detail, given) for e in emails]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _delay_ms(origin_time: str | None, now: float) -> int | None:
     if not origin_time:
         return None
@@ -365,7 +466,7 @@ def ledger_entries(action: Action, result: WriteResult, origin_system: str, orig
     outcome = "applied" if result.ok else "failed"
     detail = (action.note if isinstance(action, OptOutConsent) else None) if result.ok else \
         f"{result.status} {result.error_code or ''}".strip()
-    if getattr(action, "since", None):
+    if getattr(action, "since", None) and not isinstance(action, RemoveFromList):  # a removal is no timeline root
         origin_time = action.since  # when the opt-out it follows happened: the timeline rule's evidence
     return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
                         origin_time=origin_time, target_system=system, target_table=table,

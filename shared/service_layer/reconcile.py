@@ -487,16 +487,26 @@ def run_reconciliation(container, *, dry_run: bool = False, progress: Progress |
     tables = container.tables()
     config = config or ReconcileConfig(readers=container.settings.reconcile_readers)
     return reconcile(engine, engine.gateway, container.mappings(), tables.snapshots, tables.runs,
-                     dry_run=dry_run, progress=progress, config=config, fanout=fanout, cases=cases, run_id=run_id)
+                     dry_run=dry_run, progress=progress, config=config, fanout=fanout, cases=cases, run_id=run_id,
+                     on_report=None if dry_run else _deadlines(container))
+
+
+def _deadlines(container) -> Callable[[dict], dict]:
+    """The run report's opt-out deadline figures (shared.service_layer.compliance)."""
+    from shared.service_layer.compliance import after_run
+
+    return after_run(container.tables().compliance, container.settings.opt_out_deadline_hours)
 
 
 def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | None,
               snapshots: ListSnapshotsPort, runs: RunReportsPort | None, *, dry_run: bool = False,
               progress: Progress | None = None, run_id: str | None = None,
               config: ReconcileConfig | None = None, fanout: Callable[[list[tuple[str, bytes]]], None] | None = None,
-              clock: Callable[[], float] = time.time, cases: CaseSink | None = None) -> dict:
+              clock: Callable[[], float] = time.time, cases: CaseSink | None = None,
+              on_report: Callable[[dict], dict] | None = None) -> dict:
     """Scans and heals (inline, or by fanning the chunks out); returns the report. ``cases`` sees every
-    planned change (the dry run's review file).
+    planned change (the dry run's review file); ``on_report`` adds fields to a finished healing
+    run's report before it is stored (the opt-out deadline figures).
 
     A real run records its progress under its id (status "scanning", each finished scan
     partition, each healed chunk); called again with the id of a run that stopped early, it
@@ -587,6 +597,8 @@ def reconcile(engine: SyncEngine, tenant: TenantSource, mappings: Mappings | Non
     if not dry_run:
         _save_snapshots(snapshots, scanned.snapshots, total.removed, clock)
     report = finish(header, total, tenant.request_count() - requests_before + earlier, started, clock)
+    if on_report is not None and not dry_run:
+        report.update(on_report(report))
     if keep is not None:
         if not keep.save_final(report):
             return report  # another attempt of this run wrote it first
@@ -690,6 +702,7 @@ def run_chunk(container, body: bytes, clock: Callable[[], float] = time.time) ->
     started = datetime.fromisoformat(header["started_at"].replace("Z", "+00:00")).timestamp()
     report = finish({k: v for k, v in header.items() if k not in ("status", "scan_requests")}, aggregate,
                     requests, started, clock)
+    report.update(_deadlines(container)(report))
     if not chunks.save_final(report):
         return None  # another instance's last chunk finished the run at the same moment
     emit(log, "reconcile.report", **report)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from shared.service_layer.compliance import report_lines as deadline_lines
+
 #: The report's drift buckets, in the order they are printed, with what each means.
 REPORT_LINES = (("D1", "list member opted out of the list's topic (R2 missed)"),
                 ("D2", "opted out of a brand purpose, Outbound not in line (R4 missed)"),
@@ -73,6 +75,7 @@ def report_lines(report: dict[str, Any], prog: str = "straddle") -> list[str]:
         lines.append(f"  failures: {report['failures']} ({prog} runs show {report.get('run_id')})")
     if report.get("oldest_unhealed_opt_out_hours") is not None:
         lines.append(f"  oldest unhealed opt-out: {report['oldest_unhealed_opt_out_hours']} h")
+    lines += deadline_lines(report)
     if report.get("note"):
         lines.append(f"  note: {report['note']}")
     return lines

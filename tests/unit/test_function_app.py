@@ -24,8 +24,9 @@ def bindings():
     return {name: json.loads(f.get_function_json()) for name, f in FUNCTIONS.items()}
 
 
-def test_exactly_the_four_functions_are_indexed():
-    assert sorted(bindings()) == ["dataverse_webhook", "nightly_reconcile", "process_changes", "reconcile_chunk"]
+def test_exactly_the_five_functions_are_indexed():
+    assert sorted(bindings()) == ["compliance_check", "dataverse_webhook", "nightly_reconcile", "process_changes",
+                                  "reconcile_chunk"]
 
 
 def test_webhook_binding():
@@ -55,6 +56,11 @@ def test_timer_binding():
     b, = bindings()["nightly_reconcile"]["bindings"]
     assert b["type"] == "timerTrigger" and b["schedule"] == "%RECONCILE_SCHEDULE%"
     assert b["runOnStartup"] is False and b["name"] == "timer"
+
+
+def test_compliance_check_runs_hourly():
+    b, = bindings()["compliance_check"]["bindings"]
+    assert b["type"] == "timerTrigger" and b["schedule"] == "0 30 * * * *" and b["runOnStartup"] is False
 
 
 def test_script_file_is_function_app():

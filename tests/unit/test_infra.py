@@ -545,13 +545,23 @@ def test_emitted_fields_exist_in_the_code():
     assert reconcile.count('emit(log, "reconcile.report"') >= 2  # inline, and by the last chunk
 
 
+class EmptyRecords:
+    def window(self, since, until):
+        return []
+
+
 def emitted_fields() -> set[str]:
     """Field names the code logs: a real report's keys, plus every keyword in an emit(...) call."""
+    from datetime import datetime, timezone
+
+    from shared.service_layer.compliance import compliance_view, report_fields
     from shared.service_layer.reconcile import ChunkResult, finish
 
     header = {"run_id": "r", "started_at": "2025-01-01T02:00:00Z", "dry_run": False, "candidates": 0,
               "rows_scanned": 0, "first_snapshot_lists": 0, "chunks": 1}
     fields = set(finish(header, ChunkResult(), 0, 0.0, lambda: 1.0))
+    fields |= set(report_fields(compliance_view(EmptyRecords(), datetime(2025, 1, 1, tzinfo=timezone.utc),
+                                                datetime(2025, 1, 2, tzinfo=timezone.utc))))  # compliance.check
     for path in (ROOT / "shared").rglob("*.py"):
         for call in re.findall(r"emit\((.*?)\)\n", path.read_text(), re.S):
             fields |= set(re.findall(r"\b(\w+)=", call))
@@ -634,7 +644,7 @@ def test_alerts(tree):
 
     alerts = tree["modules/alerts.bicep"]
     rules = {r.symbol: r for r in resources(tree, "Microsoft.Insights/scheduledQueryRules")}
-    assert set(rules) == {"noReconcileAlert", "driftAlert", "unpropagatedAlert"}
+    assert set(rules) == {"noReconcileAlert", "driftAlert", "unpropagatedAlert", "deadlineAlert"}
     no_run = alerts.vars["noReconcileQuery"]
     assert "ago(26h)" in no_run and "reconcile.report" in no_run and "runs == 0" in no_run
     assert rules["noReconcileAlert"].properties["windowSize"] == "P2D"  # the query looks back 26 h
@@ -644,6 +654,45 @@ def test_alerts(tree):
     unprop = alerts.vars["unpropagatedQuery"]
     assert "straddle_oldest_unhealed_opt_out_hours" in unprop and "hours > 24" in unprop
     assert "driftAlertThreshold" in tree["main.bicep"].params
+
+
+def test_the_deadline_alert_fires_on_the_hourly_checks_oldest_open_opt_out_past_opt_out_deadline_hours(tree, main):
+    from shared.domain.compliance import DEFAULT_DEADLINE_HOURS
+    from shared.service_layer.compliance import report_fields
+
+    alerts = tree["modules/alerts.bicep"]
+    rule = next(r for r in resources(tree, "Microsoft.Insights/scheduledQueryRules") if r.symbol == "deadlineAlert")
+    crit = rule.properties["criteria"]["allOf"][0]
+    assert "optOutDeadlineHours" in crit["query"].text and "__DEADLINE_HOURS__" in crit["query"].text
+    query = alerts.vars["deadlineQuery"]
+    assert 'message startswith "compliance.check"' in query and "hours > __DEADLINE_HOURS__" in query
+    # the field the query reads is one the check logs
+    assert "straddle_opt_outs_oldest_open_hours" in query and "opt_outs_oldest_open_hours" in report_fields(VIEW)
+    assert rule.properties["evaluationFrequency"] == "PT1H"  # the check runs hourly (function_app.compliance_check)
+    # one parameter feeds the alert and the app setting, with the code's default
+    assert main.params["optOutDeadlineHours"].default == DEFAULT_DEADLINE_HOURS
+    assert main.params["optOutDeadlineHours"].decorators["maxValue"] == [47]  # below the 48 h deadline itself
+    for path in ("modules/alerts.bicep", "modules/functionapp.bicep"):
+        module = next(m for m in main.modules if m.path == path)
+        assert value_text(module.params["optOutDeadlineHours"]) == "optOutDeadlineHours"
+    assert value_text(app_settings(tree)["OPT_OUT_DEADLINE_HOURS"]) == "string(optOutDeadlineHours)"
+
+
+VIEW = {"received": 0, "propagated": 0, "open": 0, "open_past_deadline": 0, "deadline_hours": 24,
+        "oldest_open_hours": None, "one_click": 0, "undated": 0, "breached_48h": 0, "breached_10_business_days": 0,
+        "time_to_effect": {"p50_s": None, "p95_s": None, "p99_s": None, "max_s": None}}
+
+
+def test_the_workbook_shows_the_compliance_figures_the_check_logs():
+    from shared.service_layer.compliance import report_fields
+
+    wb = json.loads((INFRA / "workbook.json").read_text())
+    (tile,) = [i["content"] for i in wb["items"] if i["type"] == 3 and "compliance.check" in i["content"]["query"]]
+    fields = set(re.findall(r"straddle_(\w+)", tile["query"]))
+    assert fields <= set(report_fields(VIEW)), fields - set(report_fields(VIEW))
+    for needed in ("opt_outs_received", "opt_outs_open_past_deadline", "opt_out_effect_p95_s", "opt_outs_breached_48h",
+                   "opt_outs_breached_10_business_days", "opt_outs_one_click"):
+        assert needed in fields
 
 
 def test_docs_exist_and_cover_the_runbook():

@@ -19,7 +19,8 @@ KEY = b"unit-test-ledger-key-0123456789"
 
 def test_table_names_cover_every_table_with_the_prefix():
     assert common.table_names("straddle") == [
-        "straddleprocessed", "straddleledger", "straddlemappings", "straddleruns", "straddlesnapshots"]
+        "straddleprocessed", "straddleledger", "straddlemappings", "straddleruns", "straddlesnapshots",
+        "straddlecompliance"]
     assert common.table_names() == common.table_names(common.DEFAULT_PREFIX)
 
 

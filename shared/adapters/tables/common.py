@@ -34,7 +34,7 @@ from shared.domain.consent import normalise_email
 T = TypeVar("T")
 
 #: The logical tables, in the order ``table_names`` lists them.
-TABLES = ("processed", "ledger", "mappings", "runs", "snapshots")
+TABLES = ("processed", "ledger", "mappings", "runs", "snapshots", "compliance")
 DEFAULT_PREFIX = "straddle"
 
 #: Azurite's well-known development account (the same for every Azurite installation).

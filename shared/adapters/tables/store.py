@@ -7,6 +7,7 @@ from typing import Any, Callable
 from azure.data.tables import TableServiceClient
 
 from shared.adapters.settings import SettingsError
+from shared.adapters.tables.compliance import ComplianceStore
 from shared.adapters.tables.common import DEFAULT_PREFIX, table_names, expand_connection_string, _Tables
 from shared.adapters.tables.ledger import Ledger
 from shared.adapters.tables.mappings import MappingsStore
@@ -77,6 +78,10 @@ class TableStore:
     @property
     def runs(self) -> RunReports:
         return self._get("runs", lambda: RunReports(self._tables))
+
+    @property
+    def compliance(self) -> ComplianceStore:
+        return self._get("compliance", lambda: ComplianceStore(self._tables, self._ledger_key))
 
     @property
     def snapshots(self) -> ListSnapshots:
