@@ -34,7 +34,7 @@ from shared.domain.planner import (
     Trigger,
     plan,
 )
-from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for
+from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for, untraced_address_change
 from shared.ports import LedgerPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
 from shared.telemetry import emit, redact
 
@@ -163,6 +163,10 @@ class SyncEngine:
                 settled.append(event_id)
                 continue
             todo[event_id] = (msg, event)
+            if untraced_address_change(event, mappings):
+                # No pre-image (registered before R7, or by hand): the old address is unknown, so its
+                # opt-outs cannot follow; `webhooks status` names the missing image.
+                emit(log, "sync.address_change_untraced", logging.WARNING, event_id=event_id, table=event.table)
             if isinstance(found, NeedsConsentRow):
                 consent_rows_to_read.append(found)
             else:
@@ -367,10 +371,13 @@ def ledger_entries(action: Action, result: WriteResult, origin_system: str, orig
         f"{result.status} {result.error_code or ''}".strip()
     if getattr(action, "since", None):
         origin_time = action.since  # when the opt-out it follows happened: the timeline rule's evidence
+    carried_from = action.carried_from if isinstance(action, OptOutConsent) else None
+    if carried_from and not result.ok:
+        detail = f"{detail}; {action.note}"  # a failed carry-over still says where it came from
     return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
                         origin_time=origin_time, target_system=system, target_table=table,
                         target_id=target_id or result.id, action=what, before=before, after=after,
-                        outcome=outcome, detail=detail) for e in emails]
+                        outcome=outcome, detail=detail, carried_from=carried_from) for e in emails]
 
 
 def reconsent_entries(r: Reconsent, origin_system: str) -> list[LedgerEntry]:
