@@ -257,6 +257,21 @@ def test_webhooks_register_status_remove(cli, stack):
     assert code == 0 and "nothing registered" in out
 
 
+def test_webhooks_status_names_a_missing_pre_image_and_register_adds_it(cli, stack):
+    cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
+    images = stack.rows("sdkmessageprocessingstepimage")
+    pre = {i: img for i, img in images.items() if img.get("imagetype") == 0}
+    assert len(pre) == 2 and all(img["attributes"] == "emailaddress1,emailaddress2,emailaddress3"
+                                 and img["entityalias"] == "PreImage" for img in pre.values())  # Update contact, lead
+    for image_id in pre:
+        stack.api("DELETE", f"sdkmessageprocessingstepimages({image_id})")  # as registered before R7
+    code, out, _ = cli("webhooks", "status")
+    assert code == 1 and "attribute mismatch Update lead  (image PreImage missing)" in out
+    code, out, _ = cli("--json", "webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
+    assert code == 0 and json.loads(out)["created_images"] == 2
+    assert cli("webhooks", "status")[0] == 0
+
+
 # --- explain -------------------------------------------------------------------------------------
 
 def test_explain_shows_both_worlds_the_verdict_and_the_ledger(cli, stack):
