@@ -401,7 +401,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print("ledger (newest first):" if result["ledger"] else "ledger: nothing recorded")
     for h in result["ledger"] or ():
         print(f"  {h['recorded_at']} {h['rule']:<6} {h['outcome']:<9} {h['target_system']} {h['target_table']} "
-              f"{h['target_id'] or ''}: {h['action_named']}" + (f" ({h['detail']})" if h["detail"] else ""))
+              f"{h['target_id'] or ''}: {h['action_named']}" + (f" ({h['detail']})" if h["detail"] else "")
+              + (f" [from person {h['carried_from']}]" if h.get("carried_from") else ""))
     return EXIT_OK
 
 

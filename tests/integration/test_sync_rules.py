@@ -6,6 +6,7 @@ import pytest
 
 from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue
 from sandbox.stack import Stack
+from shared.service_layer.explain import explain
 from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant
 
 pytestmark = pytest.mark.integration
@@ -202,6 +203,8 @@ def test_r7_a_changed_address_keeps_the_old_one_s_opt_outs(make_stack, table):
     assert "source Preference center" in entry.detail and "@" not in entry.detail
     assert entry.origin_time == old_topic["modifiedon"]  # the old row's time: when the person opted out
     assert not ledger.history("max@old.test")  # nothing was written to the old address
+    seen = explain("max@new.test", s.container.dataverse(), s.mappings, ledger)
+    assert seen["consistent"] and seen["ledger"][0]["carried_from"] == entry.carried_from
 
 
 def test_r7_without_a_pre_image_the_event_is_still_processed(make_stack):
