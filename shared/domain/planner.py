@@ -1,4 +1,4 @@
-"""The planner: from the state the sync has read, the opt-outs that rules R1–R6 demand.
+"""The planner: from the state the sync has read, the opt-outs that rules R1–R7 demand.
 
 One planner serves the event path and the reconciliation. It works on *facts* that must hold:
 
@@ -8,7 +8,8 @@ One planner serves the event path and the reconciliation. It works on *facts* th
     ("not_in", member, list_id)     the member is not in the list
     ("in", member, list_id)         the member is in the brand's opt-out list
 
-Facts come from triggers (an event said a member left a list: R1), from the state itself
+Facts come from triggers (an event said a member left a list: R1; an address replaced another
+on a record, whose opt-outs it takes over: R7), from the state itself
 (existing opt-outs, flags, opt-out list memberships) and from each other through the rules, until
 nothing new follows: the whole closure in one pass, so the notifications the sync's own writes
 cause find nothing left to do. Actions are the facts that do not hold yet. Facts only ever say

@@ -1,4 +1,4 @@
-"""The sync engine: a batch of change events in, the state R1–R6 demand written, evidence kept.
+"""The sync engine: a batch of change events in, the state R1–R7 demand written, evidence kept.
 
 For a batch: drop events already processed and the sync's own echoes (no Dataverse request),
 turn the rest into triggers, then read in rounds (each round reads what the planner's frontier
