@@ -101,8 +101,7 @@ def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEv
         elif table == "list" and message in ADD_MESSAGES + ("RemoveMember",):
             change = _list_member_message(message, inputs)
         elif table in MEMBER_TABLES and message in ("Create", "Update"):
-            change = _contact(message, inputs, _images(ctx, "PostEntityImages"),
-                              _images(ctx, "PreEntityImages") if ctx.get("PreEntityImages") else None)
+            change = _contact(message, inputs, _images(ctx, "PostEntityImages"), ctx)
         elif table in MEMBER_TABLES and message == "Delete":
             change = RecordDeleted()
         elif table == CONSENT_TABLE and message in ("Create", "Update"):
@@ -149,8 +148,7 @@ def _reread(table: str, message: str, reason: str = "msg-size-exceeded") -> Rere
     return RereadRecord(reason=reason)
 
 
-def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any],
-             pre: dict[str, Any] | None) -> ContactChanged | Irrelevant:
+def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any], ctx: dict[str, Any]) -> ContactChanged | Irrelevant:
     target = _entity(inputs.get("Target"), "InputParameters.Target", required=True)
     state = {**post, **target}  # Target holds the newest values of what changed
     changed = tuple([c for c in CONTACT_COLUMNS if c in target])
@@ -160,8 +158,11 @@ def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any],
     # The addresses before an Update, for the changed email columns (R7 carries the old one's
     # opt-outs over). Without a pre-image (not registered, or stripped) they are unknown: no key.
     # With one, a column it lacks was empty: an image leaves out columns that hold no value.
-    previous = {c: _optional_text(pre.get(c), f"PreEntityImages.{c}") for c in EMAIL_COLUMNS
-                if c in target} if message == "Update" and pre is not None else {}
+    previous: dict[str, str | None] = {}
+    changed_emails = [c for c in EMAIL_COLUMNS if c in target] if message == "Update" else []
+    if changed_emails and ctx.get("PreEntityImages"):  # read only when an address changed
+        pre = _images(ctx, "PreEntityImages")
+        previous = {c: _optional_text(pre.get(c), f"PreEntityImages.{c}") for c in changed_emails}
     if message == "Update":
         if not changed:
             return Irrelevant("Update changed no email column and no opt-out flag")
