@@ -33,6 +33,14 @@ from shared.domain.model import ConsentRow, Member
 from shared.domain.planner import MemberKey, Reconsent, Trigger, instant
 
 DRIFT_CLASSES = ("D1", "D2", "D3", "D4", "D5")
+#: Each drift class for a person reading a report: what is out of line, and the rule that missed it.
+DRIFT_MEANINGS = {
+    "D1": ("list member opted out of the list's topic", "R2"),
+    "D2": ("opted out of a brand purpose, Outbound not in line", "R4"),
+    "D3": ("global opt-out not reflected in Real-time marketing", "R3"),
+    "D4": ("left a mapped list, topic not opted out", "R1"),
+    "D5": ("in a brand opt-out list, not in line", "R5"),
+}
 
 
 def email_key(email: str) -> int:

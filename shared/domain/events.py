@@ -2,7 +2,9 @@
 
 A change event says what changed in Dataverse (ids and changed values), where it came from
 (origin time, initiating user) and nothing more: never the whole webhook body. The JSON form is
-documented by ``docs/change-event.schema.json``; ``SCHEMA_VERSION`` changes whenever that form does.
+documented by ``docs/change-event.schema.json``; ``SCHEMA_VERSION`` changes whenever a reader of the
+previous version would misread the new form (an added optional field, which earlier readers ignore
+and later readers default, is not such a change).
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ class ContactChanged:
     donotbulkemail: bool | None = None
     donotemail: bool | None = None
     emails: dict[str, str | None] = field(default_factory=dict)
+    # An Update's changed email columns before the change (from the pre-image): column -> address
+    # (None: it was empty). A changed column missing here has an unknown old address.
+    previous_emails: dict[str, str | None] = field(default_factory=dict)
 
     kind = "contact_changed"
 
@@ -138,8 +143,11 @@ def _origin_dict(o: Origin) -> dict[str, Any]:
 
 def change_dict(c: Change) -> dict[str, Any]:
     if isinstance(c, ContactChanged):
-        return {"changed": list(c.changed), "donotbulkemail": c.donotbulkemail,
-                "donotemail": c.donotemail, "emails": dict(c.emails)}
+        out = {"changed": list(c.changed), "donotbulkemail": c.donotbulkemail,
+               "donotemail": c.donotemail, "emails": dict(c.emails)}
+        if c.previous_emails:
+            out["previous_emails"] = dict(c.previous_emails)
+        return out
     if isinstance(c, MembershipChanged):
         return {"action": c.action, "list_ids": list(c.list_ids), "member_ids": list(c.member_ids),
                 "member_table": c.member_table}
@@ -176,7 +184,8 @@ def event_from_json(raw: bytes | str) -> ChangeEvent:
         change: Change
         if kind == ContactChanged.kind:
             change = ContactChanged(tuple(_field(c, "changed", list)), c["donotbulkemail"], c["donotemail"],
-                                    dict(_field(c, "emails", dict)))
+                                    dict(_field(c, "emails", dict)),
+                                    dict(_field(c, "previous_emails", dict)) if "previous_emails" in c else {})
         elif kind == MembershipChanged.kind:
             change = MembershipChanged(c["action"], tuple(_field(c, "list_ids", list)),
                                        tuple(_field(c, "member_ids", list)), c["member_table"])
@@ -225,6 +234,8 @@ def _check_types(e: ChangeEvent) -> None:
         need(all(isinstance(x, str) for x in c.changed), "changed must list column names")
         need(all(isinstance(v, (bool, type(None))) for v in (c.donotbulkemail, c.donotemail)), "flags must be booleans")
         need(all(isinstance(k, str) and isinstance(v, _TEXT) for k, v in c.emails.items()), "emails must map columns to text")
+        need(all(isinstance(k, str) and isinstance(v, _TEXT) for k, v in c.previous_emails.items()),
+             "previous_emails must map columns to text")
     elif isinstance(c, MembershipChanged):
         need(c.action in ("added", "removed"), "action must be added or removed")
         need(bool(c.list_ids) and bool(c.member_ids), "list_ids and member_ids must not be empty")

@@ -27,6 +27,9 @@ class LedgerEntry:
     outcome: Outcome
     detail: str | None = None  # why (refusals, errors); never personal data
     recorded_at: str | None = None  # ISO 8601, set by the ledger when it stores the entry
+    # R7: the address an opt-out was carried over from. Given as the normalised address, stored and
+    # read back as that address's person key (the pseudonym its own history is filed under).
+    carried_from: str | None = None
 
 
 # Action texts the planner reads back as evidence of when the sync made an opt-out happen.

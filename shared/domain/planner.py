@@ -1,4 +1,4 @@
-"""The planner: from the state the sync has read, the opt-outs that rules R1–R6 demand.
+"""The planner: from the state the sync has read, the opt-outs that rules R1–R7 demand.
 
 One planner serves the event path and the reconciliation. It works on *facts* that must hold:
 
@@ -8,7 +8,8 @@ One planner serves the event path and the reconciliation. It works on *facts* th
     ("not_in", member, list_id)     the member is not in the list
     ("in", member, list_id)         the member is in the brand's opt-out list
 
-Facts come from triggers (an event said a member left a list: R1), from the state itself
+Facts come from triggers (an event said a member left a list: R1; an address replaced another
+on a record, whose opt-outs it takes over: R7), from the state itself
 (existing opt-outs, flags, opt-out list memberships) and from each other through the rules, until
 nothing new follows: the whole closure in one pass, so the notifications the sync's own writes
 cause find nothing left to do. Actions are the facts that do not hold yet. Facts only ever say
@@ -29,12 +30,12 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Iterable, Literal
 
-from shared.domain.consent import (CONSENT_TABLE, PERSONAL_SOURCES, ConsentType, ConsentValue, ContactPointType,
-                                   normalise_email)
+from shared.domain.consent import (CONSENT_TABLE, PERSONAL_SOURCES, ConsentSource, ConsentType, ConsentValue,
+                                   ContactPointType, normalise_email)
 from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, SET_FLAG, LedgerEntry
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow, Member
@@ -48,7 +49,7 @@ def member_key(m: Member) -> MemberKey:
 
 # --- inputs ------------------------------------------------------------------------------------
 
-TriggerKind = Literal["inspect_member", "inspect_email", "left_list"]
+TriggerKind = Literal["inspect_member", "inspect_email", "left_list", "address_changed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Trigger:
     reacts_to_addition: bool = False  # a create, email change or list join: state-made fixes are R6
     at: str | None = None  # ISO 8601: when the event happened (evidence for the timeline rule)
     opted_out: Literal["flag", "join"] | None = None  # the event set the member's flag / joined list_id
+    previous_email: str | None = None  # address_changed: the address ``email`` replaced (R7)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class OptOutConsent:
     cause: str | None
     note: str | None = None  # why a person's opt-in is overwritten (timeline rule), for the ledger
     since: str | None = None  # when the opt-out it follows from happened (kept in the ledger: timeline evidence)
+    carried_from: str | None = None  # R7: the address this opt-out was carried over from (the ledger hashes it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +360,8 @@ class _Timeline:
         emails = {email}
         if root[0] in ("flag", "in", "left"):
             emails.update(self.emails_of.get(root[1], ()))
+        elif (row := self._row(root[1])) is not None and normalise_email(row.contact_point_value):
+            emails.add(normalise_email(row.contact_point_value))  # R7: the row is the previous address's
         ledger_missing = any(e not in self.state.ledger for e in emails)
         self.wanted_ledger.update(e for e in emails if e not in self.state.ledger)
         if root[0] == "in" and (root[1], root[2]) not in self.state.joined_at:
@@ -519,6 +524,8 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
             if list_id in mappings.brand_of_opt_out_list:
                 derive(("in", k, list_id), "state", cause, True, frozenset({("in", k, list_id)}))
 
+    carried = _carry_over(triggers, state, derive, need_email)  # R7
+
     # The rules, to a fixpoint.
     while queue:
         fact = queue.popleft()
@@ -565,7 +572,8 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
                     derive(("purpose", e, p), "R5", cause, root, roots)
 
     reconsents, notes = timeline.reconsents(facts)
-    actions = _actions(facts, state, mappings, emails_of, addition_causes, notes, timeline.since)
+    actions = _with_carried_from(_actions(facts, state, mappings, emails_of, addition_causes, notes, timeline.since),
+                                 carried)
     return Plan(actions, frontier_emails, frontier_members, reconsents, timeline.wanted_ledger,
                 timeline.wanted_joins, timeline.wanted_audits)
 
@@ -576,6 +584,64 @@ def _global_opt_out(k: MemberKey, rule: str, cause: str | None, root: bool, root
     for e in emails_of.get(k, ()):
         for p in mappings.covered_purposes:
             derive(("purpose", e, p), rule, cause, root, roots)
+
+
+R7 = "R7"
+
+
+def _carry_over(triggers: list[Trigger], state: State, derive, need_email) -> dict[tuple, ConsentRow]:
+    """R7: an address that replaced another on a contact or lead gets every opt-out (topic or
+    purpose) the old address has, as RTM sees it (its newest row per scope Opted out).
+
+    The root is the old address's row: the timeline rule dates the carried opt-out by that row's
+    evidence, so a personal opt-in of the new address newer than it stands (the person's newest
+    choice), and one older, or of unknown order, is overwritten. Returns carried fact -> old row.
+    """
+    carried: dict[tuple, ConsentRow] = {}
+    for t in triggers:
+        if t.kind != "address_changed" or not t.email or not t.previous_email or t.email == t.previous_email:
+            continue
+        old_read, new_read = need_email(t.previous_email, t.cause), need_email(t.email, t.cause)  # both in one round
+        if not (old_read and new_read):
+            continue
+        for (kind, target), r in newest_rows(state.consent.get(t.previous_email, ())).items():
+            if r.value == ConsentValue.OPTED_OUT:
+                fact = (kind, t.email, target)
+                carried.setdefault(fact, r)
+                derive(fact, R7, t.cause, True, frozenset({("row", r.id)}))
+    return carried
+
+
+def _with_carried_from(actions: list[Action], carried: dict[tuple, ConsentRow]) -> list[Action]:
+    """Names the old address (for the ledger, which keeps only its pseudonym) on R7's actions."""
+    if not carried:
+        return actions
+    out: list[Action] = []
+    for a in actions:
+        row = carried.get(("topic" if a.topic_id else "purpose", a.email, a.topic_id or a.purpose_id)) \
+            if isinstance(a, OptOutConsent) and a.rule == R7 else None
+        if row is not None:
+            why = (f"carried over from the address this record had before (Opted out there, "
+                   f"source {_source_name(row.source)}, modifiedon {row.modified_on or 'unknown'})")
+            a = replace(a, carried_from=normalise_email(row.contact_point_value),
+                        note=f"{why}; {a.note}" if a.note else why)
+        out.append(a)
+    return out
+
+
+def _source_name(source: int | None) -> str:
+    try:
+        return ConsentSource(source).name.replace("_", " ").capitalize() if source is not None else "unknown"
+    except ValueError:
+        return str(source)
+
+
+def _purpose_of_topic_row(state: State, topic_id: str) -> str | None:
+    for rows in state.consent.values():
+        for r in rows:
+            if r.topic_id == topic_id and r.purpose_id:
+                return r.purpose_id
+    return None
 
 
 def _label(rule: str, cause: str | None, from_state_root: bool, addition_causes: set[str]) -> str:
@@ -597,9 +663,11 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
             if e not in state.loaded_emails:
                 continue
             if kind == "topic":
-                ctype, purpose_id, topic_id = ConsentType.TOPIC, mappings.purpose_of_topic.get(target), target
+                ctype, topic_id = ConsentType.TOPIC, target
+                # An unmapped topic comes only from R7 (a carried opt-out): its row names the purpose.
+                purpose_id = mappings.purpose_of_topic.get(target) or _purpose_of_topic_row(state, target)
                 if purpose_id is None:
-                    continue  # an unmapped topic never reaches here through the rules; be safe
+                    continue  # no purpose known for the topic: nothing can be written
             else:
                 ctype, purpose_id, topic_id = ConsentType.PURPOSE, target, None
             # A Purpose-type row is purpose-level even if it carries a topic (RTM should not write

@@ -48,6 +48,24 @@ def is_personal_opt_in_event(c: ConsentChanged) -> bool:
             and c.contact_point_type in (None, ContactPointType.EMAIL))
 
 
+def _address_changes(c: ContactChanged, mappings: Mappings, cause: str) -> list[Trigger]:
+    """R7: each address an Update replaced, paired with each address it brought (the same person)."""
+    if not c.previous_emails:
+        return []
+    columns = [col for col in c.changed if col in mappings.email_columns and col in c.previous_emails]
+    old = {normalise_email(c.previous_emails[col]) for col in columns} - {None}
+    new = {normalise_email(c.emails.get(col)) for col in columns} - {None} - old
+    return [Trigger("address_changed", cause, email=n, previous_email=o) for o in sorted(old) for n in sorted(new)]
+
+
+def untraced_address_change(event: ChangeEvent, mappings: Mappings) -> bool:
+    """An Update changed an address without saying the one before (no pre-image): R7 cannot act."""
+    c = event.change
+    return (isinstance(c, ContactChanged) and event.message == "Update"
+            and any(col in mappings.email_columns and col not in c.previous_emails and normalise_email(c.emails.get(col))
+                    for col in c.changed))
+
+
 def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | NeedsConsentRow | NoEffect:
     c = event.change
     cause = event.id
@@ -61,8 +79,11 @@ def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | Need
         # The event dates a flag it sets: evidence for the timeline rule, better than modifiedon.
         flag_set = (event.message == "Create" or any(f in c.changed for f in OPT_OUT_FLAGS)) and bool(
             c.donotbulkemail or c.donotemail)
-        return [Trigger("inspect_member", cause, member=key, reacts_to_addition=added, at=event.origin.time,
-                        opted_out="flag" if flag_set else None), *hints]
+        out = [Trigger("inspect_member", cause, member=key, reacts_to_addition=added, at=event.origin.time,
+                       opted_out="flag" if flag_set else None), *hints]
+        if c.previous_emails:
+            out += _address_changes(c, mappings, cause)
+        return out
     if isinstance(c, MembershipChanged):
         out: list[Trigger] = []
         for list_id in c.list_ids:

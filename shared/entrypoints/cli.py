@@ -401,7 +401,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print("ledger (newest first):" if result["ledger"] else "ledger: nothing recorded")
     for h in result["ledger"] or ():
         print(f"  {h['recorded_at']} {h['rule']:<6} {h['outcome']:<9} {h['target_system']} {h['target_table']} "
-              f"{h['target_id'] or ''}: {h['action_named']}" + (f" ({h['detail']})" if h["detail"] else ""))
+              f"{h['target_id'] or ''}: {h['action_named']}" + (f" ({h['detail']})" if h["detail"] else "")
+              + (f" [from person {h['carried_from']}]" if h.get("carried_from") else ""))
     return EXIT_OK
 
 
@@ -597,14 +598,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
-    from shared.service_layer.runs import find, report_lines, unhealed_lines
+    from shared.service_layer.runs import find, report_lines, unhealed_lines, with_mismatches
 
     report = find(_container().tables().runs, args.run)
     if report is None:
         print(f"{_prog()}: no run {args.run!r} stored (list them: {_prog()} runs)", file=sys.stderr)
         return EXIT_NOT_FOUND
     if args.json:
-        _print_json(report)
+        _print_json(with_mismatches(report))
         return EXIT_OK
     print("\n".join(report_lines(report, _prog())))
     print("\n".join(unhealed_lines(report)))
@@ -866,7 +867,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
     from shared.service_layer.reconcile import run_reconciliation
-    from shared.service_layer.runs import report_lines
+    from shared.service_layer.runs import report_lines, with_mismatches
 
     c = _container()
     review = open_review(args, c)
@@ -885,7 +886,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
     if review:
         report = {**report, "changes_file": review.path, "changes_written": review.count}
     if args.json:
-        _print_json(report)
+        _print_json(with_mismatches(report))
     else:
         print("\n".join(report_lines(report, _prog())))
         if review:

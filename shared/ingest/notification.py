@@ -101,11 +101,11 @@ def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEv
         elif table == "list" and message in ADD_MESSAGES + ("RemoveMember",):
             change = _list_member_message(message, inputs)
         elif table in MEMBER_TABLES and message in ("Create", "Update"):
-            change = _contact(message, inputs, _post_image(ctx))
+            change = _contact(message, inputs, _images(ctx, "PostEntityImages"), ctx)
         elif table in MEMBER_TABLES and message == "Delete":
             change = RecordDeleted()
         elif table == CONSENT_TABLE and message in ("Create", "Update"):
-            change = _consent(inputs, _post_image(ctx))
+            change = _consent(inputs, _images(ctx, "PostEntityImages"))
         else:
             change = Irrelevant(f"no rule watches {message} on {table}")
     if isinstance(change, Irrelevant):
@@ -148,13 +148,21 @@ def _reread(table: str, message: str, reason: str = "msg-size-exceeded") -> Rere
     return RereadRecord(reason=reason)
 
 
-def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any]) -> ContactChanged | Irrelevant:
+def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any], ctx: dict[str, Any]) -> ContactChanged | Irrelevant:
     target = _entity(inputs.get("Target"), "InputParameters.Target", required=True)
     state = {**post, **target}  # Target holds the newest values of what changed
     changed = tuple([c for c in CONTACT_COLUMNS if c in target])
     dnb = _bool(state.get("donotbulkemail"), "donotbulkemail")
     dne = _bool(state.get("donotemail"), "donotemail")
     emails = {c: _optional_text(state[c], c) for c in EMAIL_COLUMNS if c in state}
+    # The addresses before an Update, for the changed email columns (R7 carries the old one's
+    # opt-outs over). Without a pre-image (not registered, or stripped) they are unknown: no key.
+    # With one, a column it lacks was empty: an image leaves out columns that hold no value.
+    previous: dict[str, str | None] = {}
+    changed_emails = [c for c in EMAIL_COLUMNS if c in target] if message == "Update" else []
+    if changed_emails and ctx.get("PreEntityImages"):  # read only when an address changed
+        pre = _images(ctx, "PreEntityImages")
+        previous = {c: _optional_text(pre.get(c), f"PreEntityImages.{c}") for c in changed_emails}
     if message == "Update":
         if not changed:
             return Irrelevant("Update changed no email column and no opt-out flag")
@@ -164,7 +172,7 @@ def _contact(message: str, inputs: dict[str, Any], post: dict[str, Any]) -> Cont
             return Irrelevant("Update only cleared opt-out flags; the sync never propagates an opt-in")
     elif not any(emails.values()):
         return Irrelevant("Create of a record without an email address")
-    return ContactChanged(changed, dnb, dne, emails)
+    return ContactChanged(changed, dnb, dne, emails, previous)
 
 
 def _consent(inputs: dict[str, Any], post: dict[str, Any]) -> ConsentChanged | Irrelevant:
@@ -267,12 +275,12 @@ def _entity(value: Any, path: str, required: bool = False) -> dict[str, Any]:
     return _collection(value.get("Attributes"), f"{path}.Attributes")
 
 
-def _post_image(ctx: dict[str, Any]) -> dict[str, Any]:
-    """All post images merged: the step registers one, but its alias is the registrant's choice."""
-    images = _collection(ctx.get("PostEntityImages"), "PostEntityImages")
+def _images(ctx: dict[str, Any], kind: str) -> dict[str, Any]:
+    """All images of a kind merged: the step registers one, but its alias is the registrant's choice."""
+    images = _collection(ctx.get(kind), kind)
     merged: dict[str, Any] = {}
     for alias, image in images.items():
-        merged.update(_entity(image, f"PostEntityImages.{alias}"))
+        merged.update(_entity(image, f"{kind}.{alias}"))
     return merged
 
 

@@ -1,4 +1,4 @@
-"""The sync engine: a batch of change events in, the state R1–R6 demand written, evidence kept.
+"""The sync engine: a batch of change events in, the state R1–R7 demand written, evidence kept.
 
 For a batch: drop events already processed and the sync's own echoes (no Dataverse request),
 turn the rest into triggers, then read in rounds (each round reads what the planner's frontier
@@ -38,7 +38,7 @@ from shared.domain.planner import (
     effective_opt_outs,
     plan,
 )
-from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for
+from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for, untraced_address_change
 from shared.ports import LedgerPort, OptOutRecordsPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
 from shared.telemetry import emit, redact
 
@@ -168,6 +168,10 @@ class SyncEngine:
                 settled.append(event_id)
                 continue
             todo[event_id] = (msg, event)
+            if untraced_address_change(event, mappings):
+                # No pre-image (registered before R7, or by hand): the old address is unknown, so its
+                # opt-outs cannot follow; `webhooks status` names the missing image.
+                emit(log, "sync.address_change_untraced", logging.WARNING, event_id=event_id, table=event.table)
             if isinstance(found, NeedsConsentRow):
                 consent_rows_to_read.append(found)
             else:
@@ -468,10 +472,13 @@ def ledger_entries(action: Action, result: WriteResult, origin_system: str, orig
         f"{result.status} {result.error_code or ''}".strip()
     if getattr(action, "since", None) and not isinstance(action, RemoveFromList):  # a removal is no timeline root
         origin_time = action.since  # when the opt-out it follows happened: the timeline rule's evidence
+    carried_from = action.carried_from if isinstance(action, OptOutConsent) else None
+    if carried_from and not result.ok:
+        detail = f"{detail}; {action.note}"  # a failed carry-over still says where it came from
     return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
                         origin_time=origin_time, target_system=system, target_table=table,
                         target_id=target_id or result.id, action=what, before=before, after=after,
-                        outcome=outcome, detail=detail) for e in emails]
+                        outcome=outcome, detail=detail, carried_from=carried_from) for e in emails]
 
 
 def reconsent_entries(r: Reconsent, origin_system: str) -> list[LedgerEntry]:

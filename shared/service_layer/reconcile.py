@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 
-from shared.domain.drift import DRIFT_CLASSES, DriftScan, PartScan, ReconsentTally
+from shared.domain.drift import DRIFT_CLASSES, DRIFT_MEANINGS, DriftScan, PartScan, ReconsentTally
 from shared.domain.mappings import Mappings
 from shared.domain.partitions import KeyRange, ScanSource, plan_ranges, rows_after
 from shared.domain.planner import Action, OptOutConsent, RemoveFromList, State, Trigger
@@ -60,7 +60,7 @@ def serialised(cases: CaseSink | None) -> CaseSink | None:
 #: read when it runs out still finish): the rest goes on in a fresh invocation.
 SCAN_SECONDS_PER_INVOCATION = 240.0
 #: The rule that fixes a drift class: a planned action's rule names the class it heals.
-CLASS_OF_RULE = {"R2": "D1", "R4": "D2", "R3": "D3", "R1": "D4", "R5": "D5"}
+CLASS_OF_RULE = {rule: cls for cls, (_, rule) in DRIFT_MEANINGS.items()}
 
 
 @dataclass

@@ -9,13 +9,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from shared.service_layer.compliance import report_lines as deadline_lines
+from shared.domain.drift import DRIFT_MEANINGS
 
 #: The report's drift buckets, in the order they are printed, with what each means.
-REPORT_LINES = (("D1", "list member opted out of the list's topic (R2 missed)"),
-                ("D2", "opted out of a brand purpose, Outbound not in line (R4 missed)"),
-                ("D3", "global opt-out not reflected in Real-time marketing (R3 missed)"),
-                ("D4", "left a mapped list, topic not opted out (R1 missed)"),
-                ("D5", "in a brand opt-out list, not in line (R5 missed)"),
+REPORT_LINES = (*((cls, f"{meaning} ({rule} missed)") for cls, (meaning, rule) in DRIFT_MEANINGS.items()),
                 ("follow_on", "follow-on opt-outs of the sync's own removals"))
 
 #: The columns of ``straddle runs`` (table and tsv order).
@@ -55,6 +52,41 @@ def find(store: RunReports, run_id: str) -> dict[str, Any] | None:
     return store.get(run_id)
 
 
+def mismatch_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The mismatches a run found between the two worlds, by drift class: the part of a report to
+    hand to compliance. Counts only (no address, pseudonym or record id); computed from the stored
+    counts, so every stored run has one.
+
+    ``suspected``: records the scan named for the class; ``found``: changes the planner found
+    needed (a record can need several: one per address, list or purpose); ``fixed``: of those,
+    written; ``open``: not written (all of them in a dry run). Follow-on opt-outs are the sync's
+    own consequences of its fixes, counted apart and not in the totals.
+    """
+    classes = []
+    for cls, (meaning, rule) in DRIFT_MEANINGS.items():
+        found, fixed = report.get(f"found_{cls}") or 0, report.get(f"fixed_{cls}") or 0
+        classes.append({"class": cls, "meaning": meaning, "missed_rule": rule,
+                        "suspected": report.get(f"suspected_{cls}"), "found": found, "fixed": fixed,
+                        "open": found - fixed})
+    follow_found, follow_fixed = report.get("found_follow_on") or 0, report.get("fixed_follow_on") or 0
+    return {
+        "run_id": report.get("run_id"), "dry_run": bool(report.get("dry_run")), "status": report.get("status"),
+        "started_at": report.get("started_at"), "finished_at": report.get("finished_at"),
+        "found": sum(c["found"] for c in classes), "fixed": sum(c["fixed"] for c in classes),
+        "open": sum(c["open"] for c in classes), "by_class": classes,
+        "follow_on": {"found": follow_found, "fixed": follow_fixed},
+        "reconsented_in_rtm": report.get("reconsented_in_rtm"),
+        "opt_out_order_unknown": report.get("opt_out_order_unknown"),
+    }
+
+
+def with_mismatches(report: dict[str, Any]) -> dict[str, Any]:
+    """The report as ``--output json`` shows it: with its ``mismatches`` summary (a finished run)."""
+    if report.get("status") in ("running", "scanning", "no_mappings"):
+        return report
+    return {**report, "mismatches": mismatch_summary(report)}
+
+
 def report_lines(report: dict[str, Any], prog: str = "straddle") -> list[str]:
     """The report as a table: a header line, then found (and fixed) per drift class."""
     dry = bool(report.get("dry_run"))
@@ -71,6 +103,9 @@ def report_lines(report: dict[str, Any], prog: str = "straddle") -> list[str]:
         found = report.get(f"found_{key}") or 0
         fixed = report.get(f"fixed_{key}") or 0
         lines.append(f"  {label:72} {found:6d}" + ("" if dry else f"  {fixed:6d}"))
+    m = mismatch_summary(report)
+    lines.append(f"  mismatches D1-D5: {m['found']} found, " + (f"{m['found']} would be fixed" if dry else
+                                                            f"{m['fixed']} fixed, {m['open']} open"))
     if report.get("failures"):
         lines.append(f"  failures: {report['failures']} ({prog} runs show {report.get('run_id')})")
     if report.get("oldest_unhealed_opt_out_hours") is not None:

@@ -16,8 +16,11 @@ def sync_steps(email_columns: tuple[str, ...] | list[str] = ("emailaddress1", "e
                        "msdynmkt_value", "msdynmkt_purposeid", "msdynmkt_topicid", "msdynmkt_source", "msdynmkt_reason")
     steps = []
     for table in ("contact", "lead"):
+        # The pre-image holds the addresses before an Update: a changed address keeps the old one's
+        # opt-outs (R7), and only the pre-image says what the old one was.
         steps += [StepSpec("Create", table, image_attributes=member_columns),
-                  StepSpec("Update", table, filtering_attributes=member_columns, image_attributes=member_columns),
+                  StepSpec("Update", table, filtering_attributes=member_columns, image_attributes=member_columns,
+                           pre_image_attributes=tuple(email_columns)),
                   StepSpec("Delete", table)]
     from shared.domain.consent import CONSENT_TABLE as consent
     steps += [StepSpec("Create", consent, image_attributes=consent_columns),
@@ -67,7 +70,7 @@ def webhook_changes(status: dict[str, Any], url: str, auth: str) -> list[dict[st
         out.append({"action": "update", "what": f"endpoint {e['name']}",
                     "detail": (f"URL {e['url']} -> {url.split('?')[0]}; " if moved else "")
                     + f"authentication rewritten ({auth}; a key cannot be read back to compare)"})
-    with_image = {f"{sp.message} {sp.table or '(any table)'}" for sp in sync_steps() if sp.image_attributes}
+    with_image = {f"{sp.message} {sp.table or '(any table)'}" for sp in sync_steps() if sp.images()}
     for s in status["steps"]:
         if s["state"] == "missing":
             out.append({"action": "create", "what": f"step {s['step']}",
@@ -117,12 +120,13 @@ def webhook_status(client: Any, url: str | None = None, *, name: str = WEBHOOK_N
         else:
             if spec.message == "Update" and tuple(got.filtering_attributes) != _attrs(",".join(spec.filtering_attributes)):
                 problems.append("filtering attributes differ")
-            if spec.image_attributes:
-                image = {k.lower(): v for k, v in got.images.items()}.get(spec.image_alias.lower())
+            registered = {k.lower(): v for k, v in got.images.items()}
+            for alias, _, columns in spec.images():
+                image = registered.get(alias.lower())
                 if image is None:
-                    problems.append(f"image {spec.image_alias} missing")
-                elif tuple(image) != _attrs(",".join(spec.image_attributes)):
-                    problems.append(f"image {spec.image_alias} attributes differ")
+                    problems.append(f"image {alias} missing")
+                elif tuple(image) != _attrs(",".join(columns)):
+                    problems.append(f"image {alias} attributes differ")
             state = "attribute mismatch" if problems else "registered"
         steps.append({"step": label, "message": spec.message, "table": spec.table, "state": state,
                       "detail": "; ".join(problems) or None})

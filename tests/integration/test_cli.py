@@ -257,6 +257,21 @@ def test_webhooks_register_status_remove(cli, stack):
     assert code == 0 and "nothing registered" in out
 
 
+def test_webhooks_status_names_a_missing_pre_image_and_register_adds_it(cli, stack):
+    cli("webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
+    images = stack.rows("sdkmessageprocessingstepimage")
+    pre = {i: img for i, img in images.items() if img.get("imagetype") == 0}
+    assert len(pre) == 2 and all(img["attributes"] == "emailaddress1,emailaddress2,emailaddress3"
+                                 and img["entityalias"] == "PreImage" for img in pre.values())  # Update contact, lead
+    for image_id in pre:
+        stack.api("DELETE", f"sdkmessageprocessingstepimages({image_id})")  # as registered before R7
+    code, out, _ = cli("webhooks", "status")
+    assert code == 1 and "attribute mismatch Update lead  (image PreImage missing)" in out
+    code, out, _ = cli("--json", "webhooks", "register", "--url", HOOK_URL, "--function-key", "fkey-123")
+    assert code == 0 and json.loads(out)["created_images"] == 2
+    assert cli("webhooks", "status")[0] == 0
+
+
 # --- explain -------------------------------------------------------------------------------------
 
 def test_explain_shows_both_worlds_the_verdict_and_the_ledger(cli, stack):
@@ -449,9 +464,15 @@ def test_reconcile_dry_run_then_heal(cli, stack):
     code, out, _ = cli("reconcile", "--dry-run", "--json")
     report = json.loads(out)
     assert code == 0 and report["dry_run"] is True and report["found_D1"] >= 1 and report["drift_fixed"] == 0
+    mismatches = report["mismatches"]  # the summary by class an operator hands to compliance
+    d1 = next(c for c in mismatches["by_class"] if c["class"] == "D1")
+    assert d1["found"] == d1["open"] == report["found_D1"] and d1["fixed"] == 0 and d1["missed_rule"] == "R2"
+    assert mismatches["dry_run"] is True and mismatches["open"] == mismatches["found"] >= 1
+    assert [c["class"] for c in mismatches["by_class"]] == ["D1", "D2", "D3", "D4", "D5"]
     assert gid("bo") in stack.members_of(L_NEWS)  # nothing written
     code, out, _ = cli("reconcile")
     assert code == 0 and "healing" in out and "D1 list member opted out" in out
+    assert f"mismatches D1-D5: {mismatches['found']} found, {mismatches['found']} fixed, 0 open" in out
     assert gid("bo") not in stack.members_of(L_NEWS)
     code, out, _ = cli("reconcile", "--dry-run", "--json")
     assert json.loads(out)["drift_found"] == 0

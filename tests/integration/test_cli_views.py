@@ -191,9 +191,15 @@ def test_runs_list_and_show_with_unhealed_cases(view, stack, failing_consent_wri
     assert code == 0 and f"run {newest['run_id']} (healing): failed_writes" in out
     assert "D3 global opt-out not reflected" in out
     assert "unhealed (1):" in out and "opt out of purpose 'Fabrikam marketing'  (404" in out
+    assert "mismatches D1-D5: " in out and ", 1 open" in out
     code, out, _ = view("--json", "runs", "show", "latest")
     report = json.loads(out)
     assert code == 0 and report["run_id"] == newest["run_id"]
+    mismatches = report["mismatches"]  # counts by drift class, for compliance: no address, pseudonym or id
+    assert mismatches["found"] + mismatches["follow_on"]["found"] == newest["found"]
+    assert mismatches["open"] == 1 and {c["class"]: c["open"] for c in mismatches["by_class"]}["D3"] == 1
+    assert all(c["suspected"] is not None for c in mismatches["by_class"])
+    assert mismatches["run_id"] == newest["run_id"] and mismatches["dry_run"] is False
     (case,) = report["unhealed"]
     assert (case["drift_class"], case["rule"], case["status"], case["purpose"]) == ("D3", "R3", "failed",
                                                                                     "Fabrikam marketing")

@@ -6,6 +6,7 @@ import pytest
 
 from shared.domain.consent import ConsentLogicalReason, ConsentSource, ConsentValue
 from sandbox.stack import Stack
+from shared.service_layer.explain import explain
 from tests.integration.tenant import consent_row, contact, gid, lead, mappings_file, tenant
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,63 @@ def test_a_repeated_delivery_changes_nothing(make_stack):
     assert dict(s.rows("msdynmkt_contactpointconsent4")) == rows_before
     assert s.sandbox.stats.snapshot()["total"] == stats_before
     assert s.ledger_rules("jo@x.test") == ["R1"]
+
+
+# --- leads: Customer Insights – Journeys reads the flags on contacts only ------------------------
+
+@pytest.mark.parametrize("mode, flag", [("single-brand", "donotbulkemail"), ("multi-brand", "donotbulkemail"),
+                                        ("multi-brand", "donotemail")])
+def test_r3_a_lead_flag_opts_its_email_out_of_every_brand_purpose(make_stack, mode, flag):
+    lou = lead("lou", "Lou@x.test")
+    s = make_stack(tenant([], [lou], [consent_row("lou@x.test", CONTOSO, None, IN)]), mode)
+    s.api("PATCH", f"leads({lou['leadid']})", {flag: True})
+    s.drain()
+    purposes = (CONTOSO,) if mode == "single-brand" else (CONTOSO, FABRIKAM)
+    for purpose in purposes:
+        assert s.opted_out("lou@x.test", purpose), purpose
+    assert len(s.consent("lou@x.test", CONTOSO)) == 1  # the existing row was updated, not duplicated
+    entries = s.container.tables().ledger.history("lou@x.test")
+    assert {(e.rule, e.target_table, e.after) for e in entries} == {("R3", "msdynmkt_contactpointconsent4", "Opted out")}
+    assert len(entries) == len(purposes)
+
+
+# --- R7: an address that changes keeps the person's opt-outs --------------------------------------
+
+@pytest.mark.parametrize("table", ["contact", "lead"])
+def test_r7_a_changed_address_keeps_the_old_one_s_opt_outs(make_stack, table):
+    person = (contact if table == "contact" else lead)("max", "max@old.test")
+    key = f"{table}id"
+    old_topic = consent_row("max@old.test", CONTOSO, EVENTS, OUT)
+    old_topic["msdynmkt_source"] = ConsentSource.PREFERENCE_CENTER
+    seed = tenant([person] if table == "contact" else [], [person] if table == "lead" else [],
+                  [old_topic, consent_row("max@old.test", CONTOSO, NEWS, IN),
+                   consent_row("max@new.test", CONTOSO, EVENTS, IN)])
+    s = make_stack(seed)
+    s.api("PATCH", f"{table}s({person[key]})", {"emailaddress1": "Max@New.test"})
+    s.drain()
+    assert s.opted_out("max@new.test", CONTOSO, EVENTS)  # the new address's own row, set to Opted out
+    assert len(s.consent("max@new.test", CONTOSO, EVENTS)) == 1
+    assert not s.consent("max@new.test", CONTOSO, NEWS)  # an opt-in is never carried
+    ledger = s.container.tables().ledger
+    (entry,) = ledger.history("max@new.test")
+    assert entry.rule == "R7" and entry.after == "Opted out"
+    assert entry.carried_from == ledger.partition_for("max@old.test")  # the old address's pseudonym
+    assert "source Preference center" in entry.detail and "@" not in entry.detail
+    assert entry.origin_time == old_topic["modifiedon"]  # the old row's time: when the person opted out
+    assert not ledger.history("max@old.test")  # nothing was written to the old address
+    seen = explain("max@new.test", s.container.dataverse(), s.mappings, ledger)
+    assert seen["consistent"] and seen["ledger"][0]["carried_from"] == entry.carried_from
+
+
+def test_r7_without_a_pre_image_the_event_is_still_processed(make_stack):
+    ned = contact("ned", "ned@old.test")
+    s = make_stack(tenant([ned], consents=[consent_row("ned@old.test", CONTOSO, EVENTS, OUT),
+                                           consent_row("ned@new.test", CONTOSO, None, OUT)]))
+    images = s.rows("sdkmessageprocessingstepimage")
+    for image_id in [i for i, img in images.items() if img.get("imagetype") == 0]:
+        s.api("DELETE", f"sdkmessageprocessingstepimages({image_id})")  # registered before R7
+    s.api("PATCH", f"contacts({ned['contactid']})", {"emailaddress1": "ned@new.test"})
+    s.drain()
+    assert not s.consent("ned@new.test", CONTOSO, EVENTS)  # the old address is unknown: nothing carried
+    assert s.rows("contact")[ned["contactid"]]["donotbulkemail"]  # R6 still applies to the new address
+    assert not s.queue.parked

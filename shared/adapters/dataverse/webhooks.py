@@ -40,10 +40,24 @@ class StepSpec:
     filtering_attributes: tuple[str, ...] = ()  # Update only: fire when one of these changes
     image_attributes: tuple[str, ...] = ()  # post-image (pre-image for Delete) columns
     image_alias: str = "PostImage"
+    pre_image_attributes: tuple[str, ...] = ()  # Update only: the columns' values before the change
+    pre_image_alias: str = "PreImage"
 
     def __post_init__(self) -> None:
         if self.image_attributes and self.message not in IMAGE_PROPERTY:
             raise ValueError(f"{self.message} steps cannot carry an image")
+        # Create has no row before it, Delete none after: only Update carries both images.
+        if self.pre_image_attributes and self.message != "Update":
+            raise ValueError(f"{self.message} steps cannot carry a pre-image besides their image")
+
+    def images(self) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+        """(alias, imagetype, columns) of every image the step carries."""
+        out = []
+        if self.image_attributes:  # Delete has no post-image: its last state is the pre-image
+            out.append((self.image_alias, IMAGE_PRE if self.message == "Delete" else IMAGE_POST, self.image_attributes))
+        if self.pre_image_attributes:
+            out.append((self.pre_image_alias, IMAGE_PRE, self.pre_image_attributes))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -216,27 +230,26 @@ class WebhookRegistrations:
                                  "filteringattributes": ",".join(wanted_attrs)})
                 counts["created_steps"] += 1
             step_ids.append(step_id)
-            if spec.image_attributes:
-                self._ensure_image(step_id, spec, counts, new_step=not match)
+            if spec.images():
+                self._ensure_images(step_id, spec, counts, new_step=not match)
         return RegistrationResult(endpoint_id, not found, tuple(step_ids), **counts)
 
-    def _ensure_image(self, step_id: str, spec: StepSpec, counts: dict[str, int], new_step: bool) -> None:
-        attrs = _attrs(",".join(spec.image_attributes))
+    def _ensure_images(self, step_id: str, spec: StepSpec, counts: dict[str, int], new_step: bool) -> None:
         images = [] if new_step else self._images_of(step_id)
-        image = next((i for i in images if (i.get("entityalias") or "").lower() == spec.image_alias.lower()), None)
-        if image is None:
-            self._created_id("sdkmessageprocessingstepimages", {
-                "name": spec.image_alias, "entityalias": spec.image_alias,
-                # Delete has no post-image: its last state is the pre-image.
-                "imagetype": IMAGE_PRE if spec.message == "Delete" else IMAGE_POST,
-                "attributes": ",".join(attrs), "messagepropertyname": IMAGE_PROPERTY[spec.message],
-                "sdkmessageprocessingstepid@odata.bind": f"/sdkmessageprocessingsteps({step_id})"})
-            counts["created_images"] += 1
-        elif _attrs(image.get("attributes")) != attrs:
-            image_id = str(image["sdkmessageprocessingstepimageid"]).lower()
-            self.request("PATCH", f"sdkmessageprocessingstepimages({image_id})",  # type: ignore[attr-defined]
-                         json={"attributes": ",".join(attrs)}, headers={"If-Match": "*"})
-            counts["updated_images"] += 1
+        for alias, image_type, columns in spec.images():
+            attrs = _attrs(",".join(columns))
+            image = next((i for i in images if (i.get("entityalias") or "").lower() == alias.lower()), None)
+            if image is None:
+                self._created_id("sdkmessageprocessingstepimages", {
+                    "name": alias, "entityalias": alias, "imagetype": image_type,
+                    "attributes": ",".join(attrs), "messagepropertyname": IMAGE_PROPERTY[spec.message],
+                    "sdkmessageprocessingstepid@odata.bind": f"/sdkmessageprocessingsteps({step_id})"})
+                counts["created_images"] += 1
+            elif _attrs(image.get("attributes")) != attrs:
+                image_id = str(image["sdkmessageprocessingstepimageid"]).lower()
+                self.request("PATCH", f"sdkmessageprocessingstepimages({image_id})",  # type: ignore[attr-defined]
+                             json={"attributes": ",".join(attrs)}, headers={"If-Match": "*"})
+                counts["updated_images"] += 1
 
     def webhook_registrations(self, name_or_url: str) -> list[WebhookRegistration]:
         """What is registered under this endpoint name or URL (empty: nothing)."""

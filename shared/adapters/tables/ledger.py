@@ -79,6 +79,8 @@ class Ledger:
             value = _iso(moment) if name == "recorded_at" else getattr(entry, name)
             if value is None:
                 continue  # Table Storage has no nulls; absent reads back as None
+            if name == "carried_from":
+                value = self.partition_for(value)  # the old address's pseudonym, never the address
             if name in _FREE_TEXT:
                 value = redact(str(value))[:_MAX_TEXT]
             entity[name] = value
