@@ -8,5 +8,6 @@ Layers (see docs/architecture.md):
   discovery, explain, doctor, and the reports the CLI shows).
 - ``shared.bootstrap``: the one place adapters are built from settings.
 - ``shared.entrypoints``: the Azure Functions edge (``functions``; ``function_app.py`` only declares
-  bindings) and the admin CLI (``cli``, ``output``), each a thin translation to a use case.
+  bindings) and the admin CLI (the ``cli`` package: one module per command group), each a thin
+  translation to a use case.
 """

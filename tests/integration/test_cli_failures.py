@@ -120,14 +120,13 @@ def test_a_static_dev_token_against_a_real_environment_needs_asking(run):
     assert "https://contoso.crm.dynamics.com" in err and "--allow-static-token" in err and "local-dev-token" not in err
     code, out, _, _ = run(real, "doctor")
     assert code == 1 and "FAIL  settings: DATAVERSE_ACCESS_TOKEN (a static development token" in out
-    from shared.entrypoints.cli import refuse_dev_token
-    import shared.entrypoints.cli as cli
+    from shared.entrypoints.cli.common import allow_static_token, refuse_dev_token
 
-    cli._ALLOW_STATIC_TOKEN = True  # what --allow-static-token sets
+    allow_static_token(True)  # what --allow-static-token sets
     try:
         refuse_dev_token(Settings.from_env(real))
     finally:
-        cli._ALLOW_STATIC_TOKEN = False
+        allow_static_token(False)
     local = {**real, "DATAVERSE_URL": "http://localhost:7070"}
     code, _, err, _ = run(local, "--allow-static-token", "mappings", "export")
     assert "static development token" not in err  # a local sandbox, or asked explicitly: allowed
@@ -167,7 +166,7 @@ def test_wait_notice_says_why_a_command_waits():
     import io
     import logging
 
-    from shared.entrypoints.cli import WaitNotice
+    from shared.entrypoints.cli.common import WaitNotice
     from shared.telemetry import emit
 
     stream = io.StringIO()

@@ -7,7 +7,7 @@ import pytest
 
 from shared.service_layer.activity import parse_since, summarise
 from shared.domain.ledger import LedgerEntry
-from shared.entrypoints.output import tsv
+from shared.entrypoints.cli.output import tsv
 
 NOW = datetime(2026, 2, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -40,7 +40,7 @@ def test_an_empty_run_reports_zero():
 
 
 def test_explain_prints_the_timeline_and_why(capsys):
-    from shared.entrypoints.cli import _print_timeline
+    from shared.entrypoints.cli.explain import _print_timeline
 
     _print_timeline([{"scope": "purpose 'Contoso marketing'", "row_id": "r1", "reconsented_at": "2026-03-20T14:30:00Z",
                       "source": "Preference center", "rule": "R3", "verdict": "stands", "why": "their newer choice stands",

@@ -7,14 +7,42 @@
   are left out; ``None`` is empty; true/false are lower case.
 
 Also the program's name as the user invoked it (``straddle`` or ``python -m shared``) and its
-version, so messages and ``--help`` show the command that works for them.
+version, so messages and ``--help`` show the command that works for them, and ``print_json``, the
+one way a command writes its machine-readable document.
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
 FORMATS = ("table", "json", "tsv")
+#: This invocation's program name, output format and tsv rows (set by main; one command per process).
+_OUTPUT: dict[str, Any] = {}
+
+
+def begin(prog: str) -> None:
+    """A new invocation: the program as it was invoked, the format still the default."""
+    _OUTPUT.clear()
+    _OUTPUT["prog"] = prog
+
+
+def choose(fmt: str, rows: str | None) -> None:
+    """The format the command's flags asked for, and the list tsv writes one line per item of."""
+    _OUTPUT.update(format=fmt, rows=rows)
+
+
+def program() -> str:
+    """The program as the user invoked it (``straddle`` or ``python -m shared``), for messages."""
+    return _OUTPUT.get("prog") or "straddle"
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: JSON, or with ``--output tsv`` tab-separated values (Azure CLI style)."""
+    if _OUTPUT.get("format") == "tsv":
+        sys.stdout.write(tsv(data, _OUTPUT.get("rows")))
+        return
+    print(json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def _cell(value: Any) -> str:
@@ -62,7 +90,7 @@ def version() -> str:
     from pathlib import Path
 
     try:
-        with open(Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
+        with open(Path(__file__).resolve().parents[3] / "pyproject.toml", "rb") as f:
             return str(tomllib.load(f)["project"]["version"])
     except (OSError, KeyError, ValueError):
         return "unknown"
