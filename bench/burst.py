@@ -32,7 +32,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -196,6 +198,44 @@ def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, dupl
     tenant = Tenant(int(events / 0.96) + 1)
     seed = tenant.build()
     log_path = log_path or Path(tempfile.mkdtemp(prefix="straddle-burst-")) / "burst.log"
+    with _captured_logs(log_path) as capture:
+        settings = {"MAX_ATTEMPTS": "5", "RETRY_DELAY_SECONDS": "2", "DATAVERSE_RETRY_BUDGET_SECONDS": "10",
+                    "DATAVERSE_ACCESS_TOKEN": "burst-sync"}
+        stack = DemoStack(settings, seed=seed, azurite_connection=azurite_connection, time_scale=0.25,
+                          mappings_doc=MAPPINGS, host_options={"instances": instances})
+        try:
+            stack.start()
+            t = time.monotonic()
+            notes = record_notifications(stack, tenant)
+            say(f"recorded {len(notes)} notifications from {len(tenant.kind)} contacts in {time.monotonic() - t:.1f} s")
+            burst = post_burst(stack, notes, throttle, errors, duplicates, concurrency)
+            say(f"posted {len(burst.posts)} notifications in {burst.posted_seconds:.1f} s: {dict(burst.statuses)}")
+            settled = stack.settle(timeout)
+            elapsed = time.monotonic() - burst.started
+            stack.sandbox.set_faults({})
+            stats = stack.sandbox.stats.snapshot()
+            accounting = account(stack, capture, burst.statuses, settled)
+            closure = check_closure(stack, tenant)
+            delays = _delays(capture.applied, burst.posted_at)
+            unique = len(burst.posted_at)
+            compliance = compliance_figures(stack, burst.window_start)
+            return {
+                "notifications_posted": len(burst.posts), "http_statuses": dict(burst.statuses),
+                "accepted_202": burst.statuses[202], **accounting, **closure,
+                "instances": instances, "seconds": round(elapsed, 2), "events_per_second": round(unique / elapsed, 1),
+                "dataverse_requests": stats["total"], "requests_per_event": round(stats["total"] / max(unique, 1), 3),
+                "throttled_429": stats.get("throttled", 0), "faults_injected": stats["faults_injected"],
+                "propagation_ms_p50": delays[0], "propagation_ms_p99": delays[1],
+                "compliance": compliance, "compliance_matches": _matches(delays, compliance),
+                "log_lines": capture.lines, "log_lines_with_an_address": capture.addresses, "log_file": str(log_path),
+            }
+        finally:
+            stack.close()
+
+
+@contextmanager
+def _captured_logs(log_path: Path) -> Iterator[_Capture]:
+    """Every log line of the run through the capture, with the loggers' levels restored afterwards."""
     capture = _Capture(log_path)
     root = logging.getLogger()
     old_level = root.level
@@ -206,109 +246,107 @@ def run(events: int = 10_000, throttle: float = 0.05, errors: float = 0.03, dupl
     levels = {name: logging.getLogger(name).level for name in ("urllib3", "azure", "sandbox.host")}
     logging.getLogger("urllib3").setLevel(logging.DEBUG)
     logging.getLogger("azure").setLevel(logging.WARNING)
-    settings = {"MAX_ATTEMPTS": "5", "RETRY_DELAY_SECONDS": "2", "DATAVERSE_RETRY_BUDGET_SECONDS": "10",
-                "DATAVERSE_ACCESS_TOKEN": "burst-sync"}
-    stack = DemoStack(settings, seed=seed, azurite_connection=azurite_connection, time_scale=0.25,
-                      mappings_doc=MAPPINGS, host_options={"instances": instances})
     try:
-        stack.start()
-        t = time.monotonic()
-        notes = record_notifications(stack, tenant)
-        say(f"recorded {len(notes)} notifications from {len(tenant.kind)} contacts in {time.monotonic() - t:.1f} s")
-        rng = random.Random(5)
-        posts = notes + [n for n in notes if rng.random() < duplicates]
-        rng.shuffle(posts)
-        stack.sandbox.stats.reset()
-        stack.sandbox.set_faults({"error_share": {"429": throttle, "500": errors / 2, "503": errors / 2},
-                                  "retry_after_seconds": 1, "seed": 42})
-        url = f"{stack.host.url}/api/dataverse/webhook"
-        statuses: Counter = Counter()
-        posted_at: dict[str, float] = {}
-        local = threading.local()
-        stamped: dict[int, tuple[bytes, float]] = {}
-        stamp_lock = threading.Lock()
-        window_start = datetime.now(timezone.utc)
-
-        def post(note: tuple[dict, bytes]) -> None:
-            s = getattr(local, "s", None) or requests.Session()
-            local.s = s
-            headers, body = note
-            with stamp_lock:
-                if id(note) not in stamped:  # a duplicate repeats the first POST's body and time
-                    now = time.time()
-                    stamped[id(note)] = (restamp(body, now), now)
-                body, sent = stamped[id(note)]
-            r = s.post(url, data=body, headers=headers, params={"code": stack.host.function_key}, timeout=60)
-            statuses[r.status_code] += 1
-            if r.status_code == 202:
-                posted_at.setdefault(r.json()["event_id"], sent)
-
-        started = time.monotonic()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(post, posts))
-        posted = time.monotonic() - started
-        say(f"posted {len(posts)} notifications in {posted:.1f} s: {dict(statuses)}")
-        settled = stack.settle(timeout)
-        elapsed = time.monotonic() - started
-        stack.sandbox.set_faults({})
-        stats = stack.sandbox.stats.snapshot()
-
-        # --- accounting: none vanished --------------------------------------------------------
-        total = Counter()
-        for b in capture.batches:
-            for k in ("messages", "processed", "duplicates", "echoes", "no_effect", "retried", "parked"):
-                total[k] += int(b.get(k) or 0)
-        q = {x["name"]: x for x in (qq.stats() for qq in stack.host.bus.queues())}
-        changes, parked_q = q[stack.host.bus.changes_queue], q[stack.host.bus.parked_queue]
-        # the host's own count of 202s: ours plus the echo webhooks the sandbox delivered
-        accepted = stack.host.functions["dataverse_webhook"].statuses.get(202, 0)
-        echo_202 = accepted - statuses[202]
-        terminal = total["processed"] + total["duplicates"] + total["echoes"] + total["no_effect"] + total["parked"]
-        dead = stack.host.bus.queue(stack.host.bus.changes_queue).deadletter + \
-            stack.host.bus.queue(stack.host.bus.parked_queue).deadletter
-        reasons = Counter((m.dead_letter_reason, (m.dead_letter_description or "")[:60]) for m in dead)
-        accounted = terminal + changes["duplicates_dropped"] + changes["deadletter"]
-
-        # --- the closure ----------------------------------------------------------------------
-        want_out, want_members, want_flagged = tenant.expected()
-        store = stack.sandbox.store
-        got_out = {((r.get("msdynmkt_contactpointvalue") or "").strip().lower(), r.get("_msdynmkt_purposeid_value"),
-                    r.get("_msdynmkt_topicid_value")) for r in store.data["msdynmkt_contactpointconsent4"].rows.values()
-                   if r.get("msdynmkt_value") == OPTED_OUT}
-        got_members = {lid: set(store.members["listcontact_association"].get(lid, set())) for lid in (L1, L2)}
-        got_flagged = {cid for cid, r in store.data["contact"].rows.items() if r.get("donotbulkemail")}
-        # parked events legitimately leave their effect to the nightly run; none are expected here
-        closure_ok = got_out == want_out and got_members == want_members and got_flagged == want_flagged
-
-        delays = _delays(capture.applied, posted_at)
-        unique = len(posted_at)
-        compliance = compliance_figures(stack, window_start)
-        result = {
-            "notifications_posted": len(posts), "http_statuses": dict(statuses), "accepted_202": statuses[202],
-            "echo_webhooks_202": echo_202, "accepted_total": accepted, "outcomes": dict(total),
-            "queue_duplicates_dropped": changes["duplicates_dropped"], "dead_lettered": changes["deadletter"]
-            + parked_q["deadletter"], "dead_letter_reasons": {f"{a}: {b}": n for (a, b), n in reasons.items()},
-            "accounted": accounted, "none_vanished": settled and accounted == accepted and
-            all(m.dead_letter_reason for m in dead),
-            "closure_ok": closure_ok, "closure_diff": {
-                "opted_out_missing": len(want_out - got_out), "opted_out_extra": len(got_out - want_out),
-                "members_wrong": sum(len(want_members[k] ^ got_members[k]) for k in want_members),
-                "flags_wrong": len(want_flagged ^ got_flagged)},
-            "instances": instances, "seconds": round(elapsed, 2), "events_per_second": round(unique / elapsed, 1),
-            "dataverse_requests": stats["total"], "requests_per_event": round(stats["total"] / max(unique, 1), 3),
-            "throttled_429": stats.get("throttled", 0), "faults_injected": stats["faults_injected"],
-            "propagation_ms_p50": delays[0], "propagation_ms_p99": delays[1],
-            "compliance": compliance, "compliance_matches": _matches(delays, compliance),
-            "log_lines": capture.lines, "log_lines_with_an_address": capture.addresses, "log_file": str(log_path),
-        }
-        return result
+        yield capture
     finally:
-        stack.close()
         root.removeHandler(capture)
         root.setLevel(old_level)
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
         capture.file.close()
+
+
+@dataclass
+class Burst:
+    """What the POSTs left: the notifications sent, the host's answers, when each accepted event was posted."""
+
+    posts: list[tuple[dict, bytes]]
+    statuses: Counter
+    posted_at: dict[str, float]
+    window_start: datetime
+    started: float
+    posted_seconds: float
+
+
+def post_burst(stack: DemoStack, notes: list[tuple[dict, bytes]], throttle: float, errors: float,
+               duplicates: float, concurrency: int) -> Burst:
+    """The recorded notifications (shuffled, a share twice) POSTed concurrently while Dataverse throttles."""
+    rng = random.Random(5)
+    posts = notes + [n for n in notes if rng.random() < duplicates]
+    rng.shuffle(posts)
+    stack.sandbox.stats.reset()
+    stack.sandbox.set_faults({"error_share": {"429": throttle, "500": errors / 2, "503": errors / 2},
+                              "retry_after_seconds": 1, "seed": 42})
+    url = f"{stack.host.url}/api/dataverse/webhook"
+    statuses: Counter = Counter()
+    posted_at: dict[str, float] = {}
+    local = threading.local()
+    stamped: dict[int, tuple[bytes, float]] = {}
+    stamp_lock = threading.Lock()
+    window_start = datetime.now(timezone.utc)
+
+    def post(note: tuple[dict, bytes]) -> None:
+        s = getattr(local, "s", None) or requests.Session()
+        local.s = s
+        headers, body = note
+        with stamp_lock:
+            if id(note) not in stamped:  # a duplicate repeats the first POST's body and time
+                now = time.time()
+                stamped[id(note)] = (restamp(body, now), now)
+            body, sent = stamped[id(note)]
+        r = s.post(url, data=body, headers=headers, params={"code": stack.host.function_key}, timeout=60)
+        statuses[r.status_code] += 1
+        if r.status_code == 202:
+            posted_at.setdefault(r.json()["event_id"], sent)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(post, posts))
+    return Burst(posts, statuses, posted_at, window_start, started, time.monotonic() - started)
+
+
+def account(stack: DemoStack, capture: _Capture, statuses: Counter, settled: bool) -> dict:
+    """None vanished: every accepted event reached an outcome, a drop by duplicate detection or a
+    dead letter with a reason."""
+    total: Counter = Counter()
+    for b in capture.batches:
+        for k in ("messages", "processed", "duplicates", "echoes", "no_effect", "retried", "parked"):
+            total[k] += int(b.get(k) or 0)
+    q = {x["name"]: x for x in (qq.stats() for qq in stack.host.bus.queues())}
+    changes, parked_q = q[stack.host.bus.changes_queue], q[stack.host.bus.parked_queue]
+    # the host's own count of 202s: ours plus the echo webhooks the sandbox delivered
+    accepted = stack.host.functions["dataverse_webhook"].statuses.get(202, 0)
+    terminal = total["processed"] + total["duplicates"] + total["echoes"] + total["no_effect"] + total["parked"]
+    dead = stack.host.bus.queue(stack.host.bus.changes_queue).deadletter + \
+        stack.host.bus.queue(stack.host.bus.parked_queue).deadletter
+    reasons = Counter((m.dead_letter_reason, (m.dead_letter_description or "")[:60]) for m in dead)
+    accounted = terminal + changes["duplicates_dropped"] + changes["deadletter"]
+    return {
+        "echo_webhooks_202": accepted - statuses[202], "accepted_total": accepted, "outcomes": dict(total),
+        "queue_duplicates_dropped": changes["duplicates_dropped"], "dead_lettered": changes["deadletter"]
+        + parked_q["deadletter"], "dead_letter_reasons": {f"{a}: {b}": n for (a, b), n in reasons.items()},
+        "accounted": accounted, "none_vanished": settled and accounted == accepted and
+        all(m.dead_letter_reason for m in dead),
+    }
+
+
+def check_closure(stack: DemoStack, tenant: Tenant) -> dict:
+    """The sandbox against the expected closure: opt-out consent rows, list members, flags."""
+    want_out, want_members, want_flagged = tenant.expected()
+    store = stack.sandbox.store
+    got_out = {((r.get("msdynmkt_contactpointvalue") or "").strip().lower(), r.get("_msdynmkt_purposeid_value"),
+                r.get("_msdynmkt_topicid_value")) for r in store.data["msdynmkt_contactpointconsent4"].rows.values()
+               if r.get("msdynmkt_value") == OPTED_OUT}
+    got_members = {lid: set(store.members["listcontact_association"].get(lid, set())) for lid in (L1, L2)}
+    got_flagged = {cid for cid, r in store.data["contact"].rows.items() if r.get("donotbulkemail")}
+    # parked events legitimately leave their effect to the nightly run; none are expected here
+    return {
+        "closure_ok": got_out == want_out and got_members == want_members and got_flagged == want_flagged,
+        "closure_diff": {
+            "opted_out_missing": len(want_out - got_out), "opted_out_extra": len(got_out - want_out),
+            "members_wrong": sum(len(want_members[k] ^ got_members[k]) for k in want_members),
+            "flags_wrong": len(want_flagged ^ got_flagged)},
+    }
 
 
 _STAMP = re.compile(rb'"OperationCreatedOn"\s*:\s*"\\?/Date\(\d+\)\\?/"')
