@@ -13,6 +13,7 @@ param appInsightsName string
 param keyVaultName string
 param hasDataverseClientSecret bool = false
 param hasLedgerKeyPrevious bool = false
+param hasWebhookSecretPrevious bool = false
 param serviceBusNamespaceName string
 param changesQueueName string
 param parkedQueueName string
@@ -64,6 +65,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 // Versionless references: a new secret version is picked up without redeploying (docs/runbook.md).
 var ledgerKeyReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=ledger-key)'
 var webhookSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=webhook-secret)'
+var webhookSecretPreviousReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=webhook-secret-previous)'
 var ledgerKeyPreviousReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=ledger-key-previous)'
 var dataverseClientSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=dataverse-client-secret)'
 
@@ -98,6 +100,7 @@ var appSettings = {
   // --- webhook ---
   WEBHOOK_SECRET_HEADER: webhookSecretHeader
   WEBHOOK_SECRET: webhookSecretReference
+  WEBHOOK_SECRET_PREVIOUS: hasWebhookSecretPrevious ? webhookSecretPreviousReference : ''
   // --- sync ---
   RECONCILE_SCHEDULE: reconcileSchedule
   // Big tenants: above RECONCILE_FANOUT_ABOVE candidates the timer sends chunks to RECONCILE_QUEUE

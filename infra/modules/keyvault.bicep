@@ -10,6 +10,8 @@ param ledgerKeyPrevious string = ''
 @secure()
 param webhookSecret string
 @secure()
+param webhookSecretPrevious string = ''
+@secure()
 param dataverseClientSecret string = ''
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
@@ -57,6 +59,16 @@ resource webhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   properties: {
     value: webhookSecret
     contentType: 'WEBHOOK_SECRET'
+  }
+}
+
+// Only during a webhook secret rotation (docs/runbook.md): the app accepts both until Dataverse sends the new one.
+resource webhookSecretPreviousSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookSecretPrevious)) {
+  parent: vault
+  name: 'webhook-secret-previous'
+  properties: {
+    value: webhookSecretPrevious
+    contentType: 'WEBHOOK_SECRET_PREVIOUS: the webhook secret before the rotation in progress'
   }
 }
 

@@ -167,13 +167,15 @@ def test_secrets_are_secure_parameters_never_defaulted_to_a_value(main):
     for name, env in (("ledgerKey", "LEDGER_KEY"), ("webhookSecret", "WEBHOOK_SECRET")):
         p = main.params[name]
         assert "azd" not in p.metadata and not p.has_default, f"{name} must be an explicit required parameter"
-        assert p.decorators["minLength"] == [16]  # LEDGER_KEY: >= 16 characters, as Settings checks
+        assert p.decorators["minLength"] == [32]  # at least 32 characters, as Settings checks
         assert params[name]["value"] == "${%s}" % env
     assert params["ledgerKeyPrevious"]["value"] == "${LEDGER_KEY_PREVIOUS}"
+    assert params["webhookSecretPrevious"]["value"] == "${WEBHOOK_SECRET_PREVIOUS}"
+    assert main.params["webhookSecretPrevious"].secure and main.params["webhookSecretPrevious"].default == ""
     assert main.params["ledgerKeyPrevious"].secure and main.params["ledgerKeyPrevious"].default == ""
     # and CI gets them as pipeline secrets (azd pipeline config)
     pipeline = (ROOT / "azure.yaml").read_text().split("\npipeline:", 1)[1]
-    for env in ("LEDGER_KEY", "LEDGER_KEY_PREVIOUS", "WEBHOOK_SECRET", "DATAVERSE_CLIENT_SECRET"):
+    for env in ("LEDGER_KEY", "LEDGER_KEY_PREVIOUS", "WEBHOOK_SECRET", "WEBHOOK_SECRET_PREVIOUS", "DATAVERSE_CLIENT_SECRET"):
         assert f"    - {env}\n" in pipeline.split("secrets:", 1)[1], env
     assert "    - AZURE_PRINCIPAL_TYPE\n" in pipeline.split("secrets:", 1)[0]
 
