@@ -206,6 +206,7 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     tableNames: tableNames
     deploymentContainerName: deploymentContainerName
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -219,6 +220,7 @@ module servicebus 'modules/servicebus.bicep' = {
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName
     reconcileQueueName: reconcileQueueName
+    workspaceId: monitoring.outputs.workspaceId
     maxDeliveryCount: maxDeliveryCount
     duplicateDetectionWindow: duplicateDetectionWindow
   }
@@ -236,6 +238,7 @@ module keyvault 'modules/keyvault.bicep' = {
     webhookSecret: webhookSecret
     webhookSecretPrevious: webhookSecretPrevious
     dataverseClientSecret: dataverseClientSecret
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
