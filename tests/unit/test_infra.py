@@ -828,3 +828,10 @@ def test_workbook_shows_the_re_consents_the_operator_may_clear():
     wb = json.loads((INFRA / "workbook.json").read_text())
     tiles = [i["content"] for i in wb["items"] if i["type"] == 3 and "straddle_reconsented_in_rtm" in i["content"]["query"]]
     assert tiles and "straddle_reconsented_in_rtm_oldest" in tiles[0]["query"] and "OBM" in tiles[0]["title"]
+
+
+def test_requests_is_a_version_that_does_not_leak_netrc_credentials():
+    # 2.32.0-2.32.3 send .netrc credentials to the host a URL names (CVE-2024-47081).
+    line, = [ln for ln in (ROOT / "requirements.txt").read_text().splitlines() if ln.startswith("requests")]
+    minimum = re.search(r">=([\d.]+)", line).group(1)
+    assert tuple(int(p) for p in minimum.split(".")) >= (2, 32, 4), line
