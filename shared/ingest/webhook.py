@@ -100,5 +100,7 @@ def accept_notification(body: bytes, headers: Mapping[str, str], config: Webhook
         queue.send([result])
     except QueueUnavailable as exc:
         return error(503, "queue_unavailable", str(exc), **{"Retry-After": "10"})
-    log.info("webhook.accepted event_id=%s kind=%s table=%s record_id=%s", result.id, result.kind, result.table, result.record_id)
+    # The table of an Associate may be any name the body gives: escaped like every other name from it.
+    log.info("webhook.accepted event_id=%s kind=%s table=%s record_id=%s", result.id, result.kind, shown(result.table),
+             result.record_id)
     return WebhookResponse(202, {"status": "accepted", "event_id": result.id, "kind": result.kind})

@@ -172,6 +172,15 @@ def test_a_newline_in_a_table_name_cannot_forge_a_log_line(app_container, fake_q
     assert not any(line.startswith("webhook.accepted") for line in lines)
 
 
+def test_a_newline_in_an_associated_tables_name_cannot_forge_a_log_line_either(app_container, fake_queue, caplog):
+    caplog.set_level(logging.INFO)
+    app_container({}, fake_queue)
+    ctx = n.association("Associate", target=("contact", n.CONTACT_ID), primary=("contact\nwebhook.forged x=1", n.CONTACT_ID))
+    assert post(ctx).status_code == 202
+    line, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("webhook.accepted")]
+    assert "\n" not in line and "contact\\x0awebhook.forged" in line
+
+
 @pytest.mark.parametrize("address", ["jane%40contoso.example", "jane%40Contoso.Example", "jane@contoso.example"])
 def test_addresses_plain_or_percent_encoded_are_masked_in_the_answer_and_the_log(app_container, fake_queue, caplog,
                                                                                    address):
