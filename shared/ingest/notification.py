@@ -87,8 +87,10 @@ def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = No
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
     if _SURROGATE_ESCAPE.search(raw):  # rare: only then walk every string (the fast path skips it)
         _reject_lone_surrogates(ctx, "")
-    if organization_id is not None and not same_organization(ctx.get("OrganizationId"), organization_id):
-        raise ForeignOrganization(_short_guid(ctx.get("OrganizationId")))
+    named = _short_guid(ctx.get("OrganizationId"))
+    # One naming no organization (or not a GUID) is malformed: reduce_context answers that (400).
+    if organization_id is not None and named is not None and not same_organization(named, organization_id):
+        raise ForeignOrganization(named)
     # Microsoft documents only that the header is sent when the context was stripped, not its value.
     return reduce_context(ctx, SIZE_EXCEEDED_HEADER in (headers or {}))
 

@@ -85,8 +85,10 @@ def test_a_foreign_notification_that_no_rule_watches_is_refused_too(served):
 
 
 @pytest.mark.parametrize("org", [None, "", "not-a-guid", 42])
-def test_a_notification_without_an_organization_is_refused(app_container, fake_queue, org):
-    app_container({}, fake_queue)
+@pytest.mark.parametrize("known", [False, True])
+def test_a_notification_without_an_organization_is_refused(app_container, served, fake_queue, org, known):
+    if not known:
+        app_container({}, fake_queue)
     ctx = {**RELEVANT, "OrganizationId": org}
     resp = post(ctx)
     assert resp.status_code == 400 and body_of(resp)["error"]["message"].startswith("OrganizationId")
