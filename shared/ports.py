@@ -48,6 +48,10 @@ class SyncGateway(Protocol):
         """The sync's own application user (WhoAmI), cached by the adapter."""
         ...
 
+    def organization_id(self) -> str:
+        """The organization the sync serves (WhoAmI), cached by the adapter."""
+        ...
+
     def read(self, member_ids: Mapping[str, Collection[str]], emails: Collection[str], mappings: Mappings) -> SyncRead:
         ...
 

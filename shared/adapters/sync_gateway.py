@@ -60,6 +60,10 @@ class DataverseSyncGateway:
         with _transient():
             return self.client.who_am_i()
 
+    def organization_id(self) -> str:
+        with _transient():
+            return self.client.organization_id()
+
     # --- reads ----------------------------------------------------------------------------------
 
     def read(self, member_ids: Mapping[str, Collection[str]], emails: Collection[str], mappings: Mappings) -> SyncRead:

@@ -43,6 +43,13 @@ def is_echo(event: ChangeEvent, sync_user_id: str | None) -> bool:
     return bool(sync_user_id) and sync_user_id in (event.origin.initiating_user_id, event.origin.user_id)
 
 
+def is_foreign(event: ChangeEvent, organization_id: str | None) -> bool:
+    """An event of another Dataverse organization than the one the sync serves (a copied
+    environment that kept the webhook registration). An event naming none predates the check."""
+    named = event.origin.organization_id
+    return bool(named and organization_id) and named.strip("{}").lower() != organization_id.strip("{}").lower()
+
+
 def is_personal_opt_in_event(c: ConsentChanged) -> bool:
     return (c.value == ConsentValue.OPTED_IN and c.source in PERSONAL_SOURCES
             and c.contact_point_type in (None, ContactPointType.EMAIL))

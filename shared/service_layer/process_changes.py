@@ -38,7 +38,7 @@ from shared.domain.planner import (
     effective_opt_outs,
     plan,
 )
-from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for, untraced_address_change
+from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, is_foreign, triggers_for, untraced_address_change
 from shared.ports import LedgerPort, OptOutRecordsPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
 from shared.telemetry import emit, redact
 
@@ -61,7 +61,7 @@ class Incoming:
 class EventOutcome:
     event_id: str | None
     message_id: str | None
-    disposition: str  # processed | duplicate | echo | no_effect | retry | parked
+    disposition: str  # processed | duplicate | echo | foreign | no_effect | retry | parked
     detail: str = ""
 
 
@@ -150,6 +150,7 @@ class SyncEngine:
                 unique[event.id] = (msg, event)
         already = self.processed.seen(unique)
         sync_user = self.gateway.sync_user_id()
+        organization = self.gateway.organization_id()
         todo: dict[str, tuple[Incoming, ChangeEvent]] = {}
         settled: list[str] = []
         triggers: list[Trigger] = []
@@ -157,6 +158,14 @@ class SyncEngine:
         for event_id, (msg, event) in unique.items():
             if event_id in already:
                 report.outcomes.append(EventOutcome(event_id, msg.message_id, "duplicate", "already processed"))
+                continue
+            if is_foreign(event, organization):
+                # Accepted while the webhook did not know the organization yet: never applied here.
+                emit(log, "sync.foreign_event", logging.WARNING, event_id=event_id,
+                     organization_id=event.origin.organization_id, expected=organization)
+                report.outcomes.append(EventOutcome(event_id, msg.message_id, "foreign",
+                                                    "from another Dataverse organization"))
+                settled.append(event_id)
                 continue
             if is_echo(event, sync_user):
                 report.outcomes.append(EventOutcome(event_id, msg.message_id, "echo", "the sync's own write"))

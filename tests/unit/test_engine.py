@@ -18,6 +18,7 @@ from shared.service_layer.process_changes import MAX_ROUNDS, EngineConfig, Incom
 from tests.domain_builders import L_NEWS, P_ACME, T_NEWS, contact, single_brand
 
 SYNC_USER = "00000000-0000-0000-0000-00000000beef"
+ORGANIZATION = "4ef5b371-e89e-e711-8122-000d3aa2331c"
 PERSON = "11111111-0000-0000-0000-000000000001"
 
 
@@ -47,6 +48,9 @@ class FakeDataverse:
     def sync_user_id(self) -> str:
         self.calls.append("whoami")
         return SYNC_USER
+
+    def organization_id(self) -> str:
+        return ORGANIZATION
 
     def read(self, member_ids, emails, mappings) -> SyncRead:
         self.calls.append("read")
@@ -352,3 +356,18 @@ def test_a_flag_set_by_a_crm_user_after_the_re_consent_wins_and_the_ledger_says_
     assert dv.rows[row.id].value == ConsentValue.OPTED_OUT
     line, = [e for e in engine.ledger.entries if e.target_id == row.id]
     assert line.outcome == "applied" and line.detail.startswith("opt-out newer: opt-out wins over the re-consent")
+
+
+def test_an_event_of_another_organization_is_dropped_unapplied_and_logged(world, caplog):
+    # The webhook accepts it only while it does not know the organization yet (WhoAmI unanswered).
+    dv, engine = world
+    dv.add(contact("c1", "bo@x.test"), L_NEWS)
+    e = consent_out("bo@x.test")
+    stray = replace(e, id=str(uuid.uuid4()), origin=replace(e.origin, organization_id="0badc0de-0000-4000-8000-000000000001"))
+    report = engine.process([msg(stray)])
+    assert [o.disposition for o in report.outcomes] == ["foreign"]
+    assert "write" not in dv.calls and "read" not in dv.calls
+    assert any("sync.foreign_event" in r.getMessage() and "@" not in r.getMessage() for r in caplog.records)
+    assert engine.process([msg(stray)]).outcomes[0].disposition == "duplicate"  # settled: never retried
+    same = replace(e, origin=replace(e.origin, organization_id="{" + ORGANIZATION.upper() + "}"))
+    assert engine.process([msg(same)]).outcomes[0].disposition == "processed"

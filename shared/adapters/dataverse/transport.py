@@ -175,7 +175,16 @@ class DataverseTransport:
     # --- one request, with retries ----------------------------------------------------------
 
     def url_for(self, path: str, params: Mapping[str, str | None] | None = None) -> str:
-        url = path if path.startswith(("http://", "https://")) else f"{self.api_url}/{path.lstrip('/')}"
+        if path.startswith(("http://", "https://")):
+            # An absolute URL comes from a response (@odata.nextLink): the bearer token goes with it,
+            # so it is followed only to the configured environment, never to a host a body names.
+            parts = urlsplit(path)
+            if f"{parts.scheme}://{parts.netloc}".lower() != self.base_url.lower():
+                raise DataverseError("refusing to follow a link to another host than DATAVERSE_URL "
+                                     f"({parts.scheme}://{parts.hostname or ''})", kind=f"GET {path_kind(path)}")
+            url = path
+        else:
+            url = f"{self.api_url}/{path.lstrip('/')}"
         qs = query_string(params) if params else ""
         return f"{url}{'&' if '?' in url else '?'}{qs}" if qs else url
 
