@@ -83,7 +83,8 @@ class Container:
                 self._engine = SyncEngine(
                     DataverseSyncGateway(dataverse), self.mappings, tables.processed, tables.ledger,
                     _RetriesVia(self.event_queue),
-                    EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds))
+                    EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds),
+                    snapshots=tables.snapshots)
             return self._engine
 
     def set_dataverse(self, client: Any) -> None:

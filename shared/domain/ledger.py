@@ -27,6 +27,7 @@ class LedgerEntry:
     outcome: Outcome
     detail: str | None = None  # why (refusals, errors); never personal data
     recorded_at: str | None = None  # ISO 8601, set by the ledger when it stores the entry
+    evidence: str | None = None  # what dated origin_time or confirmed the opt-out (e.g. "contact modifiedon")
 
 
 # Action texts the planner reads back as evidence of when the sync made an opt-out happen.

@@ -195,7 +195,7 @@ def test_unmapped_list_is_settled_without_reading(world):
 def test_failed_write_retries_only_its_event_then_parks(world):
     dv, engine = world
     dv.add(contact("c1", "di@x.test"), L_NEWS)
-    dv.add(contact("c2", "ed@x.test"), L_NEWS)
+    dv.add(contact("c2", "ed@x.test"))  # has left L_NEWS: no snapshot denies it, so R1 applies
     dv.row("di@x.test", P_ACME, T_NEWS, ConsentValue.OPTED_OUT)
     bad = event(MembershipChanged("removed", (L_NEWS,), ("c2",), "contact"), table="list", message="RemoveMember")
     good = consent_out("di@x.test")

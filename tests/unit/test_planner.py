@@ -83,7 +83,7 @@ def assert_never_opt_in(actions, m, s: State):
         if isinstance(a, OptOutConsent):
             assert a.before != OUT
             assert set(a.__slots__) == {"email", "consent_type", "purpose_id", "topic_id", "row_id", "before", "rule",
-                                        "cause", "note", "since"}  # no value field: the only value written is Opted out
+                                        "cause", "note", "since", "evidence"}  # no value field: the only value written is Opted out
         elif isinstance(a, SetDoNotBulkEmail):
             assert not s.members[a.member].donotbulkemail
         elif isinstance(a, RemoveFromList):
