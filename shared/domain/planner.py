@@ -8,7 +8,8 @@ One planner serves the event path and the reconciliation. It works on *facts* th
     ("not_in", member, list_id)     the member is not in the list
     ("in", member, list_id)         the member is in the brand's opt-out list
 
-Facts come from triggers (an event said a member left a list: R1), from the state itself
+Facts come from triggers (an event said a member left a list: R1, once the member is read out of
+the list and, for an event's claim, the list snapshot does not deny it was in), from the state itself
 (existing opt-outs, flags, opt-out list memberships) and from each other through the rules, until
 nothing new follows: the whole closure in one pass, so the notifications the sync's own writes
 cause find nothing left to do. Actions are the facts that do not hold yet. Facts only ever say
