@@ -122,7 +122,7 @@ class Container:
                     DataverseSyncGateway(dataverse), self.mappings, tables.processed, tables.ledger,
                     _RetriesVia(self.event_queue),
                     EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds),
-                    opt_outs=tables.compliance)
+                    opt_outs=tables.compliance, snapshots=tables.snapshots)
             return self._engine
 
     def set_dataverse(self, client: Any) -> None:

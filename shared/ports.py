@@ -85,6 +85,10 @@ class TenantSource(Protocol):
 class ListSnapshotsPort(Protocol):
     def load(self, list_id: str) -> tuple[frozenset[str], str] | None: ...
 
+    def holds(self, list_id: str, member_ids: Iterable[str]) -> tuple[frozenset[str], str] | None:
+        """(those of ``member_ids`` in the list's snapshot, lowercase; taken_at), None: no snapshot."""
+        ...
+
     def save(self, list_id: str, member_keys: Iterable[str], taken_at: str) -> None: ...
 
 

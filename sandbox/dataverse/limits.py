@@ -96,7 +96,8 @@ def parse_limit(text: str | None, amount=int) -> tuple[float, float] | None:
 
 
 class Faults:
-    """Random 429/500/503 answers and delays, reproducible with a seed."""
+    """Random 429/500/503 answers and delays, reproducible with a seed; and refusals of the
+    requests that mention a given text (``refuse``: text -> status), for a poison event."""
 
     def __init__(self, latency_ms: float = 0):
         self._lock = threading.Lock()
@@ -110,9 +111,19 @@ class Faults:
             self.delay_share = float(cfg.get("delay_share", 0) or 0)
             self.delay_ms = float(cfg.get("delay_ms", 0) or 0)
             self.rng = random.Random(cfg.get("seed"))
-            self.config = {"latency_ms": self.latency_ms, "error_share": {str(k): v for k, v in self.error_share.items()},
+            self.refuse = {str(k): int(v) for k, v in (cfg.get("refuse") or {}).items()}
+            self.config = {"refuse": {k: v for k, v in self.refuse.items()}, "latency_ms": self.latency_ms, "error_share": {str(k): v for k, v in self.error_share.items()},
                            "retry_after_seconds": self.retry_after, "delay_share": self.delay_share,
                            "delay_ms": self.delay_ms, "seed": cfg.get("seed")}
+
+    def refusal(self, *texts: bytes) -> int | None:
+        """The status to refuse a request with when its path or body mentions a ``refuse`` text."""
+        with self._lock:
+            refuse = dict(self.refuse)
+        for needle, status in refuse.items():
+            if any(needle.encode() in t for t in texts):
+                return status
+        return None
 
     def draw(self) -> tuple[float, int | None]:
         """(extra seconds to wait before serving, status to answer instead or None). The base

@@ -195,6 +195,7 @@ class SandboxServer:
             return refused
         arrived = time.monotonic()
         delay, fault = self.faults.draw()
+        fault = fault or self.faults.refusal(raw_path.encode(), body or b"")
         if delay:
             time.sleep(delay)
         resp = self._answer(method, sub, query, headers, body, user_id, fault)
