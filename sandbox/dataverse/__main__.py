@@ -1,9 +1,10 @@
-"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300] [--without-outbound-solution] [--without-auditing]"""
+"""python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300] [--without-outbound-solution] [--without-auditing] [--key-style sequential|random]"""
 from __future__ import annotations
 
 import argparse
 import logging
 
+from .keys import KEY_STYLES
 from .limits import parse_limit
 from .server import SandboxServer
 
@@ -22,13 +23,15 @@ def main(argv=None):
                     help="an org whose Outbound marketing solution is uninstalled: no msdyncrm_* columns")
     ap.add_argument("--without-auditing", action="store_true",
                     help="an org with auditing off: no audit rows when a member's flags change")
+    ap.add_argument("--key-style", choices=KEY_STYLES, default="sequential",
+                    help="new rows' keys: sequential GUIDs in a few server bands, as Dataverse mints them, or random")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     srv = SandboxServer(port=args.port, host=args.host, seed=args.seed, latency_ms=args.latency_ms,
                         limit=parse_limit(args.limit), webhook_shuffle=args.webhook_shuffle,
                         webhook_duplicate_share=args.webhook_duplicate_share, verbose=not args.quiet,
                         without_outbound_solution=args.without_outbound_solution,
-                        auditing=not args.without_auditing)
+                        auditing=not args.without_auditing, key_style=args.key_style)
     srv.start()
     logging.getLogger("sandbox.dataverse").info("Dataverse sandbox at %s", srv.api_url)
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,13 @@ from .webhooks import Webhooks
 
 log = logging.getLogger("sandbox.dataverse")
 API_PREFIX = "/api/data/v9.2"
+#: Azure App Service's application request routing cookie, which Dataverse's responses carry.
+AFFINITY_COOKIE = "ARRAffinity"
+
+
+def cookie_names(headers: dict) -> set[str]:
+    """The names of the cookies a request sent."""
+    return {c.split("=", 1)[0].strip() for c in headers.get("cookie", "").split(";") if c.strip()}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -73,14 +81,15 @@ class SandboxServer:
     def __init__(self, port: int = 0, seed=None, latency_ms: float = 0, limit: tuple[int, float] | None = None,
                  webhook_shuffle: bool = False, webhook_duplicate_share: float = 0.0, host: str = "127.0.0.1",
                  verbose: bool = False, webhook_seed=None, without_outbound_solution: bool = False,
-                 auditing: bool = True):
+                 auditing: bool = True, key_style: str = "sequential"):
         self.host, self.port = host, port
         self.verbose = verbose
-        self.store = Store(without_outbound_solution=without_outbound_solution, auditing=auditing)
+        self.store = Store(without_outbound_solution=without_outbound_solution, auditing=auditing, key_style=key_style)
         self.api = Api(self.store)
         self.batch = BatchRunner(self.api, lambda m, p: self.stats.inner(m, kind_of(m, p)))
         self.throttle = Throttle(tuple(limit) if limit else None)
         self.faults = Faults(latency_ms)
+        self.web_server = secrets.token_hex(32)  # this sandbox's one web server, named in its affinity cookie
         self.stats = Stats()
         self._inflight = threading.Condition()
         self._inflight_count = 0
@@ -167,7 +176,7 @@ class SandboxServer:
         if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
             return error_response(DataverseError(404, "0x80060888", "Resource not found."))
         sub = path[len(API_PREFIX):].lstrip("/")
-        self.stats.request(method, kind_of(method, sub))
+        self.stats.request(method, kind_of(method, sub), affinity=AFFINITY_COOKIE in cookie_names(headers))
         auth = headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not token:
@@ -191,6 +200,8 @@ class SandboxServer:
         if delay:
             time.sleep(delay)
         resp = self._answer(method, sub, query, headers, body, user_id, fault)
+        # The web server that answered pins the client to itself (Azure App Service's ARR affinity).
+        resp.headers.setdefault("Set-Cookie", f"{AFFINITY_COOKIE}={self.web_server}; Path=/; HttpOnly")
         # The base latency is the answer time: Dataverse's own work happens within it (on its many
         # servers at once), so only what is left of it is waited after serving.
         rest = self.faults.latency_ms / 1000 - (time.monotonic() - arrived)

@@ -23,6 +23,7 @@ from .odata import now_iso
 from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
 from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, RELATIONSHIPS, S, TABLES, Table,
                      metadata_rows)
+from .keys import KeyMinter
 from .seed import load_seed
 
 MAX_PAGE = 5000
@@ -69,8 +70,9 @@ OUTBOUND_PREFIX = "msdyncrm_"
 
 
 class Store:
-    def __init__(self, without_outbound_solution: bool = False, auditing: bool = True):
+    def __init__(self, without_outbound_solution: bool = False, auditing: bool = True, key_style: str = "sequential"):
         self.without_outbound_solution = without_outbound_solution
+        self.keys = KeyMinter(key_style)  # new rows' primary keys, as Dataverse mints them
         self.lock = threading.RLock()
         self.data = {name: _TableData(t) for name, t in TABLES.items()}
         # rel -> list id -> member ids, and rel -> member id -> list ids
@@ -319,7 +321,7 @@ class Store:
         t = TABLES[table]
         with self.lock:
             attrs = self._attrs(t, body, allow_system=False)
-            rid = row_id or attrs.get(t.key) or str(uuid.uuid4())
+            rid = row_id or attrs.get(t.key) or self.keys.mint()
             td = self.data[table]
             if rid in td.rows:
                 raise DataverseError(412 if row_id else 400, DUPLICATE, "A record with matching key values already exists.")
