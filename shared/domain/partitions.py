@@ -68,6 +68,10 @@ def rows_after(first_key: str, last_key: str, page_rows: int) -> float:
     return page_rows * ((1 << 128) - 1 - lo) / max(1, lo - first)
 
 
+#: Rows no Dataverse table holds: a first page whose density extrapolates to more is not random keys.
+NOT_RANDOM_ABOVE = 10**10
+
+
 def plan_ranges(first_key: str, last_key: str, largest_key: str, page_rows: int, rows_per_partition: int,
                 max_partitions: int) -> list[KeyRange]:
     """Cuts ``(last_key, largest_key]`` (what follows a full first page) into key ranges.
@@ -80,6 +84,10 @@ def plan_ranges(first_key: str, last_key: str, largest_key: str, page_rows: int,
         return [KeyRange(last_key, None)]
     span = max(1, lo - first)
     expected = page_rows * (hi - lo) / span
+    if expected > NOT_RANDOM_ABOVE:
+        # Sequential keys: the first page's density says nothing of the rest, and equal cuts would
+        # mostly fall in the empty key space between the bands. One range; readers split it as they go.
+        return [KeyRange(last_key, None)]
     n = max(1, min(max_partitions, math.ceil(expected / max(1, rows_per_partition))))
     cuts = [lo + (hi - lo) * i // n for i in range(1, n)]
     bounds = [last_key, *(from_sql_order(c) for c in cuts if lo < c < hi)]
@@ -160,8 +168,12 @@ class ReadingBoard:
         self.active: list[Reading] = []
         self.expecting = 0  # sources whose ranges are still being planned
 
-    def add(self, source: ScanSource, ranges: list[KeyRange]) -> None:
-        self.waiting.extend(Reading(source, r.after, r.upto) for r in ranges)
+    def add(self, source: ScanSource, ranges: list[KeyRange], largest: str | None = None) -> None:
+        """Ranges to read; where no row lies is taken to be their end (or ``largest``, the source's
+        largest key, for the open one) until a split shows otherwise."""
+        top = sql_order(largest) if largest else None
+        self.waiting.extend(Reading(source, r.after, r.upto, bound=sql_order(r.upto) if r.upto else top)
+                            for r in ranges)
 
     def take(self) -> Reading | None:
         if not self.waiting:
@@ -189,11 +201,14 @@ class ReadingBoard:
 
     def split(self, r: Reading) -> Reading | None:
         """Cuts ``r`` between its reserve and its end; the upper part is a new range being read."""
+        if r.bound is None or r.density == 0:
+            return None
         lo, hi = r.reserve(self.page_rows), r.end()
-        if r.bound is None or (hi - lo) * r.density < self.min_left:
+        if (hi - lo) * r.density < self.min_left:
             return None
         cut = from_sql_order(lo + (hi - lo) // 2)
-        piece = Reading(r.source, cut, r.upto, r.density, r.bound, started=True)
+        # the new range may start in empty key space: it is not split before its own first page
+        piece = Reading(r.source, cut, r.upto, bound=r.bound, started=True)
         r.upto, r.bound = cut, None  # where its rows end below the cut is unknown again
         self.active.append(piece)
         return piece

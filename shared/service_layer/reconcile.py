@@ -215,13 +215,14 @@ class ScanReader:
                 self._finish(source, f"{source.name}.0", part,
                              {"ranges": [r.to_list() for r in ranges], "requests": 1 + (source in probed)})
                 del heads[source]
-                self._planned(source, ranges, head.rows if head.more else 0)
+                self._planned(source, ranges, head.rows if head.more else 0, largest.get(source))
 
-    def _planned(self, source: ScanSource, ranges: list[KeyRange], page_rows: int = 0) -> None:
+    def _planned(self, source: ScanSource, ranges: list[KeyRange], page_rows: int = 0,
+                 largest: str | None = None) -> None:
         with self.lock:
             self.board.expecting -= 1
             self.board.page_rows = max(self.board.page_rows, page_rows)  # a full first page: the page size
-            self.board.add(source, ranges)
+            self.board.add(source, ranges, largest)
             self.lock.notify_all()
 
     def _resume(self, source: ScanSource, meta: dict) -> None:
