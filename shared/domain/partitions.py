@@ -209,7 +209,10 @@ class ReadingBoard:
         cut = from_sql_order(lo + (hi - lo) // 2)
         # the new range may start in empty key space: it is not split before its own first page
         piece = Reading(r.source, cut, r.upto, bound=r.bound, started=True)
-        r.upto, r.bound = cut, None  # where its rows end below the cut is unknown again
+        # Rows as dense as the reader's up to the end: they go on up to the cut. More rows than any
+        # table holds: the range spans empty key space (between server bands), where below the cut
+        # its rows end is unknown until probed.
+        r.upto, r.bound = cut, (sql_order(cut) if (hi - lo) * r.density <= NOT_RANDOM_ABOVE else None)
         self.active.append(piece)
         return piece
 
