@@ -15,7 +15,10 @@ requests than the naive run at 100k; the 1M run costs at most 12x the 100k run. 
 latency (``--latency-ms 2000``): the 1M dry run under 10 minutes with at most 32 concurrent requests,
 the healing run's scan step and each chunk (one function invocation each) under 5 minutes, the 100k
 dry run at least 6x faster than one request at a time (``--sequential``); ``--kill-resume`` kills
-the healing run at a random point and resumes it (same findings, no finished partition read again).
+the healing run at a random point and resumes it (same findings, no checkpointed row read again).
+The tenant's keys are sequential GUIDs in 3 server bands, as Dataverse mints them (``--key-style
+random`` for uuid4 keys); with either, the busiest scan reader reads under 2x the mean, and random
+keys do no more than 10% worse than before sequential keys were handled.
 """
 from __future__ import annotations
 

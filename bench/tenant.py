@@ -10,7 +10,9 @@ until stopped; ``--url`` posts it to a running sandbox's /_sandbox/seed; ``--out
 Shape (deterministic for a given --seed): contacts with 1-2 addresses (30% a second one), 2% of
 them sharing an address with another contact, a lead for every tenth contact (half of them sharing
 the contact's address); each contact in 0-3 of the mapped lists; brands Contoso and Fabrikam, each
-with one purpose, half the lists and an opt-out list. ``--opted-out`` of the contacts have opt-outs
+with one purpose, half the lists and an opt-out list. Contacts', leads' and consent rows' keys are
+sequential GUIDs in three server bands, as Dataverse mints them (``--key-style random``: uuid4);
+the rest of the tenant is the same either way. ``--opted-out`` of the contacts have opt-outs
 that the other system already reflects (some with an older opted-in duplicate row); ``--drift`` of
 them have one drift of class D1, D2, D3 or D5 each (D4 needs a previous run's snapshot).
 """
