@@ -14,6 +14,7 @@ density, the last one open-ended so rows created meanwhile are still read.
 """
 from __future__ import annotations
 
+import bisect
 import math
 import uuid
 from dataclasses import dataclass
@@ -220,13 +221,14 @@ class ReadingBoard:
         """A page of ``r`` arrived with these keys (in key order): how many of them are its own
         (the rest lie beyond a cut made meanwhile), and whether the range is then finished."""
         hi = _hi(r.upto)
-        orders = [sql_order(k) for k in keys]
-        own = sum(1 for o in orders if o <= hi)
+        # keys come in key order: find the cut by bisection (a page is 5,000 keys; this runs under a lock)
+        own = len(keys) if not keys or sql_order(keys[-1]) <= hi else bisect.bisect_right(keys, hi, key=sql_order)
         if own:
-            span = orders[own - 1] - (orders[0] if own > 1 else _lo(r.cursor))
-            r.density = own / max(1, span)
+            last = sql_order(keys[own - 1])
+            r.density = own / max(1, last - (sql_order(keys[0]) if own > 1 else _lo(r.cursor)))
             r.cursor = keys[own - 1]
-        return own, own < len(keys) or (own > 0 and orders[own - 1] == hi)
+            return own, own < len(keys) or last == hi
+        return own, own < len(keys)
 
     def finish(self, r: Reading) -> None:
         if r in self.active:
