@@ -71,7 +71,10 @@ class TenantSource(Protocol):
         """The source's rows with ``after < key <= upto`` in key order: (page, whether more follow)."""
         ...
 
-    def largest_key(self, source: ScanSource, columns: Sequence[str]) -> str | None: ...
+    def largest_key(self, source: ScanSource, columns: Sequence[str], after: str | None = None,
+                    upto: str | None = None) -> str | None:
+        """The largest key (SQL Server order) of the source's rows with ``after < key <= upto``."""
+        ...
 
     def parallelism_hint(self) -> int | None:
         """The concurrency Dataverse recommends for this environment (``x-ms-dop-hint``), if known."""

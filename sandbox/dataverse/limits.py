@@ -159,12 +159,15 @@ class Stats:
             self.throttled = 0
             self.faults: Counter = Counter()
             self.unauthorized = 0
+            self.affinity_by_kind: Counter = Counter()  # requests that sent the server-affinity cookie back
 
-    def request(self, method: str, kind: str):
+    def request(self, method: str, kind: str, affinity: bool = False):
         with self._lock:
             self.total += 1
             self.by_method[method] += 1
             self.by_kind[f"{method} {kind}"] += 1
+            if affinity:
+                self.affinity_by_kind[f"{method} {kind}"] += 1
 
     def inner(self, method: str, kind: str):
         with self._lock:
@@ -190,4 +193,4 @@ class Stats:
                     "by_status": dict(self.by_status), "batch_requests": self.batch_requests,
                     "batch_by_kind": dict(self.batch_by_kind), "throttled": self.throttled,
                     "faults_injected": sum(self.faults.values()), "faults_by_status": dict(self.faults),
-                    "unauthorized": self.unauthorized}
+                    "unauthorized": self.unauthorized, "affinity_by_kind": dict(self.affinity_by_kind)}

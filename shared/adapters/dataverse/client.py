@@ -617,12 +617,15 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         """Rows with ``after < key <= upto`` in key order, page by page, with whether more follow.
         Dataverse compares and sorts GUID keys in SQL Server's uniqueidentifier order."""
         params = {"$select": select, "$filter": key_range_filter(key, after, upto, filter), "$orderby": key}
-        return self.iter_pages_more(path, params)
+        return self.iter_pages_more(path, params, affinity=False)
 
-    def largest_key(self, path: str, key: str, filter: str | None = None) -> str | None:
-        """The largest key (SQL Server order) of the rows ``filter`` selects; None when there are none."""
-        params = {"$select": key, "$filter": filter, "$orderby": f"{key} desc", "$top": "1"}
-        rows = self.get_json(path, params).get("value") or []
+    def largest_key(self, path: str, key: str, filter: str | None = None, after: str | None = None,
+                    upto: str | None = None) -> str | None:
+        """The largest key (SQL Server order) of the rows ``filter`` selects with ``after < key <= upto``;
+        None when there are none."""
+        params = {"$select": key, "$filter": key_range_filter(key, after, upto, filter), "$orderby": f"{key} desc",
+                  "$top": "1"}
+        rows = self.get_json(path, params, affinity=False).get("value") or []
         return _lower(rows[0].get(key)) if rows else None
 
     # --- generic ----------------------------------------------------------------------------
