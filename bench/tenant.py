@@ -2,6 +2,7 @@
 
     python -m bench.tenant --contacts 100000 --lists 20 --opted-out 0.05 --drift 0.01 --serve 8081
     python -m bench.tenant --contacts 1000 --out tenant.json
+    python -m bench.tenant --contacts 100000 --key-style random --serve 8081
 
 ``--serve`` loads it into a Dataverse sandbox in this process (the fast bulk path) and serves it
 until stopped; ``--url`` posts it to a running sandbox's /_sandbox/seed; ``--out`` writes the seed.
@@ -9,7 +10,9 @@ until stopped; ``--url`` posts it to a running sandbox's /_sandbox/seed; ``--out
 Shape (deterministic for a given --seed): contacts with 1-2 addresses (30% a second one), 2% of
 them sharing an address with another contact, a lead for every tenth contact (half of them sharing
 the contact's address); each contact in 0-3 of the mapped lists; brands Contoso and Fabrikam, each
-with one purpose, half the lists and an opt-out list. ``--opted-out`` of the contacts have opt-outs
+with one purpose, half the lists and an opt-out list. Contacts', leads' and consent rows' keys are
+sequential GUIDs in three server bands, as Dataverse mints them (``--key-style random``: uuid4);
+the rest of the tenant is the same either way. ``--opted-out`` of the contacts have opt-outs
 that the other system already reflects (some with an older opted-in duplicate row); ``--drift`` of
 them have one drift of class D1, D2, D3 or D5 each (D4 needs a previous run's snapshot).
 """
@@ -22,6 +25,7 @@ import sys
 import time
 import uuid
 
+from sandbox.dataverse.keys import KEY_STYLES, KeyMinter
 from shared.domain.consent import ConsentType, ConsentValue, ContactPointType
 
 NS = uuid.UUID("7d7fd1c2-6a34-4f0e-8a59-3a8d2f2c4b10")
@@ -54,9 +58,12 @@ def catalog(n_lists: int) -> tuple[dict, dict]:
             {"mode": "multi-brand", "brands": brands})
 
 
-def build(contacts: int, lists: int, opted_out: float, drift: float, seed: int = 1) -> tuple[dict, dict, dict]:
-    """(seed, mappings file, what was planted)."""
+def build(contacts: int, lists: int, opted_out: float, drift: float, seed: int = 1,
+          key_style: str = "sequential") -> tuple[dict, dict, dict]:
+    """(seed, mappings file, what was planted). Contacts', leads' and consent rows' keys are minted
+    as Dataverse mints them (``sequential``: a few server bands) or ``random``."""
     rng = random.Random(seed)
+    keys = KeyMinter(key_style, seed)
     data, mappings = catalog(lists)
     brand_lists = {b: [i for i in range(k, lists, len(BRANDS))] for k, b in enumerate(BRANDS)}
     list_of_topic = {i: b for b, idx in brand_lists.items() for i in idx}
@@ -65,7 +72,7 @@ def build(contacts: int, lists: int, opted_out: float, drift: float, seed: int =
     planted = {"D1": 0, "D2": 0, "D3": 0, "D5": 0, "consistent_opt_outs": 0}
 
     def consent(email: str, purpose: str, topic: str | None, value: int, modified: str) -> None:
-        row = {"msdynmkt_contactpointconsent4id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        row = {"msdynmkt_contactpointconsent4id": keys.mint(),
                "msdynmkt_contactpointvalue": email, "msdynmkt_contactpointtype": ContactPointType.EMAIL.value,
                "msdynmkt_contactpointconsenttype": (ConsentType.TOPIC if topic else ConsentType.PURPOSE).value,
                "msdynmkt_value": value, "_msdynmkt_purposeid_value": purpose, "modifiedon": modified}
@@ -74,7 +81,7 @@ def build(contacts: int, lists: int, opted_out: float, drift: float, seed: int =
         consents.append(row)
 
     for i in range(contacts):
-        cid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        cid = keys.mint()
         primary = f"u{i - 1}@example.test" if i and rng.random() < 0.02 else f"u{i}@example.test"
         emails = [primary] + ([f"u{i}@home.test"] if rng.random() < 0.3 else [])
         row = {"contactid": cid, "lastname": f"U{i}", "donotbulkemail": False}
@@ -114,7 +121,7 @@ def build(contacts: int, lists: int, opted_out: float, drift: float, seed: int =
             members.setdefault(gid(f"l{x}"), []).append(cid)
         rows.append(row)
         if i % 10 == 0:
-            leads.append({"leadid": str(uuid.UUID(int=rng.getrandbits(128), version=4)), "lastname": f"L{i}",
+            leads.append({"leadid": keys.mint(), "lastname": f"L{i}",
                           "emailaddress1": primary if rng.random() < 0.5 else f"lead{i}@example.test"})
     data.update(contacts=rows, leads=leads, consents=consents, list_members=members)
     return data, mappings, planted
@@ -127,6 +134,8 @@ def main() -> None:
     p.add_argument("--opted-out", type=float, default=0.05)
     p.add_argument("--drift", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--key-style", choices=KEY_STYLES, default="sequential",
+                   help="primary keys: sequential GUIDs in 3 server bands, as Dataverse mints them, or random")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--serve", type=int, metavar="PORT", help="serve it from a sandbox in this process")
     where.add_argument("--url", help="POST it to a running sandbox, e.g. http://127.0.0.1:8081")
@@ -134,7 +143,7 @@ def main() -> None:
     p.add_argument("--mappings-out", help="also write the mappings file here")
     args = p.parse_args()
     started = time.time()
-    seed, mappings, planted = build(args.contacts, args.lists, args.opted_out, args.drift, args.seed)
+    seed, mappings, planted = build(args.contacts, args.lists, args.opted_out, args.drift, args.seed, args.key_style)
     if args.mappings_out:
         with open(args.mappings_out, "w") as f:
             json.dump(mappings, f, indent=2)
@@ -149,7 +158,7 @@ def main() -> None:
     else:
         from sandbox.dataverse import SandboxServer
 
-        srv = SandboxServer(port=args.serve, seed=seed).start()
+        srv = SandboxServer(port=args.serve, seed=seed, key_style=args.key_style).start()
         del seed
         import gc
 

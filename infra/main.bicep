@@ -70,7 +70,7 @@ param dataverseClientSecret string = ''
 // re-key the ledger (and break the webhook). The operator keeps them in a secret store
 // (azd env set / pipeline secrets); a missing one fails the deployment instead.
 @secure()
-@minLength(16)
+@minLength(32)
 @description('HMAC key for ledger partitions (LEDGER_KEY). Set once and kept: a new value starts new ledger partitions (docs/runbook.md#ledger_key).')
 param ledgerKey string
 
@@ -79,9 +79,13 @@ param ledgerKey string
 param ledgerKeyPrevious string = ''
 
 @secure()
-@minLength(16)
+@minLength(32)
 @description('Value Dataverse sends in webhookSecretHeader (WEBHOOK_SECRET). Set once and kept, like ledgerKey.')
 param webhookSecret string
+
+@secure()
+@description('During a webhook secret rotation only: the secret before it (WEBHOOK_SECRET_PREVIOUS), still accepted until Dataverse sends the new one (docs/runbook.md). Empty: none.')
+param webhookSecretPrevious string = ''
 
 @description('Header the Dataverse webhook registration sends the webhook secret in (WEBHOOK_SECRET_HEADER).')
 param webhookSecretHeader string = 'x-straddle-secret'
@@ -207,6 +211,7 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     tableNames: tableNames
     deploymentContainerName: deploymentContainerName
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -220,6 +225,7 @@ module servicebus 'modules/servicebus.bicep' = {
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName
     reconcileQueueName: reconcileQueueName
+    workspaceId: monitoring.outputs.workspaceId
     maxDeliveryCount: maxDeliveryCount
     duplicateDetectionWindow: duplicateDetectionWindow
   }
@@ -235,7 +241,9 @@ module keyvault 'modules/keyvault.bicep' = {
     ledgerKey: ledgerKey
     ledgerKeyPrevious: ledgerKeyPrevious
     webhookSecret: webhookSecret
+    webhookSecretPrevious: webhookSecretPrevious
     dataverseClientSecret: dataverseClientSecret
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -272,6 +280,7 @@ module functionApp 'modules/functionapp.bicep' = {
     keyVaultName: keyvault.outputs.name
     hasDataverseClientSecret: !empty(dataverseClientSecret)
     hasLedgerKeyPrevious: !empty(ledgerKeyPrevious)
+    hasWebhookSecretPrevious: !empty(webhookSecretPrevious)
     serviceBusNamespaceName: servicebus.outputs.name
     changesQueueName: changesQueueName
     parkedQueueName: parkedQueueName

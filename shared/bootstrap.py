@@ -5,6 +5,7 @@ invocations. Tests build their own containers with ``Container(settings)``.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -12,10 +13,14 @@ from typing import Any
 from shared.adapters.settings import Settings
 from shared.ingest.webhook import WebhookConfig
 from shared.ports import EventQueue
-from shared.telemetry import install_redaction
+from shared.telemetry import emit, install_redaction
+
+log = logging.getLogger("straddle")
 
 
 MAPPINGS_TTL_SECONDS = 60
+#: After WhoAmI failed, how long before the webhook's next notification asks again.
+ORGANIZATION_RETRY_SECONDS = 60
 
 
 class Container:
@@ -27,12 +32,45 @@ class Container:
         self._tables: Any = None
         self._engine: Any = None
         self._mappings: tuple[float, Any] | None = None
+        self._organization_id: str | None = None
+        self._organization_next_try = 0.0  # monotonic time; while learning, infinity
         #: Set by the CLI: storage gives up on an unreachable endpoint within seconds.
         self.interactive = False
 
     @property
     def webhook_config(self) -> WebhookConfig:
-        return WebhookConfig(self.settings.webhook_secret_header, self.settings.webhook_secret)
+        return WebhookConfig(self.settings.webhook_secret_header, self.settings.webhook_secret,
+                             self.settings.webhook_secret_previous)
+
+    def known_organization_id(self) -> str | None:
+        """The organization the app serves (WhoAmI's OrganizationId), or None while not known.
+
+        Never waits on Dataverse: the webhook must answer fast and must not lose a notification
+        when Dataverse is briefly unreachable. The first call starts learning it in the
+        background (again a minute after a failure); until then the event carries the
+        notification's own OrganizationId and the worker drops it if it is foreign."""
+        if self._organization_id is not None or not self.settings.dataverse_url:
+            return self._organization_id
+        with self._lock:
+            if time.monotonic() < self._organization_next_try:
+                return None
+            self._organization_next_try = float("inf")
+        threading.Thread(target=self._learn_organization, name="straddle-whoami", daemon=True).start()
+        return None
+
+    def learn_organization(self) -> str:
+        """Asks Dataverse (WhoAmI, once per process) which organization the app serves."""
+        self._organization_id = self.dataverse().organization_id()
+        return self._organization_id
+
+    def _learn_organization(self) -> None:
+        try:
+            self.learn_organization()
+        except Exception as exc:  # unreachable, throttled, misconfigured: ask again later
+            emit(log, "webhook.organization_unknown", logging.WARNING, error=type(exc).__name__,
+                 retry_in_s=ORGANIZATION_RETRY_SECONDS)
+            with self._lock:
+                self._organization_next_try = time.monotonic() + ORGANIZATION_RETRY_SECONDS
 
     def event_queue(self) -> EventQueue:
         """The change queue; raises SettingsError when Service Bus is not configured."""
@@ -84,7 +122,7 @@ class Container:
                     DataverseSyncGateway(dataverse), self.mappings, tables.processed, tables.ledger,
                     _RetriesVia(self.event_queue),
                     EngineConfig(self.settings.max_attempts, self.settings.retry_delay_seconds),
-                    opt_outs=tables.compliance)
+                    opt_outs=tables.compliance, snapshots=tables.snapshots)
             return self._engine
 
     def set_dataverse(self, client: Any) -> None:

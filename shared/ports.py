@@ -48,6 +48,10 @@ class SyncGateway(Protocol):
         """The sync's own application user (WhoAmI), cached by the adapter."""
         ...
 
+    def organization_id(self) -> str:
+        """The organization the sync serves (WhoAmI), cached by the adapter."""
+        ...
+
     def read(self, member_ids: Mapping[str, Collection[str]], emails: Collection[str], mappings: Mappings) -> SyncRead:
         ...
 
@@ -67,7 +71,10 @@ class TenantSource(Protocol):
         """The source's rows with ``after < key <= upto`` in key order: (page, whether more follow)."""
         ...
 
-    def largest_key(self, source: ScanSource, columns: Sequence[str]) -> str | None: ...
+    def largest_key(self, source: ScanSource, columns: Sequence[str], after: str | None = None,
+                    upto: str | None = None) -> str | None:
+        """The largest key (SQL Server order) of the source's rows with ``after < key <= upto``."""
+        ...
 
     def parallelism_hint(self) -> int | None:
         """The concurrency Dataverse recommends for this environment (``x-ms-dop-hint``), if known."""
@@ -80,6 +87,10 @@ class TenantSource(Protocol):
 
 class ListSnapshotsPort(Protocol):
     def load(self, list_id: str) -> tuple[frozenset[str], str] | None: ...
+
+    def holds(self, list_id: str, member_ids: Iterable[str]) -> tuple[frozenset[str], str] | None:
+        """(those of ``member_ids`` in the list's snapshot, lowercase; taken_at), None: no snapshot."""
+        ...
 
     def save(self, list_id: str, member_keys: Iterable[str], taken_at: str) -> None: ...
 

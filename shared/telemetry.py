@@ -22,9 +22,37 @@ from urllib.parse import urlsplit, urlunsplit
 EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 MASK = "<email>"
 
+# Linear time whatever the input: a match may start only where a run of address characters
+# starts (the lookbehind), and the possessive quantifiers never give back what they took, so
+# no position is scanned twice. EMAIL above is the plain form, for callers matching one address.
+_LOCAL = r"A-Za-z0-9.!#$%&'*+/=?^_`{|}~-"
+_ADDRESS = re.compile(rf"(?<![{_LOCAL}])[{_LOCAL}]++@[A-Za-z0-9-]++(?:\.[A-Za-z0-9-]++)*+")
+#: A percent-encoded at sign (a query string, a URL-encoded body) hides an address just as well.
+_ENCODED_AT = re.compile("%40", re.IGNORECASE)
+
 
 def redact(text: str) -> str:
-    return EMAIL.sub(MASK, text) if "@" in text else text
+    """``text`` with everything email-shaped, plain or with ``%40`` for the at sign, masked."""
+    if "%" in text and "%40" in text.upper():
+        text = _ENCODED_AT.sub("@", text)
+    return _ADDRESS.sub(MASK, text) if "@" in text else text
+
+
+#: Control characters (and the Unicode line separators) that could start a forged log line.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: The longest piece of outside text a log line or a response quotes.
+SHOWN_MAX = 200
+
+
+def shown(text: str, limit: int = SHOWN_MAX) -> str:
+    """Outside text (a name or a problem taken from a notification) fit for one log line or a
+    response: at most ``limit`` characters, addresses masked, control characters escaped. The cut
+    comes after masking (on a window an address longer than the cut still fits in), so no
+    address is cut in half and left readable."""
+    out = redact(text[:limit + 330])
+    if len(out) > limit or len(text) > limit + 330:
+        out = out[:limit] + "..."
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", out)
 
 
 def emit(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

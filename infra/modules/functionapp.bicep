@@ -13,6 +13,7 @@ param appInsightsName string
 param keyVaultName string
 param hasDataverseClientSecret bool = false
 param hasLedgerKeyPrevious bool = false
+param hasWebhookSecretPrevious bool = false
 param serviceBusNamespaceName string
 param changesQueueName string
 param parkedQueueName string
@@ -65,6 +66,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 // Versionless references: a new secret version is picked up without redeploying (docs/runbook.md).
 var ledgerKeyReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=ledger-key)'
 var webhookSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=webhook-secret)'
+var webhookSecretPreviousReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=webhook-secret-previous)'
 var ledgerKeyPreviousReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=ledger-key-previous)'
 var dataverseClientSecretReference = '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=dataverse-client-secret)'
 
@@ -97,8 +99,12 @@ var appSettings = {
   DATAVERSE_RETRY_BUDGET_SECONDS: dataverseRetryBudgetSeconds
   DATAVERSE_PAGE_SIZE: string(dataversePageSize)
   // --- webhook ---
+  // The host refuses a bigger body before the app sees it: Dataverse never sends more than 256 KB
+  // (shared.ingest.webhook.MAX_BODY_BYTES; the app checks Content-Length too).
+  FUNCTIONS_REQUEST_BODY_SIZE_LIMIT: '262144'
   WEBHOOK_SECRET_HEADER: webhookSecretHeader
   WEBHOOK_SECRET: webhookSecretReference
+  WEBHOOK_SECRET_PREVIOUS: hasWebhookSecretPrevious ? webhookSecretPreviousReference : ''
   // --- sync ---
   RECONCILE_SCHEDULE: reconcileSchedule
   // Big tenants: above RECONCILE_FANOUT_ABOVE candidates the timer sends chunks to RECONCILE_QUEUE
@@ -156,6 +162,25 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         version: '3.11'
       }
     }
+  }
+}
+
+// No basic (user name and password) publishing: azd deploys to the blob container with Entra ID.
+// No schema for this type in the type graphs the template tests check against; tests/unit/test_infra.py
+// checks its shape by hand (docs/security.md).
+resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
   }
 }
 

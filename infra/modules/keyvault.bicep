@@ -10,7 +10,11 @@ param ledgerKeyPrevious string = ''
 @secure()
 param webhookSecret string
 @secure()
+param webhookSecretPrevious string = ''
+@secure()
 param dataverseClientSecret string = ''
+@description('Log Analytics workspace that receives the vault\'s audit events (every secret read).')
+param workspaceId string
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   name: name
@@ -23,10 +27,12 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
       name: 'standard'
     }
     enableRbacAuthorization: true
-    // Soft delete cannot be turned off: after `azd down`, purge (`azd down --purge`) before an
-    // `azd up` with the same environment name, whose vault name is the same (docs/runbook.md).
+    // Soft delete cannot be turned off, and purge protection keeps a deleted vault (and the ledger
+    // key in it) recoverable for the whole 90 days: nobody can purge it, not even `azd down --purge`.
+    // An `azd up` with the same environment name recovers it first (docs/runbook.md).
     enableSoftDelete: true
-    softDeleteRetentionInDays: 7
+    softDeleteRetentionInDays: 90
+    enablePurgeProtection: true
     enabledForTemplateDeployment: false
     publicNetworkAccess: 'Enabled'
   }
@@ -60,12 +66,38 @@ resource webhookSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   }
 }
 
+// Only during a webhook secret rotation (docs/runbook.md): the app accepts both until Dataverse sends the new one.
+resource webhookSecretPreviousSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(webhookSecretPrevious)) {
+  parent: vault
+  name: 'webhook-secret-previous'
+  properties: {
+    value: webhookSecretPrevious
+    contentType: 'WEBHOOK_SECRET_PREVIOUS: the webhook secret before the rotation in progress'
+  }
+}
+
 resource dataverseClientSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(dataverseClientSecret)) {
   parent: vault
   name: 'dataverse-client-secret'
   properties: {
     value: dataverseClientSecret
     contentType: 'DATAVERSE_CLIENT_SECRET'
+  }
+}
+
+// Diagnostic settings: no schema for Microsoft.Insights/diagnosticSettings in the type graphs the
+// template tests check against; tests/unit/test_infra.py checks its shape by hand (docs/security.md).
+resource auditLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'audit-to-log-analytics'
+  scope: vault
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        categoryGroup: 'audit'
+        enabled: true
+      }
+    ]
   }
 }
 

@@ -1,10 +1,11 @@
 """python -m sandbox.dataverse --port 8081 [--seed FILE] [--latency-ms N] [--limit 6000/300] [--execution-limit 1200/300]
-[--dop-hint N] [--without-outbound-solution] [--without-auditing] [--without-remove-member-action]"""
+[--dop-hint N] [--without-outbound-solution] [--without-auditing] [--without-remove-member-action] [--key-style sequential|random]"""
 from __future__ import annotations
 
 import argparse
 import logging
 
+from .keys import KEY_STYLES
 from .limits import parse_limit
 from .server import DOP_HINT, SandboxServer
 
@@ -30,6 +31,8 @@ def main(argv=None):
     ap.add_argument("--without-remove-member-action", action="store_true",
                     help="an environment created without Dynamics 365 apps: no RemoveMemberList action "
                          "(members leave by DELETE listmembers(id))")
+    ap.add_argument("--key-style", choices=KEY_STYLES, default="sequential",
+                    help="new rows' keys: sequential GUIDs in a few server bands, as Dataverse mints them, or random")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     srv = SandboxServer(port=args.port, host=args.host, seed=args.seed, latency_ms=args.latency_ms,
@@ -38,7 +41,7 @@ def main(argv=None):
                         without_outbound_solution=args.without_outbound_solution,
                         auditing=not args.without_auditing,
                         without_remove_member_action=args.without_remove_member_action,
-                        execution_limit=parse_limit(args.execution_limit, float), dop_hint=args.dop_hint or None)
+                        execution_limit=parse_limit(args.execution_limit, float), dop_hint=args.dop_hint or None, key_style=args.key_style)
     srv.start()
     logging.getLogger("sandbox.dataverse").info("Dataverse sandbox at %s", srv.api_url)
     try:

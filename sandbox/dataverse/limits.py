@@ -96,7 +96,8 @@ def parse_limit(text: str | None, amount=int) -> tuple[float, float] | None:
 
 
 class Faults:
-    """Random 429/500/503 answers and delays, reproducible with a seed."""
+    """Random 429/500/503 answers and delays, reproducible with a seed; and refusals of the
+    requests that mention a given text (``refuse``: text -> status), for a poison event."""
 
     def __init__(self, latency_ms: float = 0):
         self._lock = threading.Lock()
@@ -110,9 +111,19 @@ class Faults:
             self.delay_share = float(cfg.get("delay_share", 0) or 0)
             self.delay_ms = float(cfg.get("delay_ms", 0) or 0)
             self.rng = random.Random(cfg.get("seed"))
-            self.config = {"latency_ms": self.latency_ms, "error_share": {str(k): v for k, v in self.error_share.items()},
+            self.refuse = {str(k): int(v) for k, v in (cfg.get("refuse") or {}).items()}
+            self.config = {"refuse": {k: v for k, v in self.refuse.items()}, "latency_ms": self.latency_ms, "error_share": {str(k): v for k, v in self.error_share.items()},
                            "retry_after_seconds": self.retry_after, "delay_share": self.delay_share,
                            "delay_ms": self.delay_ms, "seed": cfg.get("seed")}
+
+    def refusal(self, *texts: bytes) -> int | None:
+        """The status to refuse a request with when its path or body mentions a ``refuse`` text."""
+        with self._lock:
+            refuse = dict(self.refuse)
+        for needle, status in refuse.items():
+            if any(needle.encode() in t for t in texts):
+                return status
+        return None
 
     def draw(self) -> tuple[float, int | None]:
         """(extra seconds to wait before serving, status to answer instead or None). The base
@@ -148,12 +159,15 @@ class Stats:
             self.throttled = 0
             self.faults: Counter = Counter()
             self.unauthorized = 0
+            self.affinity_by_kind: Counter = Counter()  # requests that sent the server-affinity cookie back
 
-    def request(self, method: str, kind: str):
+    def request(self, method: str, kind: str, affinity: bool = False):
         with self._lock:
             self.total += 1
             self.by_method[method] += 1
             self.by_kind[f"{method} {kind}"] += 1
+            if affinity:
+                self.affinity_by_kind[f"{method} {kind}"] += 1
 
     def inner(self, method: str, kind: str):
         with self._lock:
@@ -179,4 +193,4 @@ class Stats:
                     "by_status": dict(self.by_status), "batch_requests": self.batch_requests,
                     "batch_by_kind": dict(self.batch_by_kind), "throttled": self.throttled,
                     "faults_injected": sum(self.faults.values()), "faults_by_status": dict(self.faults),
-                    "unauthorized": self.unauthorized}
+                    "unauthorized": self.unauthorized, "affinity_by_kind": dict(self.affinity_by_kind)}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +83,7 @@ def load_seed(store, seed: dict) -> dict[str, int]:
                         row[t.by_nav[k[:-11].lower()].column] = store.parse_reference(v)[1]
                     else:  # bare lookup attribute name
                         row[t.by_attr[k].column] = str(v).lower()
-                rid = row.get(t.key) or str(uuid.uuid4())
+                rid = row.get(t.key) or store.keys.mint()
                 row[t.key] = rid
                 row.setdefault("statecode", 0)
                 row.setdefault("createdon", ts)

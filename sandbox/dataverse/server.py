@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,14 @@ API_PREFIX = "/api/data/v9.2"
 #: The degree of parallelism the sandbox recommends (``x-ms-dop-hint``) unless told otherwise: an
 #: environment with several web servers, at least the nightly scan's most readers (32).
 DOP_HINT = 32
+
+#: Azure App Service's application request routing cookie, which Dataverse's responses carry.
+AFFINITY_COOKIE = "ARRAffinity"
+
+
+def cookie_names(headers: dict) -> set[str]:
+    """The names of the cookies a request sent."""
+    return {c.split("=", 1)[0].strip() for c in headers.get("cookie", "").split(";") if c.strip()}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -77,11 +86,12 @@ class SandboxServer:
                  webhook_shuffle: bool = False, webhook_duplicate_share: float = 0.0, host: str = "127.0.0.1",
                  verbose: bool = False, webhook_seed=None, without_outbound_solution: bool = False,
                  auditing: bool = True, without_remove_member_action: bool = False,
-                 execution_limit: tuple[float, float] | None = None, dop_hint: int | None = DOP_HINT):
+                 execution_limit: tuple[float, float] | None = None, dop_hint: int | None = DOP_HINT,
+                 key_style: str = "sequential"):
         self.host, self.port = host, port
         self.verbose = verbose
         self.store = Store(without_outbound_solution=without_outbound_solution, auditing=auditing,
-                           without_remove_member_action=without_remove_member_action)
+                           without_remove_member_action=without_remove_member_action, key_style=key_style)
         self.api = Api(self.store)
         self.batch = BatchRunner(self.api, lambda m, p: self.stats.inner(m, kind_of(m, p)))
         self.throttle = Throttle(tuple(limit) if limit else None)
@@ -90,6 +100,7 @@ class SandboxServer:
         self.execution = ExecutionTime(tuple(execution_limit) if execution_limit else None)
         self.dop_hint = dop_hint
         self.faults = Faults(latency_ms)
+        self.web_server = secrets.token_hex(32)  # this sandbox's one web server, named in its affinity cookie
         self.stats = Stats()
         self._inflight = threading.Condition()
         self._inflight_count = 0
@@ -179,7 +190,7 @@ class SandboxServer:
         if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
             return error_response(DataverseError(404, "0x80060888", "Resource not found."))
         sub = path[len(API_PREFIX):].lstrip("/")
-        self.stats.request(method, kind_of(method, sub))
+        self.stats.request(method, kind_of(method, sub), affinity=AFFINITY_COOKIE in cookie_names(headers))
         auth = headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not token:
@@ -195,12 +206,15 @@ class SandboxServer:
             return refused
         arrived = time.monotonic()
         delay, fault = self.faults.draw()
+        fault = fault or self.faults.refusal(raw_path.encode(), body or b"")
         if delay:
             time.sleep(delay)
         resp = self._answer(method, sub, query, headers, body, user_id, fault)
         self.execution.spend(user_id, time.monotonic() - arrived)
         if self.dop_hint:
             resp.headers.setdefault("x-ms-dop-hint", str(self.dop_hint))
+        # The web server that answered pins the client to itself (Azure App Service's ARR affinity).
+        resp.headers.setdefault("Set-Cookie", f"{AFFINITY_COOKIE}={self.web_server}; Path=/; HttpOnly")
         # The base latency is the answer time: Dataverse's own work happens within it (on its many
         # servers at once), so only what is left of it is waited after serving.
         rest = self.faults.latency_ms / 1000 - (time.monotonic() - arrived)

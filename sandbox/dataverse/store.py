@@ -23,6 +23,7 @@ from .odata import now_iso
 from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
 from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, PRIMARY_NAME, RELATIONSHIPS, S,
                      STATE_AFTER_CREATE, TABLES, Table, metadata_rows)
+from .keys import KeyMinter
 from .seed import load_seed
 
 MAX_PAGE = 5000
@@ -70,8 +71,9 @@ OUTBOUND_PREFIX = "msdyncrm_"
 
 class Store:
     def __init__(self, without_outbound_solution: bool = False, auditing: bool = True,
-                 without_remove_member_action: bool = False):
+                 without_remove_member_action: bool = False, key_style: str = "sequential"):
         self.without_outbound_solution = without_outbound_solution
+        self.keys = KeyMinter(key_style)  # new rows' primary keys, as Dataverse mints them
         # An environment created without Dynamics 365 apps has no RemoveMemberList Web API action.
         self.without_remove_member_action = without_remove_member_action
         # listmember id -> (relationship, list id, member id): built on the first DELETE listmembers(id)
@@ -330,7 +332,7 @@ class Store:
         t = TABLES[table]
         with self.lock:
             attrs = self._attrs(t, body, allow_system=False)
-            rid = row_id or attrs.get(t.key) or str(uuid.uuid4())
+            rid = row_id or attrs.get(t.key) or self.keys.mint()
             td = self.data[table]
             if rid in td.rows:
                 raise DataverseError(412 if row_id else 400, DUPLICATE, "A record with matching key values already exists.")

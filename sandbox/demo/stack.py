@@ -12,7 +12,7 @@ from sandbox.demo.tenant import generate, mappings
 from sandbox.host import LocalHost
 
 SYNC_TOKEN = "local-dev-token"  # local.settings.sample.json's DATAVERSE_ACCESS_TOKEN: the sync's app user
-LEDGER_KEY = "local-dev-ledger-key-change-me"
+LEDGER_KEY = "local-dev-ledger-key-7Qm2xK9vR4tZ8pWc"  # local.settings.sample.json's
 
 
 def port_or_free(port: int) -> int:

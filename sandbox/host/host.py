@@ -168,6 +168,9 @@ class LocalHost:
         self.app = app
         self.settings = dict(settings)
         self.bind, self.port = bind, port
+        #: As the Functions host: a request body over FUNCTIONS_REQUEST_BODY_SIZE_LIMIT bytes is refused
+        #: (413) before it is read; 100 MB when unset, the documented default.
+        self.body_limit = int(self.settings.get("FUNCTIONS_REQUEST_BODY_SIZE_LIMIT") or DEFAULT_BODY_LIMIT)
         self.function_key = function_key or secrets.token_urlsafe(32)
         self.master_key = master_key or secrets.token_urlsafe(32)
         self.sb = service_bus_options(host_json)
@@ -500,6 +503,10 @@ def _json(status: int, doc: Any) -> tuple[int, dict, bytes]:
     return status, {"Content-Type": "application/json"}, json.dumps(doc).encode()
 
 
+#: The Functions host's default request body limit (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT unset): 100 MB.
+DEFAULT_BODY_LIMIT = 104857600
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -510,7 +517,18 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > self.server.host.body_limit:  # type: ignore[attr-defined]
+            # Refused before a byte of the body is read; the unread body makes the connection unusable.
+            self.close_connection = True
+            self.send_response(413 if length > 0 else 400)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:

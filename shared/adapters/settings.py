@@ -68,6 +68,19 @@ def _https_url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _dataverse_url(raw: str) -> str:
+    """https only: the bearer token travels with every request. Plain http is allowed to a
+    loopback host, where the local Dataverse sandbox listens."""
+    url = _https_url(raw)
+    parsed = urlparse(url)
+    if parsed.scheme != "https" and (parsed.hostname or "") not in LOOPBACK_HOSTS:
+        raise ValueError("must be an https:// URL (plain http is allowed only to localhost or 127.0.0.1)")
+    return url
+
+
 def _readers(raw: str) -> int:
     value = _positive_int(raw)
     if value > 32:  # well inside Dataverse's 52 concurrent requests per user
@@ -81,10 +94,38 @@ def _header_name(raw: str) -> str:
     return raw.strip().lower()
 
 
-def _secret_bytes(raw: str) -> bytes:
+#: A strong secret: at least this many characters ...
+STRONG_SECRET_CHARS = 32
+#: ... of which at least this many distinct (a generated key has far more; a word repeated has fewer).
+STRONG_SECRET_DISTINCT = 12
+
+
+def _previous_secret(raw: str) -> str:
+    """A secret being rotated away from: it may predate the strength rule (16 characters were
+    enough then), and it is only accepted or read until the rotation ends."""
     if len(raw) < 16:
         raise ValueError("must be at least 16 characters")
-    return raw.encode()
+    return raw
+
+
+def _secret_bytes(raw: str) -> bytes:
+    return _previous_secret(raw).encode()
+
+
+def _strong_secret(raw: str) -> str:
+    """At least 32 random-looking characters, e.g. ``openssl rand -base64 32``. The message
+    names the problem, never the value."""
+    if len(raw) < STRONG_SECRET_CHARS:
+        raise ValueError(f"too weak: must be at least {STRONG_SECRET_CHARS} characters (generate one with "
+                         "openssl rand -base64 32)")
+    if len(set(raw)) < STRONG_SECRET_DISTINCT:
+        raise ValueError(f"too weak: must look random, with at least {STRONG_SECRET_DISTINCT} different characters "
+                         "(generate one with openssl rand -base64 32)")
+    return raw
+
+
+def _strong_secret_bytes(raw: str) -> bytes:
+    return _strong_secret(raw).encode()
 
 
 def _flag(raw: str) -> bool:
@@ -132,10 +173,12 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Concurrent Dataverse reads of the nightly scan (1-32; Dataverse allows 52 per user)."),
     Setting("WEBHOOK_SECRET_HEADER", "webhook_secret_header", _header_name,
             doc="Optional header Dataverse sends (HttpHeader auth); with WEBHOOK_SECRET enables a check."),
-    Setting("WEBHOOK_SECRET", "webhook_secret", _text, secret=True,
-            doc="Expected value of WEBHOOK_SECRET_HEADER, compared in constant time."),
-    Setting("DATAVERSE_URL", "dataverse_url", _https_url,
-            doc="Environment URL, e.g. https://contoso.crm.dynamics.com."),
+    Setting("WEBHOOK_SECRET", "webhook_secret", _strong_secret, secret=True,
+            doc="Expected value of WEBHOOK_SECRET_HEADER, compared in constant time (32+ random characters)."),
+    Setting("WEBHOOK_SECRET_PREVIOUS", "webhook_secret_previous", _previous_secret, secret=True,
+            doc="During a rotation only: the secret before it, still accepted until Dataverse sends the new one."),
+    Setting("DATAVERSE_URL", "dataverse_url", _dataverse_url,
+            doc="Environment URL, e.g. https://contoso.crm.dynamics.com (https only; http only to localhost)."),
     Setting("DATAVERSE_CLIENT_ID", "dataverse_client_id", _text,
             doc="App registration client id (with a secret) or user-assigned managed identity client id."),
     Setting("DATAVERSE_TENANT_ID", "dataverse_tenant_id", _text,
@@ -158,8 +201,8 @@ SETTINGS: tuple[Setting, ...] = (
             doc="Client id of the user-assigned managed identity used for storage."),
     Setting("TABLE_PREFIX", "table_prefix", _text, "straddle",
             doc="Prefix of every Table Storage table Straddle creates."),
-    Setting("LEDGER_KEY", "ledger_key", _secret_bytes, secret=True,
-            doc="HMAC key that turns an email into the ledger partition key (a Key Vault reference)."),
+    Setting("LEDGER_KEY", "ledger_key", _strong_secret_bytes, secret=True,
+            doc="HMAC key that turns an email into the ledger partition key (32+ random characters; a Key Vault reference)."),
     Setting("LEDGER_KEY_PREVIOUS", "ledger_key_previous", _secret_bytes, secret=True,
             doc="The ledger key before the last rotation, only read: keeps older history readable by explain."),
     Setting("APPLICATIONINSIGHTS_CONNECTION_STRING", "appinsights_connection_string", _text,
@@ -192,6 +235,7 @@ class Settings:
     reconcile_readers: int
     webhook_secret_header: str | None
     webhook_secret: str | None
+    webhook_secret_previous: str | None
     dataverse_url: str | None
     dataverse_client_id: str | None
     dataverse_tenant_id: str | None
@@ -231,12 +275,14 @@ class Settings:
             try:
                 values[s.attr] = s.parse(raw)
             except ValueError as exc:
-                detail = str(exc) if not s.secret else str(exc).split(":")[0]
-                problems.append(f"{s.name} is malformed: {detail}")
+                # Parsers of secrets word their messages without the value; nothing else is shown.
+                problems.append(f"{s.name} is malformed: {exc}")
         if values.get("dataverse_page_size") and values["dataverse_page_size"] > 5000:
             problems.append("DATAVERSE_PAGE_SIZE is malformed: Dataverse pages hold at most 5000 rows")
         if bool(values.get("webhook_secret_header")) != bool(values.get("webhook_secret")):
             problems.append("WEBHOOK_SECRET_HEADER and WEBHOOK_SECRET must be set together")
+        if values.get("webhook_secret_previous") and not values.get("webhook_secret"):
+            problems.append("WEBHOOK_SECRET_PREVIOUS is accepted only beside WEBHOOK_SECRET (during a rotation)")
         if problems:
             raise SettingsError("; ".join(problems))
         values["parked_queue"] = values["parked_queue"] or f"{values['changes_queue']}-parked"

@@ -60,6 +60,10 @@ class DataverseSyncGateway:
         with _transient():
             return self.client.who_am_i()
 
+    def organization_id(self) -> str:
+        with _transient():
+            return self.client.organization_id()
+
     # --- reads ----------------------------------------------------------------------------------
 
     def read(self, member_ids: Mapping[str, Collection[str]], emails: Collection[str], mappings: Mappings) -> SyncRead:
@@ -188,9 +192,10 @@ class DataverseSyncGateway:
             else:
                 yield [member_from_row(str(source.table), r, columns) for r in rows], more
 
-    def largest_key(self, source: ScanSource, columns: Sequence[str]) -> str | None:
+    def largest_key(self, source: ScanSource, columns: Sequence[str], after: str | None = None,
+                    upto: str | None = None) -> str | None:
         path, key, _, flt = self._scan_query(source, columns)
-        return self.client.largest_key(path, key, flt)
+        return self.client.largest_key(path, key, flt, after, upto)
 
     def request_count(self) -> int:
         return self.client.total_requests

@@ -30,6 +30,7 @@ class LedgerEntry:
     # R7: the address an opt-out was carried over from. Given as the normalised address, stored and
     # read back as that address's person key (the pseudonym its own history is filed under).
     carried_from: str | None = None
+    evidence: str | None = None  # what dated origin_time or confirmed the opt-out (e.g. "contact modifiedon")
 
 
 # Action texts the planner reads back as evidence of when the sync made an opt-out happen.

@@ -8,8 +8,9 @@ One planner serves the event path and the reconciliation. It works on *facts* th
     ("not_in", member, list_id)     the member is not in the list
     ("in", member, list_id)         the member is in the brand's opt-out list
 
-Facts come from triggers (an event said a member left a list: R1; an address replaced another
-on a record, whose opt-outs it takes over: R7), from the state itself
+Facts come from triggers (an event said a member left a list: R1, once the member is read out of
+the list and, for an event's claim, the list snapshot does not deny it was in; an address replaced
+another on a record, whose opt-outs it takes over: R7), from the state itself
 (existing opt-outs, flags, opt-out list memberships) and from each other through the rules, until
 nothing new follows: the whole closure in one pass, so the notifications the sync's own writes
 cause find nothing left to do. Actions are the facts that do not hold yet. Facts only ever say
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, Literal
 
 from shared.domain.consent import (CONSENT_TABLE, PERSONAL_SOURCES, ConsentSource, ConsentType, ConsentValue,
@@ -65,6 +66,26 @@ class Trigger:
     at: str | None = None  # ISO 8601: when the event happened (evidence for the timeline rule)
     opted_out: Literal["flag", "join"] | None = None  # the event set the member's flag / joined list_id
     previous_email: str | None = None  # address_changed: the address ``email`` replaced (R7)
+    claimed: bool = False  # a departure only a notification says happened: R1 waits for evidence
+
+
+#: What a list snapshot says of a departure an event claims (``State.departures``).
+IN_SNAPSHOT = "list snapshot"  # a member at the last scan, not now: it left (R1)
+NO_SNAPSHOT = "no list snapshot yet"  # nothing says either way: opt-out wins, but not over a re-consent
+NOT_IN_SNAPSHOT = "not in the last list snapshot"  # nothing shows it was ever a member: inspection only
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """The evidence for a departure an event claims: ``kind`` one of the three above, ``taken_at``
+    the snapshot's time (the departure happened after it)."""
+
+    kind: str
+    taken_at: str | None = None
+
+    @property
+    def describe(self) -> str:
+        return f"{self.kind} {self.taken_at}" if self.taken_at else self.kind
 
 
 @dataclass
@@ -82,6 +103,8 @@ class State:
     joined_at: dict[tuple[MemberKey, str], str | None] = field(default_factory=dict)  # listmember createdon (None: read, unknown)
     flag_set_at: dict[tuple[MemberKey, str], str | None] = field(default_factory=dict)  # (member, flag) -> audit history (None: read, unknown)
     sync_user: str | None = None  # the sync's application user: rows it wrote are not a person's
+    departures: dict[tuple[MemberKey, str], Departure] = field(default_factory=dict)  # claimed departures' evidence
+    now: str | None = None  # ISO 8601, when the rows were read: an event dated later is not evidence
 
     def add_member(self, m: Member, lists: Iterable[str], cause: str | None = None) -> None:
         k = member_key(m)
@@ -115,6 +138,7 @@ class OptOutConsent:
     note: str | None = None  # why a person's opt-in is overwritten (timeline rule), for the ledger
     since: str | None = None  # when the opt-out it follows from happened (kept in the ledger: timeline evidence)
     carried_from: str | None = None  # R7: the address this opt-out was carried over from (the ledger hashes it)
+    evidence: str | None = None  # what dates ``since`` or confirms the opt-out (the ledger keeps it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +148,7 @@ class SetDoNotBulkEmail:
     rule: str
     cause: str | None
     since: str | None = None  # when the opt-out it follows from happened (the ledger keeps it: timeline evidence)
+    evidence: str | None = None  # as for OptOutConsent
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +169,7 @@ class AddToOptOutList:
     rule: str
     cause: str | None
     since: str | None = None  # as for SetDoNotBulkEmail
+    evidence: str | None = None
 
 
 Action = OptOutConsent | SetDoNotBulkEmail | RemoveFromList | AddToOptOutList
@@ -206,11 +232,12 @@ class Plan:
     frontier_ledger: set[str] = field(default_factory=set)  # emails whose ledger the timeline needs
     frontier_joins: set[tuple[MemberKey, str]] = field(default_factory=set)  # listmember createdon wanted
     frontier_audits: set[tuple[MemberKey, str]] = field(default_factory=set)  # (member, flag): audit history wanted
+    frontier_departures: set[tuple[MemberKey, str]] = field(default_factory=set)  # claimed departures to look up
 
     @property
     def complete(self) -> bool:
         return not (self.frontier_emails or self.frontier_members or self.frontier_ledger or self.frontier_joins
-                    or self.frontier_audits)
+                    or self.frontier_audits or self.frontier_departures)
 
 
 # --- the planner -------------------------------------------------------------------------------
@@ -262,6 +289,10 @@ def instant(value: str | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+#: How far an event's time may run ahead of the bound Dataverse or our clock sets (whole-second
+#: modifiedon, clocks a little apart) and still count as evidence.
+SKEW = timedelta(seconds=2)
+
 Root = tuple  # ("flag", member) | ("in", member, list) | ("left", member, list) | ("row", row id)
 
 
@@ -289,14 +320,34 @@ class _Timeline:
                 if is_personal_opt_in(r, state.sync_user):
                     self.personal[(kind, e, target)] = r
         self.events: dict[Root, list[str]] = {}  # root -> times change events put on it
+        self.ignored: dict[Root, str] = {}  # root -> why an event's own time was not taken as evidence
+        self.unconfirmed: set[Root] = set()  # departures nothing confirms: never over a person's re-consent
+        now = instant(state.now)
         for t in triggers:
-            if t.at and t.member:
-                if t.opted_out == "flag":
-                    self.events.setdefault(("flag", t.member), []).append(t.at)
-                elif t.opted_out == "join" and t.list_id:
-                    self.events.setdefault(("in", t.member, t.list_id), []).append(t.at)
-                elif t.kind == "left_list" and t.list_id:
-                    self.events.setdefault(("left", t.member, t.list_id), []).append(t.at)
+            if not t.member:
+                continue
+            if t.kind == "left_list" and t.list_id:
+                root = ("left", t.member, t.list_id)
+                departure = state.departures.get((t.member, t.list_id)) if t.claimed else None
+                if departure is not None and departure.kind != IN_SNAPSHOT:
+                    self.unconfirmed.add(root)
+                    continue
+                after = instant(departure.taken_at) if departure is not None else None
+                if t.at and after is not None and (instant(t.at) is None or instant(t.at) <= after):
+                    self.ignored[root] = "change event time ignored: not after the list snapshot"
+                    continue
+            elif t.opted_out == "flag":
+                root = ("flag", t.member)
+            elif t.opted_out == "join" and t.list_id:
+                root = ("in", t.member, t.list_id)
+            else:
+                continue
+            if not t.at:
+                continue
+            if now is not None and (instant(t.at) is None or instant(t.at) > now + SKEW):
+                self.ignored[root] = "change event time ignored: in the future"
+                continue
+            self.events.setdefault(root, []).append(t.at)
         self.sync_made: dict[Root, list[str]] = {}  # root -> when the ledger says the sync made it
         self.remembered: set[tuple[str, str, str]] = set()  # (row id, row modifiedon, root key)
         for entries in state.ledger.values():
@@ -350,6 +401,8 @@ class _Timeline:
         remembered = (row.id, row.modified_on, key) in self.remembered
         if reconsented is None:
             stands = False
+        elif root in self.unconfirmed:
+            stands = True  # only a notification says the member left: not enough to overrule the person
         elif remembered:
             stands = not (t.exact and at is not None and at >= reconsented)  # only a dated newer opt-out flips it
         else:
@@ -379,9 +432,30 @@ class _Timeline:
         column = "donotbulkemail" if m.donotbulkemail else "donotemail" if m.donotemail else None
         return (root[1], column) if column else None
 
+    def _event_times(self, root: Root) -> list[str]:
+        """The change events' own times for ``root``, where Dataverse does not contradict them: an
+        event dated after the member's modifiedon (a flag) or with listmember createdon or audit
+        history at hand (Dataverse's own record of the change) is a hint, not evidence."""
+        times = self.events.get(root, [])
+        if not times:
+            return []
+        if (root[0] == "in" and self.state.joined_at.get((root[1], root[2]))) or (
+                root[0] == "flag" and self._flag(root) and self.state.flag_set_at.get(self._flag(root))):
+            self.ignored[root] = "change event time ignored: Dataverse dates the change"
+            return []
+        m = self.state.members.get(root[1]) if root[0] == "flag" else None
+        bound = instant(m.modified_on) if m is not None else None
+        if bound is not None:
+            bound += SKEW  # Dataverse keeps modifiedon in whole seconds; the event's time has milliseconds
+            kept = [at for at in times if instant(at) is not None and instant(at) <= bound]
+            if len(kept) < len(times):
+                self.ignored[root] = f"change event time ignored: after the {m.table} modifiedon"
+            return kept
+        return times
+
     def _dated(self, root: Root) -> list[tuple[str, str]]:
         """(time, evidence) of everything that dates the opt-out itself."""
-        dated = [(at, "change event") for at in self.events.get(root, ())]
+        dated = [(at, "change event") for at in self._event_times(root)]
         row = self._row(root[1]) if root[0] == "row" else None
         if row is None or (self.state.sync_user and row.modified_by == self.state.sync_user):
             dated += [(at, "ledger") for at in self.sync_made.get(root, ())]  # a row only while the sync's write is its last
@@ -407,6 +481,12 @@ class _Timeline:
             t = OptOutTime(row.modified_on, "consent row modifiedon")
         else:
             t = OptOutTime(None, "none")
+        notes = [self.ignored[root]] if root in self.ignored else []
+        if root[0] == "left":
+            departure = self.state.departures.get((root[1], root[2]))
+            notes += [f"departure: {departure.describe}"] if departure is not None else []
+        if notes:
+            t = OptOutTime(t.at, "; ".join([t.evidence, *notes]), t.exact)
         self._times[root] = t
         return t
 
@@ -415,13 +495,17 @@ class _Timeline:
             self._rows = {r.id: r for rows in self.state.consent.values() for r in rows}
         return self._rows.get(row_id)
 
-    def since(self, roots: frozenset) -> str | None:
-        """When the latest of these opt-outs happened; None when any of them cannot be dated."""
-        times = [self.opt_out_time(r) for r in roots]
-        moments = [(instant(t.at), t.at) for t in times]
-        if not moments or any(m is None for m, _ in moments):
-            return None
-        return max(moments)[1]
+    def since(self, roots: frozenset) -> tuple[str | None, str | None]:
+        """(when the latest of these opt-outs happened, the evidence that says so); the time is None
+        when any of them cannot be dated, the evidence then names what was found."""
+        times = sorted((self.opt_out_time(r) for r in roots), key=lambda t: t.evidence)
+        if not times:
+            return None, None
+        moments = [(instant(t.at), t.at, t.evidence) for t in times]
+        if any(m is None for m, _, _ in moments):
+            return None, "; ".join(t.evidence for t in times)
+        _, at, evidence = max(moments)
+        return at, evidence
 
     def reconsents(self, facts: dict) -> tuple[list[Reconsent], dict[tuple, str]]:
         """The verdict per judged scope, and a note per scope where the opt-out wins over a re-consent."""
@@ -495,6 +579,21 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
             frontier_members.setdefault(k, cause)
         return False
 
+    frontier_departures: set[tuple[MemberKey, str]] = set()
+
+    def departed(t: Trigger) -> bool:
+        """R1 applies: the member is not in the list now and (for a claim) evidence does not deny it left."""
+        assert t.member is not None and t.list_id is not None
+        if t.list_id in state.lists_of.get(t.member, ()):
+            return False  # still a member: the event was stale or forged; an inspection only
+        if not t.claimed:
+            return True  # found by the nightly scan against its snapshot
+        departure = state.departures.get((t.member, t.list_id))
+        if departure is None:
+            frontier_departures.add((t.member, t.list_id))
+            return False
+        return departure.kind != NOT_IN_SNAPSHOT
+
     # Triggers: what the events ask about.
     for t in triggers:
         if t.kind == "inspect_email" and t.email:
@@ -502,7 +601,7 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
         elif t.member and need_member(t.member, t.cause):
             for e in emails_of[t.member]:
                 need_email(e, t.cause)
-            if t.kind == "left_list" and t.list_id:
+            if t.kind == "left_list" and t.list_id and departed(t):
                 for mapping in mappings.topics_of_list.get(t.list_id, ()):  # R1
                     for e in emails_of[t.member]:
                         derive(("topic", e, mapping.topic_id), "R1", t.cause, False,
@@ -575,7 +674,7 @@ def plan(state: State, mappings: Mappings, triggers: Iterable[Trigger]) -> Plan:
     actions = _with_carried_from(_actions(facts, state, mappings, emails_of, addition_causes, notes, timeline.since),
                                  carried)
     return Plan(actions, frontier_emails, frontier_members, reconsents, timeline.wanted_ledger,
-                timeline.wanted_joins, timeline.wanted_audits)
+                timeline.wanted_joins, timeline.wanted_audits, frontier_departures)
 
 
 def _global_opt_out(k: MemberKey, rule: str, cause: str | None, root: bool, roots: frozenset, emails_of,
@@ -675,18 +774,19 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
             rows = [r for r in state.consent.get(e, ())
                     if r.contact_point_type in (None, ContactPointType.EMAIL) and r.consent_type == ctype
                     and r.purpose_id == purpose_id and (r.topic_id == topic_id if topic_id else True)]
+            at, evidence = since(roots)
             if not rows:
                 actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, None, None, label, cause,
-                                             since=since(roots)))
+                                             since=at, evidence=evidence))
             for r in rows:  # every duplicate, active or not: RTM reads the newest, and it may change
                 if r.value != ConsentValue.OPTED_OUT:
                     actions.append(OptOutConsent(e, int(ctype), purpose_id, topic_id, r.id, r.value, label, cause,
-                                                 notes.get(fact), since(roots)))
+                                                 notes.get(fact), at, evidence))
         elif kind == "flag":
             k = fact[1]
             m = state.members.get(k)
             if m is not None and not m.donotbulkemail:
-                actions.append(SetDoNotBulkEmail(k, emails_of[k], label, cause, since(roots)))
+                actions.append(SetDoNotBulkEmail(k, emails_of[k], label, cause, *since(roots)))
         elif kind == "not_in":
             _, k, list_id = fact
             if list_id in state.lists_of.get(k, ()):
@@ -694,12 +794,12 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
         elif kind == "in":
             _, k, list_id = fact
             if k in state.members and list_id not in state.lists_of.get(k, ()):
-                actions.append(AddToOptOutList(k, list_id, emails_of.get(k, ()), label, cause, since(roots)))
+                actions.append(AddToOptOutList(k, list_id, emails_of.get(k, ()), label, cause, *since(roots)))
     return actions
 
 
 __all__ = [
-    "Action", "AddToOptOutList", "Judgement", "MemberKey", "OptOutConsent", "OptOutTime", "Plan", "Reconsent",
+    "Action", "AddToOptOutList", "Departure", "IN_SNAPSHOT", "Judgement", "NO_SNAPSHOT", "NOT_IN_SNAPSHOT", "MemberKey", "OptOutConsent", "OptOutTime", "Plan", "Reconsent",
     "RemoveFromList", "SetDoNotBulkEmail", "State", "Trigger", "effective_opt_outs", "instant",
     "is_personal_opt_in", "member_key", "newest_rows", "normalise_email", "plan", "root_key",
 ]

@@ -1,8 +1,10 @@
 """From a change event to what the planner must look at. Pure.
 
 An event's values may be stale by the time it is processed (delivery is out of order), so it
-only says *where* to look; the planner decides from the rows as they are now. The one exception
-is R1: "this member left that list" is a fact about the past that current rows cannot show.
+only says *where* to look; the planner decides from the rows as they are now. Even R1's "this
+member left that list", a fact about the past that current rows cannot show, is only a claim: the
+planner applies R1 when the member is not in the list now and the list snapshot does not deny it
+was before (``claimed``); an event's own time is weighed against Dataverse's (the timeline rule).
 """
 from __future__ import annotations
 
@@ -41,6 +43,13 @@ class NoEffect:
 def is_echo(event: ChangeEvent, sync_user_id: str | None) -> bool:
     """The sync's own write coming back: its effects were planned when it was written."""
     return bool(sync_user_id) and sync_user_id in (event.origin.initiating_user_id, event.origin.user_id)
+
+
+def is_foreign(event: ChangeEvent, organization_id: str | None) -> bool:
+    """An event of another Dataverse organization than the one the sync serves (a copied
+    environment that kept the webhook registration). An event naming none predates the check."""
+    named = event.origin.organization_id
+    return bool(named and organization_id) and named.strip("{}").lower() != organization_id.strip("{}").lower()
 
 
 def is_personal_opt_in_event(c: ConsentChanged) -> bool:
@@ -94,7 +103,8 @@ def triggers_for(event: ChangeEvent, mappings: Mappings) -> list[Trigger] | Need
                 key = (table, member_id)
                 if c.action == "removed":
                     if list_id in mappings.topics_of_list:
-                        out.append(Trigger("left_list", cause, member=key, list_id=list_id, at=event.origin.time))
+                        out.append(Trigger("left_list", cause, member=key, list_id=list_id, at=event.origin.time,
+                                           claimed=True))
                     else:
                         # Leaving a brand's opt-out list while still opted out of its purposes in
                         # RTM is undone (R4): opt-out wins until it is lifted where it was given.

@@ -14,7 +14,7 @@ import azure.functions as func
 
 from shared import bootstrap
 from shared.adapters.settings import SettingsError
-from shared.ingest.webhook import WebhookResponse, accept_notification, error
+from shared.ingest.webhook import WebhookResponse, accept_notification, error, too_large
 from shared.service_layer.process_changes import Incoming
 from shared.telemetry import emit
 
@@ -23,8 +23,11 @@ log = logging.getLogger("straddle")
 
 def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
     try:
-        body = req.get_body() or b""
         headers = {k.lower(): v for k, v in req.headers.items()}
+        refused = too_large(headers)  # before the body is touched
+        if refused:
+            return _http(refused)
+        body = req.get_body() or b""
         try:
             container = bootstrap.container()
             config = container.webhook_config
@@ -37,7 +40,7 @@ def dataverse_webhook(req: func.HttpRequest) -> func.HttpResponse:
         except SettingsError as exc:
             log.error("webhook.misconfigured %s", exc)
             queue = None
-        return _http(accept_notification(body, headers, config, queue))
+        return _http(accept_notification(body, headers, config, queue, container.known_organization_id()))
     except Exception:  # last line of defence: a bug must still not surface as a 500 with a trace
         log.exception("webhook.failed")
         return _http(error(503, "internal", "the notification could not be handled; retry later"))
@@ -67,7 +70,7 @@ def process_changes(messages: Sequence[func.ServiceBusMessage]) -> None:
         _pause_before_abandon(messages)
         raise
     emit(log, "process.batch", messages=len(incoming), processed=report.count("processed"),
-         duplicates=report.count("duplicate"), echoes=report.count("echo"), no_effect=report.count("no_effect"),
+         duplicates=report.count("duplicate"), echoes=report.count("echo"), foreign=report.count("foreign"), no_effect=report.count("no_effect"),
          retried=report.count("retry"), parked=report.count("parked"), applied=report.actions_applied,
          failed=report.actions_failed, rounds=report.rounds, incomplete=report.incomplete,
          duration_ms=int((time.monotonic() - started) * 1000))

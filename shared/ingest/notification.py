@@ -34,8 +34,26 @@ ADD_MESSAGES = ("AddMember", "AddListMembers")
 SIZE_EXCEEDED_HEADER = "x-ms-dynamics-msg-size-exceeded"
 CONTACT_COLUMNS = EMAIL_COLUMNS + OPT_OUT_FLAGS
 
+#: Longest table, message, relationship or identifier name accepted: Dataverse's own are far shorter
+#: (logical names 50 characters, schema names 100), so a longer one is not Dataverse's.
+NAME_MAX = 128
+#: Longest address accepted (a mailbox is at most 64 + 1 + 255 characters; Dataverse's own email
+#: columns hold 100): a longer one is refused, not carried or logged.
+ADDRESS_MAX = 320
+#: Email-address columns of the notification (they reach the event and the sync).
+_ADDRESS_COLUMNS = frozenset(EMAIL_COLUMNS) | {"msdynmkt_contactpointvalue"}
+
 _GUID = re.compile(r"^\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?$")
 _DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+
+
+class ForeignOrganization(ValueError):
+    """The notification names another organization than the one the app is configured for (a
+    copied environment that kept the registration): it must never be processed here."""
+
+    def __init__(self, organization_id: str | None):
+        super().__init__("the notification is from another Dataverse organization")
+        self.organization_id = organization_id
 
 
 class NotificationError(ValueError):
@@ -54,8 +72,10 @@ class Irrelevant:
     reason: str
 
 
-def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = None) -> ChangeEvent | Irrelevant:
-    """Parses, validates and reduces one notification. ``headers`` keys must be lower-case."""
+def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = None,
+                       organization_id: str | None = None) -> ChangeEvent | Irrelevant:
+    """Parses, validates and reduces one notification. ``headers`` keys must be lower-case.
+    ``organization_id``, when known, is the only organization accepted (ForeignOrganization)."""
     try:
         ctx = json.loads(body)
     except UnicodeDecodeError:
@@ -67,8 +87,22 @@ def parse_notification(body: bytes | str, headers: Mapping[str, str] | None = No
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
     if _SURROGATE_ESCAPE.search(raw):  # rare: only then walk every string (the fast path skips it)
         _reject_lone_surrogates(ctx, "")
+    named = _short_guid(ctx.get("OrganizationId"))
+    # One naming no organization (or not a GUID) is malformed: reduce_context answers that (400).
+    if organization_id is not None and named is not None and not same_organization(named, organization_id):
+        raise ForeignOrganization(named)
     # Microsoft documents only that the header is sent when the context was stripped, not its value.
     return reduce_context(ctx, SIZE_EXCEEDED_HEADER in (headers or {}))
+
+
+def same_organization(named: Any, organization_id: str) -> bool:
+    """Whether a notification's OrganizationId is ``organization_id``; one naming none is not."""
+    return isinstance(named, str) and named.strip("{}").lower() == organization_id.strip("{}").lower()
+
+
+def _short_guid(value: Any) -> str | None:
+    """The GUID a notification names, if it is one: fit to log (anything else is not shown)."""
+    return value.strip("{}").lower() if isinstance(value, str) and _GUID.match(value) else None
 
 
 def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEvent | Irrelevant:
@@ -81,7 +115,8 @@ def reduce_context(ctx: dict[str, Any], size_exceeded: bool = False) -> ChangeEv
         user_id=_guid(ctx.get("UserId"), "UserId"),
         initiating_user_id=_guid(ctx.get("InitiatingUserId"), "InitiatingUserId"),
         correlation_id=_optional_str(ctx, "CorrelationId"),
-        organization_id=_optional_str(ctx, "OrganizationId"),
+        # Required: Dataverse always sends it, and the worker drops an event of another organization.
+        organization_id=_guid(ctx.get("OrganizationId"), "OrganizationId", required=True),
         depth=_optional_int(ctx, "Depth"),
     )
     # Identity parts that are not in the reduced event but tell two operations apart.
@@ -205,6 +240,7 @@ def _association(message: str, inputs: dict[str, Any]) -> MembershipChanged | Ir
     schema_name = relationship.get("SchemaName")
     if not isinstance(schema_name, str):
         raise NotificationError("InputParameters.Relationship.SchemaName", f"expected a string, got {_type_name(schema_name)}")
+    _name(schema_name, "InputParameters.Relationship.SchemaName")
     member_table = MEMBERSHIP_RELATIONSHIPS.get(schema_name.lower())
     if member_table is None:
         return Irrelevant(f"relationship {schema_name} is not a list membership")
@@ -290,7 +326,7 @@ def _entity_reference(value: Any, path: str) -> tuple[str, str]:
     name = value.get("LogicalName")
     if not isinstance(name, str):
         raise NotificationError(f"{path}.LogicalName", f"expected a string, got {_type_name(name)}")
-    return name.lower(), _guid(value.get("Id"), f"{path}.Id", required=True)
+    return _name(name, f"{path}.LogicalName").lower(), _guid(value.get("Id"), f"{path}.Id", required=True)
 
 
 def _reference_collection(value: Any, path: str) -> list[tuple[str, str]]:
@@ -315,13 +351,19 @@ def _required_str(ctx: dict[str, Any], name: str) -> str:
         raise NotificationError(name, "is missing")
     if not isinstance(value, str) or not value:
         raise NotificationError(name, f"expected a non-empty string, got {_type_name(value)}")
-    return value
+    return _name(value, name)
 
 
 def _optional_str(ctx: dict[str, Any], name: str) -> str | None:
     value = ctx.get(name)
     if value is not None and not isinstance(value, str):
         raise NotificationError(name, f"expected a string, got {_type_name(value)}")
+    return value if value is None else _name(value, name)
+
+
+def _name(value: str, path: str) -> str:
+    if len(value) > NAME_MAX:
+        raise NotificationError(path, f"is {len(value)} characters long; names are at most {NAME_MAX}")
     return value
 
 
@@ -364,9 +406,13 @@ def _bool(value: Any, path: str) -> bool | None:
 
 
 def _optional_text(value: Any, path: str) -> str | None:
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
-    raise NotificationError(path, f"expected a string, got {_type_name(value)}")
+    if not isinstance(value, str):
+        raise NotificationError(path, f"expected a string, got {_type_name(value)}")
+    if path in _ADDRESS_COLUMNS and len(value) > ADDRESS_MAX:
+        raise NotificationError(path, f"is {len(value)} characters long; an email address is at most {ADDRESS_MAX}")
+    return value
 
 
 def _option(value: Any, path: str) -> int | None:

@@ -22,6 +22,7 @@ from shared.domain.compliance import (
     CAN_SPAM_BUSINESS_DAYS, DEFAULT_DEADLINE_HOURS, INBOX_PROVIDER_HOURS, OptOutRecord, SideState, add_business_days,
     summarise)
 from shared.domain.planner import instant
+from shared.service_layer.review import neutralised
 from shared.telemetry import emit
 
 log = logging.getLogger("shared.compliance")
@@ -31,7 +32,6 @@ PSEUDONYM_DIGITS = 16  # as the review file's pseudonyms: the same person reads 
 EXPORT_COLUMNS = ("pseudonym", "given_at", "evidence", "source", "one_click", "origin", "rule", "sides",
                   "rtm_effective_at", "obm_effective_at", "effective_at", "status", "hours_to_effect",
                   "breached_48h", "breached_10_business_days", "cause")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 class OptOutRecords(Protocol):
@@ -41,11 +41,10 @@ class OptOutRecords(Protocol):
 
 
 def spreadsheet_safe(cell: Any) -> str:
-    """A value a spreadsheet shows as text: a cell starting with = + - @ (or a tab or carriage
-    return) is a formula to Excel and LibreOffice, so it gets a leading apostrophe (OWASP's CSV
-    injection advice). None is an empty cell."""
+    """A value as the review file writes it: text, with a formula's first character neutralised
+    (``review.neutralised``). None is an empty cell."""
     text = "" if cell is None else ("true" if cell is True else "false" if cell is False else str(cell))
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return neutralised(text)
 
 
 def _iso(moment: datetime) -> str:

@@ -238,7 +238,7 @@ def _ledger_of(e: str, ledger: Any, catalogue: _Catalogue) -> list[dict[str, Any
         "recorded_at": h.recorded_at, "rule": h.rule, "origin": h.origin_system, "event_id": h.origin_event_id,
         "target_system": h.target_system, "target_table": h.target_table, "target_id": h.target_id,
         "action": h.action, "action_named": named_action(h.action, names), "before": h.before, "after": h.after,
-        "outcome": h.outcome, "detail": h.detail, "carried_from": h.carried_from,
+        "outcome": h.outcome, "detail": h.detail, "carried_from": h.carried_from, "evidence": h.evidence,
     } for h in ledger.history(e)]
 
 

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from shared.domain.compliance import ALREADY_TRUE, CHANGE_EVENT, DATAVERSE_DATES, UNDATED, Given, Write, records_for
 from shared.domain.consent import (CONSENT_TABLE, OPT_OUT_FLAGS, PERSONAL_SOURCES, ConsentSource, ConsentType,
@@ -26,8 +26,13 @@ from shared.domain.ledger import ADD_TO_OPT_OUT_LIST, AGAINST, KEEP_RECONSENT, S
 from shared.domain.mappings import Mappings
 from shared.domain.model import WriteResult
 from shared.domain.planner import (
+    IN_SNAPSHOT,
+    NO_SNAPSHOT,
+    NOT_IN_SNAPSHOT,
     Action,
     AddToOptOutList,
+    Departure,
+    MemberKey,
     OptOutConsent,
     Plan,
     Reconsent,
@@ -38,8 +43,9 @@ from shared.domain.planner import (
     effective_opt_outs,
     plan,
 )
-from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, triggers_for, untraced_address_change
-from shared.ports import LedgerPort, OptOutRecordsPort, ProcessedEventsPort, RetryQueue, SyncGateway, TransientError
+from shared.domain.triggers import NeedsConsentRow, NoEffect, is_echo, is_foreign, triggers_for, untraced_address_change
+from shared.ports import (LedgerPort, ListSnapshotsPort, OptOutRecordsPort, ProcessedEventsPort, RetryQueue, SyncGateway,
+                          TransientError)
 from shared.telemetry import emit, redact
 
 log = logging.getLogger("shared.sync.engine")  # the emitted records keep the logger name they always had
@@ -61,7 +67,7 @@ class Incoming:
 class EventOutcome:
     event_id: str | None
     message_id: str | None
-    disposition: str  # processed | duplicate | echo | no_effect | retry | parked
+    disposition: str  # processed | duplicate | echo | foreign | no_effect | retry | parked
     detail: str = ""
 
 
@@ -97,7 +103,8 @@ class EngineConfig:
 class SyncEngine:
     def __init__(self, gateway: SyncGateway, mappings: Callable[[], Mappings | None], processed: ProcessedEventsPort,
                  ledger: LedgerPort, retries: RetryQueue, config: EngineConfig | None = None,
-                 clock: Callable[[], float] = time.time, opt_outs: OptOutRecordsPort | None = None):
+                 clock: Callable[[], float] = time.time, opt_outs: OptOutRecordsPort | None = None,
+                 snapshots: ListSnapshotsPort | None = None):
         self.gateway = gateway
         self._mappings = mappings
         self.processed = processed
@@ -106,6 +113,7 @@ class SyncEngine:
         self.config = config or EngineConfig()
         self._clock = clock
         self.opt_outs = opt_outs
+        self.snapshots = snapshots  # confirm departures events claim (R1); None: no snapshot anywhere
 
     # --- the batch ------------------------------------------------------------------------------
 
@@ -121,22 +129,38 @@ class SyncEngine:
                 report.outcomes.append(EventOutcome(None, msg.message_id, "parked", str(exc)))
         if not events:
             return report
+        self._settle(events, report)
+        return report
+
+    def _settle(self, events: list[tuple[Incoming, ChangeEvent]], report: BatchReport) -> None:
+        """Processes ``events``; when that fails, isolates the event that made it fail.
+
+        A failure one event can cause (Dataverse refusing a read, a bug an odd event meets) is
+        split out: the batch is processed again as halves, then single events, at once, so the
+        innocent events go through now and only the event that keeps failing is retried and
+        finally parked. A failure of the service itself (TransientError, storage) is not split:
+        every part would fail alike and each would spend the retry budget again.
+        """
         try:
             self._process_events(events, report)
         except Exception as exc:
-            # Whatever failed (Dataverse refusing or unavailable past its retry budget, storage, the
-            # mappings), every event not yet settled is retried later with backoff and parked only
-            # after max_attempts. Raising instead would abandon the batch, and the broker redelivers
-            # at once: a lasting failure (a 403) would burn the delivery count in a burst.
+            # Whatever failed, every event not yet settled is retried later with backoff and parked
+            # only after max_attempts. Raising instead would abandon the batch, and the broker
+            # redelivers at once: a lasting failure (a 403) would burn the delivery count in a burst.
             reason = failure_reason(exc)
             settled = {o.event_id for o in report.outcomes}
-            emit(log, "sync.batch_failed", logging.ERROR, reason=reason,
-                 unsettled=sum(1 for _, e in events if e.id not in settled))
-            for msg, event in events:
+            unsettled = [(msg, event) for msg, event in events if event.id not in settled]
+            if len(unsettled) > 1 and one_event_may_cause(exc):
+                half = len(unsettled) // 2
+                emit(log, "sync.batch_split", logging.WARNING, reason=reason, unsettled=len(unsettled))
+                self._settle(unsettled[:half], report)
+                self._settle(unsettled[half:], report)
+                return
+            emit(log, "sync.batch_failed", logging.ERROR, reason=reason, unsettled=len(unsettled))
+            for msg, event in unsettled:
                 if event.id not in settled:
                     settled.add(event.id)
                     report.outcomes.append(self._retry(msg, event, reason))
-        return report
 
     def _process_events(self, events: list[tuple[Incoming, ChangeEvent]], report: BatchReport) -> None:
         mappings = self._mappings()
@@ -150,6 +174,7 @@ class SyncEngine:
                 unique[event.id] = (msg, event)
         already = self.processed.seen(unique)
         sync_user = self.gateway.sync_user_id()
+        organization = self.gateway.organization_id()
         todo: dict[str, tuple[Incoming, ChangeEvent]] = {}
         settled: list[str] = []
         triggers: list[Trigger] = []
@@ -157,6 +182,14 @@ class SyncEngine:
         for event_id, (msg, event) in unique.items():
             if event_id in already:
                 report.outcomes.append(EventOutcome(event_id, msg.message_id, "duplicate", "already processed"))
+                continue
+            if is_foreign(event, organization):
+                # Accepted while the webhook did not know the organization yet: never applied here.
+                emit(log, "sync.foreign_event", logging.WARNING, event_id=event_id,
+                     organization_id=event.origin.organization_id, expected=organization)
+                report.outcomes.append(EventOutcome(event_id, msg.message_id, "foreign",
+                                                    "from another Dataverse organization"))
+                settled.append(event_id)
                 continue
             if is_echo(event, sync_user):
                 report.outcomes.append(EventOutcome(event_id, msg.message_id, "echo", "the sync's own write"))
@@ -231,7 +264,25 @@ class SyncEngine:
         return Applied(state, final, results, rounds, incomplete)
 
     def _plan_in_rounds(self, triggers: list[Trigger], mappings: Mappings) -> tuple[State, Plan, int, bool]:
-        return plan_in_rounds(self.gateway, mappings, triggers, history=getattr(self.ledger, "history", None))
+        return plan_in_rounds(self.gateway, mappings, triggers, history=getattr(self.ledger, "history", None),
+                              departures=self.departures, now=self._clock())
+
+    def departures(self, pairs: Collection[tuple[MemberKey, str]]) -> dict[tuple[MemberKey, str], Departure]:
+        """What the list snapshots say of departures events claim (R1 waits for it). Table Storage
+        only, and only for a member that is not in the list now: no Dataverse request."""
+        out: dict[tuple[MemberKey, str], Departure] = {}
+        by_list: dict[str, list[MemberKey]] = {}
+        for member, list_id in pairs:
+            by_list.setdefault(list_id, []).append(member)
+        for list_id, members in by_list.items():
+            found = self.snapshots.holds(list_id, [m[1] for m in members]) if self.snapshots else None
+            for m in members:
+                if found is None:
+                    out[(m, list_id)] = Departure(NO_SNAPSHOT)
+                else:
+                    held, taken_at = found
+                    out[(m, list_id)] = Departure(IN_SNAPSHOT if m[1].lower() in held else NOT_IN_SNAPSHOT, taken_at)
+        return out
 
     # --- evidence -------------------------------------------------------------------------------
 
@@ -301,16 +352,32 @@ def failure_reason(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}"  # a bug or an SDK error without a status: its type is the clue
 
 
+def one_event_may_cause(exc: BaseException) -> bool:
+    """Could this failure come from one event of the batch rather than from the service?
+
+    Dataverse refusing a request (a 4xx other than a throttle) or an error in our own code can
+    be one event's doing; an outage (TransientError, a connection or storage failure) is not.
+    """
+    if isinstance(exc, (TransientError, OSError)) or type(exc).__module__.startswith("azure."):
+        return False
+    status = getattr(exc, "status", None)
+    return status is None or (isinstance(status, int) and 400 <= status < 500 and status not in (408, 429))
+
+
 def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trigger],
                    max_rounds: int = MAX_ROUNDS,
-                   history: Callable[[str], list[LedgerEntry]] | None = None) -> tuple[State, Plan, int, bool]:
+                   history: Callable[[str], list[LedgerEntry]] | None = None,
+                   departures: Callable[[Collection[tuple[MemberKey, str]]], dict] | None = None,
+                   now: float | None = None) -> tuple[State, Plan, int, bool]:
     """Reads what the planner's frontier asks for (for all triggers at once) and plans again,
     until the plan is complete or ``max_rounds`` reads were made: (state, plan, rounds, incomplete).
 
     ``history`` reads a person's ledger: the timeline rule asks for it only where a re-consent
-    meets an opt-out, so most rounds read nothing from it.
+    meets an opt-out, so most rounds read nothing from it. ``departures`` looks up what the list
+    snapshots say of a departure an event claims (without it: no snapshot). ``now`` (epoch
+    seconds, default the clock) is when the rows are read: an event dated later is no evidence.
     """
-    state = State()
+    state = State(now=datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).isoformat())
     rounds = 0
     current = plan(state, mappings, triggers)
     while not current.complete:
@@ -327,6 +394,9 @@ def plan_in_rounds(gateway: SyncGateway, mappings: Mappings, triggers: list[Trig
             joined = getattr(gateway, "joined_at", None)
             state.joined_at.update(joined(current.frontier_joins) if joined is not None
                                    else dict.fromkeys(current.frontier_joins))
+        if current.frontier_departures:  # the list snapshots, only for a member not in the list now
+            state.departures.update(departures(current.frontier_departures) if departures is not None
+                                    else {p: Departure(NO_SNAPSHOT) for p in current.frontier_departures})
         if current.frontier_audits:  # Dataverse's audit history, only for flags nothing better dates
             audited = getattr(gateway, "flag_set_at", None)
             state.flag_set_at.update(audited(current.frontier_audits) if audited is not None
@@ -478,7 +548,8 @@ def ledger_entries(action: Action, result: WriteResult, origin_system: str, orig
     return [LedgerEntry(email=e, rule=action.rule, origin_system=origin_system, origin_event_id=action.cause,
                         origin_time=origin_time, target_system=system, target_table=table,
                         target_id=target_id or result.id, action=what, before=before, after=after,
-                        outcome=outcome, detail=detail, carried_from=carried_from) for e in emails]
+                        outcome=outcome, detail=detail, carried_from=carried_from,
+                        evidence=getattr(action, "evidence", None)) for e in emails]
 
 
 def reconsent_entries(r: Reconsent, origin_system: str) -> list[LedgerEntry]:
@@ -493,5 +564,5 @@ def reconsent_entries(r: Reconsent, origin_system: str) -> list[LedgerEntry]:
                         target_id=r.row_id, action=f"{KEEP_RECONSENT}{scope}", before="Opted in", after="Opted in",
                         outcome="refused",
                         detail=f"{AGAINST}{j.against}; the person's re-consent is newer than that opt-out "
-                               f"({j.opt_out.evidence} {j.opt_out.at or 'unknown'})")
+                               f"({j.opt_out.evidence} {j.opt_out.at or 'unknown'})", evidence=j.opt_out.evidence)
             for j in r.to_remember]

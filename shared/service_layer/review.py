@@ -23,6 +23,16 @@ from shared.domain.planner import Action, OptOutConsent
 COLUMNS = ("drift_class", "rule", "system", "table", "record_id", "change", "list", "topic", "purpose",
            "before", "after", "people", "status", "error")
 FORMATS = ("csv", "json")
+#: A cell starting with one of these is run as a formula by a spreadsheet (CSV injection): list,
+#: topic and purpose names and error texts come from Dataverse, where anyone may have typed them.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralised(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a leading ``'`` before a formula's first character."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 PSEUDONYM_DIGITS = 16
 
 
@@ -90,14 +100,16 @@ class CaseWriter:
             raise ValueError(f"unknown format {fmt!r} (csv or json)")
         self.fmt, self._out, self.count = fmt, stream, 0
         if fmt == "csv":
-            self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+            # Every cell quoted: a carriage return inside a name stays inside its cell.
+            self._csv = csv.DictWriter(stream, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n",
+                                       quoting=csv.QUOTE_ALL)
             self._csv.writeheader()
         else:
             stream.write("[")
 
     def write(self, case: dict[str, Any]) -> None:
         if self.fmt == "csv":
-            self._csv.writerow({k: ("" if case.get(k) is None else case[k]) for k in COLUMNS})
+            self._csv.writerow({k: ("" if case.get(k) is None else neutralised(case[k])) for k in COLUMNS})
         else:
             self._out.write(("," if self.count else "") + "\n  " + json.dumps({k: case.get(k) for k in COLUMNS},
                                                                                ensure_ascii=False))

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 #: The webhook settings exactly as infra/ deploys them: a shared secret header on top of the function key.
-INFRA_SETTINGS = {"WEBHOOK_SECRET_HEADER": "x-straddle-secret", "WEBHOOK_SECRET": "e2e-webhook-secret-0123456789"}
+INFRA_SETTINGS = {"WEBHOOK_SECRET_HEADER": "x-straddle-secret", "WEBHOOK_SECRET": "e2e-webhook-secret-0123456789-Xq7Rm2Kv"}
 
 
 @pytest.fixture(scope="module")

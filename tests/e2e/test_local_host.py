@@ -141,3 +141,20 @@ def test_stop_lets_a_running_batch_settle(host):
     threading.Timer(0.3, gate.set).start()
     host.stop()
     assert host.bus.queue("work").stats()["completed"] == 1
+
+
+def test_a_body_over_the_hosts_limit_is_refused_before_it_is_read():
+    import socket
+
+    app, _ = make_app()
+    h = LocalHost(app, {"CHANGES_QUEUE": "work", "TICK": "*/1 * * * * *", "FUNCTIONS_REQUEST_BODY_SIZE_LIMIT": "1024"},
+                  function_key=FK, master_key=MK, run_timers=False).start()
+    try:
+        assert requests.post(f"{h.url}/api/open", data=b"x" * 1024).status_code == 200  # at the limit
+        # Only the headers are sent, announcing 10 MB: the answer comes without waiting for a byte of body.
+        with socket.create_connection((h.bind, h.port), timeout=5) as s:
+            s.sendall(b"POST /api/open HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 413")
+    finally:
+        h.stop()
+        bootstrap.reset_container(None)

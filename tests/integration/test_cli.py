@@ -28,6 +28,7 @@ ANN, ANN_HOME, BO = "ann@contoso.test", "ann.home@example.test", "bo@x.test"
 EVERY_EMAIL = (ANN, ANN_HOME, BO, "parked.person@example.test")
 EMAIL_SHAPE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 HOOK_URL = "http://127.0.0.1:9/api/dataverse/webhook"
+STRONG_KEY = "a-ledger-key-for-cli-tests-Xq7Rm2Kv9pLt"
 
 
 class FakeLocalHost:
@@ -412,7 +413,7 @@ def test_doctor_reports_bad_settings_and_an_unreachable_dataverse(cli, monkeypat
     bootstrap.reset_container(bootstrap.Container(Settings.from_env({
         "DATAVERSE_URL": "http://127.0.0.1:9", "DATAVERSE_ACCESS_TOKEN": "t", "DATAVERSE_RETRY_BUDGET_SECONDS": "0.2",
         "DATAVERSE_TIMEOUT_SECONDS": "1", "AzureWebJobsStorage": azurite_tables, "TABLE_PREFIX": "tdoctorprobe",
-        "LEDGER_KEY": "x" * 20})))
+        "LEDGER_KEY": STRONG_KEY})))
     code, out, _ = cli("doctor")
     assert code == 1
     assert "FAIL  settings: missing ServiceBusConnection__fullyQualifiedNamespace" in out
@@ -436,7 +437,7 @@ def test_dataverse_failure_is_one_line_and_exit_1(cli, azurite_tables):
     bootstrap.reset_container(bootstrap.Container(Settings.from_env({
         "DATAVERSE_URL": "http://127.0.0.1:9", "DATAVERSE_ACCESS_TOKEN": "t", "DATAVERSE_RETRY_BUDGET_SECONDS": "0.2",
         "DATAVERSE_TIMEOUT_SECONDS": "1", "AzureWebJobsStorage": azurite_tables, "TABLE_PREFIX": "tdoctorprobe",
-        "LEDGER_KEY": "x" * 20})))
+        "LEDGER_KEY": STRONG_KEY})))
     for argv in (["webhooks", "status"], ["mappings", "discover"], ["explain", BO]):
         code, out, err = cli(*argv)
         assert code == 1 and out == "" and "Dataverse" in err, argv

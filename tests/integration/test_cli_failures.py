@@ -21,6 +21,7 @@ from shared.entrypoints.cli import main
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+STRONG_KEY = "a-ledger-key-for-cli-tests-Xq7Rm2Kv9pLt"
 CLASS_NAMES = ("DataverseUnavailable", "DataverseUnreachable", "DataverseAuthError", "ServiceRequestError",
                "ConnectionError", "Traceback", "invalid literal")
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -60,7 +61,7 @@ def test_an_unreachable_dataverse_fails_within_seconds_naming_the_url(run, azuri
     port = closed_port()
     # The default 120 s retry budget: a refused connection must not spend it.
     settings = {"DATAVERSE_URL": f"http://127.0.0.1:{port}", "DATAVERSE_ACCESS_TOKEN": "t",
-                "AzureWebJobsStorage": azurite_tables, "TABLE_PREFIX": "tfailfast", "LEDGER_KEY": "x" * 20}
+                "AzureWebJobsStorage": azurite_tables, "TABLE_PREFIX": "tfailfast", "LEDGER_KEY": STRONG_KEY}
     mappings = tmp_path / "m.json"
     mappings.write_text(json.dumps({"mode": "single-brand", "brands": [{"name": "B", "purposes": ["P"]}]}))
     for argv in (["mappings", "import", str(mappings), "--dry-run"], ["webhooks", "status"], ["mappings", "discover"]):
@@ -78,7 +79,7 @@ def test_an_unreachable_dataverse_fails_within_seconds_naming_the_url(run, azuri
 
 def test_unreachable_storage_fails_within_seconds_naming_the_endpoint(run):
     port = closed_port()
-    settings = {"AzureWebJobsStorage": storage_at(port), "TABLE_PREFIX": "tfailfast", "LEDGER_KEY": "x" * 20}
+    settings = {"AzureWebJobsStorage": storage_at(port), "TABLE_PREFIX": "tfailfast", "LEDGER_KEY": STRONG_KEY}
     code, out, err, took = run(settings, "mappings", "export")
     assert code == 1 and out == "" and took < 15, took
     assert err.startswith(f"straddle: cannot reach Table Storage at http://127.0.0.1:{port}/devstoreaccount1; "
@@ -133,7 +134,7 @@ def test_a_static_dev_token_against_a_real_environment_needs_asking(run):
 
 
 def test_doctor_lists_where_each_setting_came_from(run, monkeypatch, tmp_path):
-    local = {"LEDGER_KEY": "local-dev-ledger-key-change-me", "TABLE_PREFIX": "fromfile", "CHANGES_QUEUE": "q"}
+    local = {"LEDGER_KEY": STRONG_KEY, "TABLE_PREFIX": "fromfile", "CHANGES_QUEUE": "q"}
     (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {**local, "CHANGES_QUEUE": ""}}))
     for name in local:
         monkeypatch.delenv(name, raising=False)  # restored (unset) after the test

@@ -279,3 +279,19 @@ def test_a_failed_dry_run_leaves_no_review_file(view, stack, azurite_tables, tmp
         stack.sandbox.set_faults({})
     assert code == 1 and out == "" and "Dataverse" in err
     assert list(tmp_path.iterdir()) == []  # neither the file nor a partial one
+
+
+def test_the_review_file_is_readable_by_its_owner_only(view, stack, tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "changes.csv"
+    target.write_text("an older review, world-readable\n")
+    target.chmod(0o644)
+    previous = os.umask(0)  # even a permissive umask
+    try:
+        code, _, _ = view("reconcile", "--dry-run", "--changes", str(target))
+    finally:
+        os.umask(previous)
+    assert code == 0 and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert "drift_class" in target.read_text()

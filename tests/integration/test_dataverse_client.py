@@ -123,6 +123,29 @@ def test_paging_12000_rows_streams_one_page_at_a_time(client):
     assert streamed_peak < whole_peak / 3, (streamed_peak, whole_peak)
 
 
+# --- server affinity ---------------------------------------------------------------------------
+
+def test_the_scans_reads_go_without_the_affinity_cookie_and_the_other_requests_keep_it(server):
+    """Dataverse's answers pin a client to one web server (ARRAffinity); service protection limits
+    count per web server, so the scan's parallel reads leave the cookie out and spread over them."""
+    c = DataverseClient(server.api_url, StaticToken("straddle-affinity"), page_size=1000)
+    try:
+        requests.post(f"{server.url}/_sandbox/stats/reset", timeout=5).raise_for_status()
+        c.get_json("WhoAmI")
+        assert "ARRAffinity" in c._session.cookies  # the first answer set it
+        c.get_json("WhoAmI")
+        pages = list(c.key_pages("leads", "leadid", "leadid", after=None, upto=None))
+        assert len(pages) == LEADS // 1000
+        assert c.largest_key("leads", "leadid", after=gid("l1"), upto=None)
+        stats = sandbox_stats(server)
+        assert stats["by_kind"]["GET leads"] == len(pages) + 1
+        assert stats["affinity_by_kind"] == {"GET WhoAmI": 1}  # the scan's reads: none sent it back
+        next(c.iter_rows("leads", "leadid"))
+        assert sandbox_stats(server)["affinity_by_kind"]["GET leads"] == 1  # ordinary requests still do
+    finally:
+        c.close()
+
+
 # --- throttling --------------------------------------------------------------------------------
 
 def test_service_protection_429_retry_after_is_honoured():

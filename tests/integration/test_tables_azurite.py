@@ -35,7 +35,7 @@ def _ids(n: int, seed: int = 1) -> list[str]:
 
 def test_container_builds_a_working_store_from_settings(azurite_tables, table_prefix):
     settings = Settings.from_env({"AzureWebJobsStorage": azurite_tables, "TABLE_PREFIX": table_prefix,
-                                  "LEDGER_KEY": "a-ledger-key-of-some-length"})
+                                  "LEDGER_KEY": "a-ledger-key-of-some-length-Xq7Rm2Kv"})
     container = Container(settings)
     store = container.tables()
     assert container.tables() is store

@@ -19,6 +19,7 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 
 from shared.adapters.dataverse import (CredentialToken, DataverseAmbiguous, DataverseAuthError, DataverseClient,
+                                       DataverseError,
                                        DataverseNotFound, DataverseThrottled, DataverseUnavailable, StaticToken)
 from shared.adapters.dataverse.auth import credential_for, token_provider_from_settings
 from shared.adapters.settings import Settings
@@ -136,6 +137,27 @@ def test_paging_follows_next_link_unchanged_and_streams():
     assert first.headers["Prefer"] == "odata.maxpagesize=1"
     assert second.url == next_link and second.headers["Prefer"] == "odata.maxpagesize=1"
     assert client.request_counts["GET contacts"] == 2
+
+
+@pytest.mark.parametrize("link", ["https://attacker.example/api/data/v9.2/contacts?$skiptoken=x",
+                                  "http://org.crm.dynamics.com/api/data/v9.2/contacts?$skiptoken=x",
+                                  "https://org.crm.dynamics.com.attacker.example/api/data/v9.2/contacts",
+                                  "https://org.crm.dynamics.com@attacker.example/api/data/v9.2/contacts"])
+def test_a_next_link_to_another_host_is_not_followed_and_the_token_stays_home(link):
+    pages = {0: (200, {}, {"value": [{"contactid": C1}], "@odata.nextLink": link})}
+    client, adapter, _ = make(lambda req: pages[len(adapter.requests) - 1])
+    rows = client.iter_rows("contacts", ["contactid"])
+    assert next(rows) == {"contactid": C1}
+    with pytest.raises(DataverseError, match="another host than DATAVERSE_URL"):
+        next(rows)
+    assert len(adapter.requests) == 1  # nothing, and no bearer token, went to the link
+
+
+def test_who_am_i_also_learns_the_organization_in_the_same_request():
+    org = "4ef5b371-e89e-e711-8122-000d3aa2331c"
+    client, adapter, _ = make(scripted((200, {}, {"UserId": C1, "OrganizationId": org.upper(), "BusinessUnitId": C2})))
+    assert client.organization_id() == org and client.who_am_i() == C1
+    assert len(adapter.requests) == 1
 
 
 # --- retries -----------------------------------------------------------------------------------

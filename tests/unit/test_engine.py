@@ -13,11 +13,13 @@ from shared.domain.consent import ConsentSource, ConsentType, ConsentValue, Cont
 from shared.domain.events import ChangeEvent, ConsentChanged, ContactChanged, MembershipChanged, Origin
 from shared.domain.model import ConsentRow, Member, WriteResult
 from shared.domain.planner import AddToOptOutList, OptOutConsent, RemoveFromList, SetDoNotBulkEmail
+from shared.adapters.dataverse.errors import DataverseBadRequest
 from shared.ports import SyncRead, TransientError
 from shared.service_layer.process_changes import MAX_ROUNDS, EngineConfig, Incoming, SyncEngine
 from tests.domain_builders import L_NEWS, P_ACME, T_NEWS, contact, single_brand
 
 SYNC_USER = "00000000-0000-0000-0000-00000000beef"
+ORGANIZATION = "4ef5b371-e89e-e711-8122-000d3aa2331c"
 PERSON = "11111111-0000-0000-0000-000000000001"
 
 
@@ -31,6 +33,7 @@ class FakeDataverse:
         self.calls: list[str] = []
         self.fail_writes: set[type] = set()
         self.raise_on_read: Exception | None = None
+        self.refuse_email: tuple[str, Exception] | None = None  # a read naming this address fails
 
     def add(self, m: Member, *lists: str) -> None:
         self.members[(m.table, m.id)] = m
@@ -48,10 +51,15 @@ class FakeDataverse:
         self.calls.append("whoami")
         return SYNC_USER
 
+    def organization_id(self) -> str:
+        return ORGANIZATION
+
     def read(self, member_ids, emails, mappings) -> SyncRead:
         self.calls.append("read")
         if self.raise_on_read:
             raise self.raise_on_read
+        if self.refuse_email and self.refuse_email[0] in emails:
+            raise self.refuse_email[1]
         out = SyncRead()
         wanted = {(t, i) for t, ids in member_ids.items() for i in ids}
         for k, m in self.members.items():
@@ -195,7 +203,7 @@ def test_unmapped_list_is_settled_without_reading(world):
 def test_failed_write_retries_only_its_event_then_parks(world):
     dv, engine = world
     dv.add(contact("c1", "di@x.test"), L_NEWS)
-    dv.add(contact("c2", "ed@x.test"), L_NEWS)
+    dv.add(contact("c2", "ed@x.test"))  # has left L_NEWS: no snapshot denies it, so R1 applies
     dv.row("di@x.test", P_ACME, T_NEWS, ConsentValue.OPTED_OUT)
     bad = event(MembershipChanged("removed", (L_NEWS,), ("c2",), "contact"), table="list", message="RemoveMember")
     good = consent_out("di@x.test")
@@ -218,6 +226,26 @@ def test_dataverse_outage_retries_the_whole_batch(world):
     report = engine.process([msg(e) for e in events])
     assert [o.disposition for o in report.outcomes] == ["retry"] * 3
     assert [a for _, _, a in engine.retries.later] == [2, 2, 2] and not engine.processed.ids
+
+
+@pytest.mark.parametrize("failure,isolated", [
+    (DataverseBadRequest("a filter Dataverse refuses", status=400, kind="$batch read"), True),
+    (TypeError("a bug one odd event meets"), True),
+    (TransientError("503 past the retry budget"), False),
+])
+def test_a_failure_one_event_can_cause_is_split_out_of_its_batch(world, failure, isolated):
+    dv, engine = world
+    events = [consent_out(f"p{i}@x.test") for i in range(10)]
+    dv.refuse_email = ("p6@x.test", failure)
+    report = engine.process([msg(e) for e in events])
+    by_id = {o.event_id: o.disposition for o in report.outcomes}
+    if isolated:  # halves, then single events: nine applied now, the tenth alone waits for a retry
+        assert by_id == {e.id: "retry" if e is events[6] else "processed" for e in events}
+        assert engine.retries.later == [(events[6].id, 10, 2)]
+        # 10, then 5 + 5, the failing five as 2 + 3, the failing two as 1 + 1: seven reads, not ten
+        assert dv.calls.count("read") == 7
+    else:  # an outage: every part would fail alike, so the batch waits as one
+        assert set(by_id.values()) == {"retry"} and dv.calls.count("read") == 1
 
 
 def test_a_refused_read_is_retried_with_backoff_then_parked_not_raised(world):
@@ -352,3 +380,18 @@ def test_a_flag_set_by_a_crm_user_after_the_re_consent_wins_and_the_ledger_says_
     assert dv.rows[row.id].value == ConsentValue.OPTED_OUT
     line, = [e for e in engine.ledger.entries if e.target_id == row.id]
     assert line.outcome == "applied" and line.detail.startswith("opt-out newer: opt-out wins over the re-consent")
+
+
+def test_an_event_of_another_organization_is_dropped_unapplied_and_logged(world, caplog):
+    # The webhook accepts it only while it does not know the organization yet (WhoAmI unanswered).
+    dv, engine = world
+    dv.add(contact("c1", "bo@x.test"), L_NEWS)
+    e = consent_out("bo@x.test")
+    stray = replace(e, id=str(uuid.uuid4()), origin=replace(e.origin, organization_id="0badc0de-0000-4000-8000-000000000001"))
+    report = engine.process([msg(stray)])
+    assert [o.disposition for o in report.outcomes] == ["foreign"]
+    assert "write" not in dv.calls and "read" not in dv.calls
+    assert any("sync.foreign_event" in r.getMessage() and "@" not in r.getMessage() for r in caplog.records)
+    assert engine.process([msg(stray)]).outcomes[0].disposition == "duplicate"  # settled: never retried
+    same = replace(e, origin=replace(e.origin, organization_id="{" + ORGANIZATION.upper() + "}"))
+    assert engine.process([msg(same)]).outcomes[0].disposition == "processed"

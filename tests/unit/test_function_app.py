@@ -174,11 +174,11 @@ def test_the_webhook_answers_503_with_retry_after_on_an_unresolved_reference(mon
     from tests.unit.test_webhook import RELEVANT, body_of, post
 
     monkeypatch.setenv("WEBHOOK_SECRET_HEADER", "x-straddle-secret")
-    monkeypatch.setenv("WEBHOOK_SECRET", "a-resolved-webhook-secret")
+    monkeypatch.setenv("WEBHOOK_SECRET", "a-resolved-webhook-secret-Xq7Rm2Kv9pLt")
     monkeypatch.setenv(name, UNRESOLVED.replace("ledger-key", name.lower()))
     bootstrap.reset_container(None)
     try:
-        resp = post(RELEVANT, {"x-straddle-secret": "a-resolved-webhook-secret"})
+        resp = post(RELEVANT, {"x-straddle-secret": "a-resolved-webhook-secret-Xq7Rm2Kv9pLt"})
     finally:
         bootstrap.reset_container(None)
     assert resp.status_code == 503 and resp.headers["Retry-After"].isdigit()

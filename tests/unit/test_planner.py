@@ -5,7 +5,11 @@ import pytest
 
 from shared.domain.model import ConsentRow
 from shared.domain.planner import (
+    IN_SNAPSHOT,
+    NO_SNAPSHOT,
+    NOT_IN_SNAPSHOT,
     AddToOptOutList,
+    Departure,
     OptOutConsent,
     RemoveFromList,
     SetDoNotBulkEmail,
@@ -83,7 +87,8 @@ def assert_never_opt_in(actions, m, s: State):
         if isinstance(a, OptOutConsent):
             assert a.before != OUT
             assert set(a.__slots__) == {"email", "consent_type", "purpose_id", "topic_id", "row_id", "before", "rule",
-                                        "cause", "note", "since", "carried_from"}  # no value field: the only value written is Opted out
+                                        "cause", "note", "since", "carried_from",
+                                        "evidence"}  # no value field: the only value written is Opted out
         elif isinstance(a, SetDoNotBulkEmail):
             assert not s.members[a.member].donotbulkemail
         elif isinstance(a, RemoveFromList):
@@ -490,3 +495,28 @@ def test_a_purpose_row_that_carries_a_topic_is_read_and_written_as_purpose_level
     s = state([contact("c1", "a@x.com", dnb=True)], {"a@x.com": rows})
     actions = plan(s, single_brand(), []).actions
     assert [(a.row_id, a.before) for a in actions if isinstance(a, OptOutConsent)] == [("odd", IN)]
+
+
+# --- a departure an event claims: a hint to re-read, never evidence --------------------------
+
+def claimed(member, list_id, cause=EV):
+    return Trigger("left_list", cause, member=member, list_id=list_id, claimed=True)
+
+
+def test_a_claimed_departure_of_a_member_still_in_the_list_is_an_inspection():
+    s = state([(contact("c1", A), [L_NEWS])])
+    p = plan(s, SB, [claimed(C1, L_NEWS)])
+    assert p.complete and p.actions == [] and not p.frontier_departures  # no snapshot read either
+
+
+@pytest.mark.parametrize("kind,r1", [(IN_SNAPSHOT, True), (NO_SNAPSHOT, True), (NOT_IN_SNAPSHOT, False)])
+def test_a_claimed_departure_waits_for_the_snapshot_and_follows_it(kind, r1):
+    s = state([contact("c1", A)])
+    p = plan(s, SB, [claimed(C1, L_NEWS)])
+    assert p.frontier_departures == {(C1, L_NEWS)} and p.actions == []
+    s.departures[(C1, L_NEWS)] = Departure(kind, "2026-12-01T02:00:00Z" if kind != NO_SNAPSHOT else None)
+    p = plan(s, SB, [claimed(C1, L_NEWS)])
+    assert p.complete
+    assert summary(p.actions) == ({("consent", A, P_ACME, T_NEWS, None, "R1")} if r1 else set())
+    if r1:
+        assert "departure: " + kind in p.actions[0].evidence

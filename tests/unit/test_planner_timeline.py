@@ -103,6 +103,14 @@ CASES = [
     ("R3 SB change event: a CRM user set the flag after the re-consent: opt-out newer", SB,
      world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]}),
      [inspect(at=LATER, opted_out="flag")], {("consent", A, P_ACME, None, "re-1")}, "opt-out newer", "change event"),
+    ("R3 SB change event dated after the contact's modifiedon is no evidence: modifiedon decides", SB,
+     world([contact("c1", A, dnb=True, modified=OPT_OUT)], {A: [reconsent(A, P_ACME)]}),
+     [inspect(at=LATER, opted_out="flag")], set(), "stands",
+     "contact modifiedon; change event time ignored: after the contact modifiedon"),
+    ("R3 SB audit history outweighs the change event's own time", SB,
+     world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
+           audited={(C1, "donotbulkemail"): OPT_OUT}), [inspect(at=LATER, opted_out="flag")],
+     set(), "stands", "audit history; change event time ignored: Dataverse dates the change"),
     ("R3 SB remembered verdict survives an unrelated edit", SB,
      world([contact("c1", A, dnb=True, modified=LATER)], {A: [reconsent(A, P_ACME)]},
            ledger={A: [remembered(A, "re-1", RECONSENT, FLAG)]}), [inspect()],
@@ -303,3 +311,13 @@ def test_same_state_same_verdict_on_both_paths():
     by_email = plan(w, SB, [Trigger("inspect_email", "explain", email=A)])
     assert by_event.actions == at_night.actions == by_email.actions == []
     assert [r.verdict for r in by_event.reconsents + at_night.reconsents + by_email.reconsents] == ["stands"] * 3
+
+
+def test_a_change_event_dated_in_the_future_is_no_evidence():
+    """A join of an opt-out list (nothing but the event dates it) claimed for after the rows were read."""
+    s = world([(contact("c1", A, modified=OPT_OUT), [OO_A])], {A: [reconsent(A, P_A)]})
+    s.now = RECONSENT  # the rows were read before the event says the join happened
+    p = plan(s, MB, [inspect(at=LATER, opted_out="join", list_id=OO_A)])
+    (r,) = [r for r in p.reconsents if r.row_id == "re-1"]
+    assert r.verdict == "order unknown"  # undated: opt-out wins, but not as "newer" on the event's word
+    assert any("change event time ignored: in the future" in j.opt_out.evidence for j in r.judgements)

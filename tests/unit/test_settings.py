@@ -5,7 +5,7 @@ import pytest
 
 from shared.adapters.settings import SETTINGS, Settings, SettingsError
 
-SECRET = "Sup3rSecretValue-do-not-print"
+SECRET = "Sup3rSecretValue-do-not-print-Xq7Rm2Kv"
 
 
 def test_defaults():
@@ -28,12 +28,12 @@ def test_parsed_values():
     s = Settings.from_env({
         "DATAVERSE_URL": " https://contoso.crm4.dynamics.com/ ", "DATAVERSE_PAGE_SIZE": "250",
         "DATAVERSE_TIMEOUT_SECONDS": "2.5", "WEBHOOK_SECRET_HEADER": "X-Straddle-Key", "WEBHOOK_SECRET": SECRET,
-        "LEDGER_KEY": "0123456789abcdef", "CHANGES_QUEUE": "q1",
+        "LEDGER_KEY": "0123456789abcdef-ghijklmnopqrstuv", "CHANGES_QUEUE": "q1",
     })
     assert s.dataverse_url == "https://contoso.crm4.dynamics.com"
     assert s.dataverse_page_size == 250 and s.dataverse_timeout_seconds == 2.5
     assert s.webhook_secret_header == "x-straddle-key" and s.webhook_secret == SECRET
-    assert s.ledger_key == b"0123456789abcdef" and s.changes_queue == "q1"
+    assert s.ledger_key == b"0123456789abcdef-ghijklmnopqrstuv" and s.changes_queue == "q1"
 
 
 def test_reads_the_process_environment_by_default(monkeypatch):
@@ -149,8 +149,9 @@ def test_a_reference_in_a_setting_that_is_not_secret_is_left_alone():
 
 
 def test_resolved_secrets_and_the_previous_ledger_key():
-    s = Settings.from_env({"LEDGER_KEY": "0123456789abcdef-new", "LEDGER_KEY_PREVIOUS": "0123456789abcdef-old"})
-    assert s.ledger_key == b"0123456789abcdef-new" and s.ledger_key_previous == b"0123456789abcdef-old"
+    # the previous key may predate the strength rule: rotating away from a weak key must be possible
+    s = Settings.from_env({"LEDGER_KEY": "0123456789abcdef-new-Xq7Rm2Kv9pLt", "LEDGER_KEY_PREVIOUS": "0123456789abcdef-old"})
+    assert s.ledger_key == b"0123456789abcdef-new-Xq7Rm2Kv9pLt" and s.ledger_key_previous == b"0123456789abcdef-old"
     with pytest.raises(SettingsError, match="LEDGER_KEY_PREVIOUS"):
         Settings.from_env({"LEDGER_KEY_PREVIOUS": "short"})
 
@@ -161,3 +162,48 @@ def test_worker_telemetry_flag(raw, expected):
     assert Settings.from_env({}).worker_exports_telemetry is False
     with pytest.raises(SettingsError, match="PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"):
         Settings.from_env({"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "yes please"})
+
+
+STRONG = "Zq7xR2mW9pLk4vTn8sHc3bYd6fGj1aQe"  # 32 characters, as openssl rand -base64 24 gives
+
+
+@pytest.mark.parametrize("name", ["WEBHOOK_SECRET", "LEDGER_KEY"])
+@pytest.mark.parametrize("weak,problem", [
+    ("Sup3rSecret-0123456789abc", "at least 32 characters"),  # the 16-25 characters that used to pass
+    ("Sup3rSecretSup3rSecretSup3rSecret", "different characters"),  # long enough, but a word repeated
+    ("a" * 64, "different characters"),
+])
+def test_weak_secrets_are_refused_naming_the_setting_and_the_problem_only(name, weak, problem):
+    env = {name: weak, "WEBHOOK_SECRET_HEADER": "x-straddle-secret"}
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env(env)
+    message = str(exc.value)
+    assert f"{name} is malformed: too weak" in message and problem in message
+    assert weak not in message and "Sup3rSecret" not in message
+
+
+def test_a_strong_secret_passes():
+    s = Settings.from_env({"WEBHOOK_SECRET": STRONG, "WEBHOOK_SECRET_HEADER": "x-k", "LEDGER_KEY": STRONG})
+    assert s.webhook_secret == STRONG and s.ledger_key == STRONG.encode()
+
+
+def test_the_previous_webhook_secret_only_beside_the_current_one():
+    s = Settings.from_env({"WEBHOOK_SECRET": STRONG, "WEBHOOK_SECRET_HEADER": "x-k",
+                           "WEBHOOK_SECRET_PREVIOUS": "an-older-secret-0123"})
+    assert s.webhook_secret_previous == "an-older-secret-0123"
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET_PREVIOUS is accepted only beside WEBHOOK_SECRET"):
+        Settings.from_env({"WEBHOOK_SECRET_PREVIOUS": "an-older-secret-0123"})
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET_PREVIOUS is malformed"):
+        Settings.from_env({"WEBHOOK_SECRET": STRONG, "WEBHOOK_SECRET_HEADER": "x-k", "WEBHOOK_SECRET_PREVIOUS": "short"})
+
+
+@pytest.mark.parametrize("url", ["http://contoso.crm.dynamics.com", "http://10.0.0.5:8080", "http://localhost.evil.test"])
+def test_dataverse_url_must_be_https_except_on_loopback(url):
+    with pytest.raises(SettingsError, match="DATAVERSE_URL is malformed: must be an https:// URL"):
+        Settings.from_env({"DATAVERSE_URL": url})
+
+
+@pytest.mark.parametrize("url", ["https://contoso.crm.dynamics.com", "http://127.0.0.1:7070", "http://localhost:7070",
+                                 "http://[::1]:7070"])
+def test_dataverse_url_https_or_loopback_passes(url):
+    assert Settings.from_env({"DATAVERSE_URL": url}).dataverse_url == url

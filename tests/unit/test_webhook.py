@@ -12,7 +12,7 @@ from shared.domain.events import event_from_json
 from shared.ingest.webhook import MAX_BODY_BYTES, WebhookConfig, accept_notification
 from tests import notifications as n
 
-SECRET_HEADER, SECRET = "x-straddle-key", "s3cret-value-0123456789"
+SECRET_HEADER, SECRET = "x-straddle-key", "s3cret-value-0123456789-Xq7Rm2Kv9pLt"
 OPEN = WebhookConfig()
 LOCKED = WebhookConfig(SECRET_HEADER, SECRET)
 RELEVANT = n.member_change("Update", "contact", {"donotbulkemail": True}, post={"emailaddress1": n.EMAIL})

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from shared.adapters.dataverse.auth import TokenProvider, token_provider_from_settings
 from shared.adapters.dataverse.errors import (DataverseAmbiguous, DataverseAuthError, DataverseBadRequest,
-                                              DataverseNotFound, error_for, parse_error_body)
+                                              DataverseError, DataverseNotFound, error_for, parse_error_body)
 from shared.adapters.dataverse.odata import (BatchOp, PartResponse, chunk_values, guid, id_from_entity_url,
                                              in_function, is_guid, literal, query_string)
 from shared.adapters.dataverse.transport import DataverseTransport
@@ -241,6 +241,7 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
     def __init__(self, url: str, tokens: TokenProvider, **transport: Any):
         super().__init__(url, tokens, **transport)
         self._user_id: str | None = None
+        self._organization_id: str | None = None
         self._listmember_query: bool | None = None  # None: not yet probed
         self._audit_history: bool | None = None  # None: not yet asked; False: the service refuses it
         self._column_numbers: dict[str, dict[str, int]] = {}  # table -> audited flag -> ColumnNumber
@@ -265,8 +266,22 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
     def who_am_i(self) -> str:
         """The calling user's systemuserid (the sync's application user), cached."""
         if self._user_id is None:
-            self._user_id = str(self.get_json("WhoAmI")["UserId"]).lower()
-        return self._user_id
+            self._learn_identity()
+        return self._user_id  # type: ignore[return-value]
+
+    def organization_id(self) -> str:
+        """The environment's organization id (WhoAmI's OrganizationId), cached: what every genuine
+        notification of this environment carries in its OrganizationId."""
+        if self._organization_id is None:
+            self._learn_identity()
+            if self._organization_id is None:
+                raise DataverseError("WhoAmI answered without an OrganizationId", kind="GET WhoAmI")
+        return self._organization_id
+
+    def _learn_identity(self) -> None:
+        body = self.get_json("WhoAmI")
+        self._organization_id = str(body.get("OrganizationId") or "").lower() or None
+        self._user_id = str(body["UserId"]).lower()
 
     # --- members (contacts / leads) ---------------------------------------------------------
 
@@ -602,12 +617,15 @@ class DataverseClient(DataverseTransport, WebhookRegistrations):
         """Rows with ``after < key <= upto`` in key order, page by page, with whether more follow.
         Dataverse compares and sorts GUID keys in SQL Server's uniqueidentifier order."""
         params = {"$select": select, "$filter": key_range_filter(key, after, upto, filter), "$orderby": key}
-        return self.iter_pages_more(path, params)
+        return self.iter_pages_more(path, params, affinity=False)
 
-    def largest_key(self, path: str, key: str, filter: str | None = None) -> str | None:
-        """The largest key (SQL Server order) of the rows ``filter`` selects; None when there are none."""
-        params = {"$select": key, "$filter": filter, "$orderby": f"{key} desc", "$top": "1"}
-        rows = self.get_json(path, params).get("value") or []
+    def largest_key(self, path: str, key: str, filter: str | None = None, after: str | None = None,
+                    upto: str | None = None) -> str | None:
+        """The largest key (SQL Server order) of the rows ``filter`` selects with ``after < key <= upto``;
+        None when there are none."""
+        params = {"$select": key, "$filter": key_range_filter(key, after, upto, filter), "$orderby": f"{key} desc",
+                  "$top": "1"}
+        rows = self.get_json(path, params, affinity=False).get("value") or []
         return _lower(rows[0].get(key)) if rows else None
 
     # --- generic ----------------------------------------------------------------------------

@@ -43,6 +43,11 @@ MAX_BATCH = 1000
 #: How long a connection that cannot be made is retried (a blip), instead of the whole retry budget.
 CONNECT_BUDGET_SECONDS = 3.0
 #: Counter keys that are not HTTP requests.
+#: The cookies that pin a client to one of the environment's web servers (Azure App Service's
+#: application request routing). Service protection limits are counted per web server, and
+#: Microsoft's guidance for parallel requests is to send them without these, so that each goes to
+#: any eligible server; the nightly scan's reads do.
+AFFINITY_COOKIES = frozenset({"ARRAffinity", "ARRAffinitySameSite"})
 META_KINDS = ("retry", "throttled", "server_error", "network_error", "auth_refresh")
 
 BASE_HEADERS = {
@@ -175,7 +180,16 @@ class DataverseTransport:
     # --- one request, with retries ----------------------------------------------------------
 
     def url_for(self, path: str, params: Mapping[str, str | None] | None = None) -> str:
-        url = path if path.startswith(("http://", "https://")) else f"{self.api_url}/{path.lstrip('/')}"
+        if path.startswith(("http://", "https://")):
+            # An absolute URL comes from a response (@odata.nextLink): the bearer token goes with it,
+            # so it is followed only to the configured environment, never to a host a body names.
+            parts = urlsplit(path)
+            if f"{parts.scheme}://{parts.netloc}".lower() != self.base_url.lower():
+                raise DataverseError("refusing to follow a link to another host than DATAVERSE_URL "
+                                     f"({parts.scheme}://{parts.hostname or ''})", kind=f"GET {path_kind(path)}")
+            url = path
+        else:
+            url = f"{self.api_url}/{path.lstrip('/')}"
         qs = query_string(params) if params else ""
         return f"{url}{'&' if '?' in url else '?'}{qs}" if qs else url
 
@@ -190,9 +204,10 @@ class DataverseTransport:
 
     def request(self, method: str, path: str, *, params: Mapping[str, str | None] | None = None,
                 json: Any = None, data: bytes | None = None, headers: Mapping[str, str] | None = None,
-                kind: str | None = None, timeout: float | None = None, ok_statuses: Sequence[int] = ()
-                ) -> requests.Response:
-        """Sends one request, retrying per the policy; returns a 2xx (or an ``ok_statuses``) response."""
+                kind: str | None = None, timeout: float | None = None, ok_statuses: Sequence[int] = (),
+                affinity: bool = True) -> requests.Response:
+        """Sends one request, retrying per the policy; returns a 2xx (or an ``ok_statuses``) response.
+        ``affinity=False`` sends it without the server-affinity cookie (parallel reads)."""
         url = self.url_for(path, params)
         kind = kind or f"{method} {path_kind(path)}"
         if json is not None:
@@ -204,7 +219,7 @@ class DataverseTransport:
         while True:
             self._counts.add(kind)
             try:
-                resp = self._send(method, url, data, headers, (min(10.0, timeout), timeout), kind)
+                resp = self._send(method, url, data, headers, (min(10.0, timeout), timeout), kind, affinity)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 self._counts.add("network_error")
                 emit(log, "dataverse.request", logging.DEBUG, method=method, path=path_kind(url),
@@ -249,12 +264,18 @@ class DataverseTransport:
             raise error_for(status, resp.content, kind)
 
     def _send(self, method: str, url: str, data: bytes | None, headers: Mapping[str, str] | None,
-              timeout: tuple[float, float], kind: str) -> requests.Response:
+              timeout: tuple[float, float], kind: str, affinity: bool = True) -> requests.Response:
         h = {"Authorization": f"Bearer {self._tokens.token()}"}
         h.update(headers or {})
         prepared = self._session.prepare_request(requests.Request(method, url, headers=h, data=data))
         # Send the URL exactly as built (or as Dataverse gave it in @odata.nextLink): no re-quoting.
         prepared.url = url
+        if not affinity and "Cookie" in prepared.headers:
+            kept = [c for c in prepared.headers["Cookie"].split("; ") if c.split("=", 1)[0] not in AFFINITY_COOKIES]
+            if kept:
+                prepared.headers["Cookie"] = "; ".join(kept)
+            else:
+                del prepared.headers["Cookie"]
         env = self._session.merge_environment_settings(url, {}, None, None, None)
         # The URL's query holds addresses: only a query-free dependency may reach Application Insights.
         with http_dependency(method, url, kind) as span:
@@ -279,7 +300,7 @@ class DataverseTransport:
             yield page
 
     def iter_pages_more(self, path: str, params: Mapping[str, str | None] | None = None,
-                        page_size: int | None = None) -> Iterator[tuple[list[dict], bool]]:
+                        page_size: int | None = None, affinity: bool = True) -> Iterator[tuple[list[dict], bool]]:
         """(page, whether another page follows): a caller may stop after any page."""
         size = min(page_size or self.page_size, MAX_PAGE_SIZE)
         # Dataverse ignores $top when odata.maxpagesize comes with it: a query that sets $top
@@ -288,7 +309,7 @@ class DataverseTransport:
         kind = f"GET {path_kind(path)}"
         next_url: str | None = self.url_for(path, params)
         while next_url:
-            body = self.request("GET", next_url, headers=headers, kind=kind).json()
+            body = self.request("GET", next_url, headers=headers, kind=kind, affinity=affinity).json()
             next_url = body.get("@odata.nextLink")
             page = body.get("value") or []
             del body

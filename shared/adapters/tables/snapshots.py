@@ -16,6 +16,10 @@ from shared.adapters.tables.common import (
 # --- list snapshots ---------------------------------------------------------------------------
 
 
+#: Lists whose snapshot members the event path keeps in memory (a departure confirmed per list).
+SNAPSHOTS_KEPT = 16
+
+
 class SnapshotCorrupt(RuntimeError):
     """A stored snapshot is unreadable (rows missing or checksum wrong); take a fresh one."""
 
@@ -32,6 +36,7 @@ class ListSnapshots:
     def __init__(self, tables: _Tables, now: Callable[[], datetime] | None = None):
         self._tables = tables
         self._clock = _Clock(now)
+        self._held: dict[str, tuple[str, frozenset[str], str]] = {}  # list id -> (generation, members, taken_at)
 
     @property
     def _client(self) -> TableClient:
@@ -83,6 +88,30 @@ class ListSnapshots:
         if len(rows) != pointer["rows"] or hashlib.sha256(payload).hexdigest() != pointer["sha256"]:
             raise SnapshotCorrupt(f"snapshot of list {list_id} (generation {generation}) is incomplete")
         return unpack_members(pointer["format"], payload), pointer["taken_at"]
+
+    def holds(self, list_id: str, member_ids: Iterable[str]) -> tuple[frozenset[str], str] | None:
+        """(those of ``member_ids`` that the list's snapshot holds, lowercase; taken_at), or None
+        when the list has no usable snapshot. The event path asks this for each departure it must
+        confirm: the members of a generation are kept, so a snapshot is read once per night, and
+        each question costs one pointer read."""
+        pk = check_key(list_id, "list id")
+        try:
+            pointer = self._client.get_entity(pk, "current")
+        except ResourceNotFoundError:
+            return None
+        cached = self._held.get(list_id)
+        if cached is None or cached[0] != pointer["generation"]:
+            try:
+                loaded = self.load(list_id)
+            except SnapshotCorrupt:
+                return None  # as good as none: the next scan takes a fresh one
+            if loaded is None:
+                return None
+            if len(self._held) >= SNAPSHOTS_KEPT:
+                self._held.pop(next(iter(self._held)))
+            cached = self._held[list_id] = (pointer["generation"], loaded[0], loaded[1])
+        wanted = {m.lower() for m in member_ids}
+        return frozenset(wanted & cached[1]), cached[2]
 
     def delete(self, list_id: str) -> None:
         """Forgets the list's snapshot (e.g. the list was deleted)."""

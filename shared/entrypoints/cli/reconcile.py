@@ -89,7 +89,10 @@ class _Review:
         self.path, self._names, self._person = path, names, person
         self._partial = Path(path).with_name(Path(path).name + ".partial")
         try:
-            self._file = open(self._partial, "w", newline="", encoding="utf-8")
+            # Owner only (0600) from the first byte: the file names people (pseudonyms, or addresses).
+            self._partial.unlink(missing_ok=True)
+            fd = os.open(self._partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = open(fd, "w", newline="", encoding="utf-8")
         except OSError as exc:
             raise CommandError(f"cannot write {path}: {exc.strerror}") from None
         self._writer = CaseWriter(self._file, fmt)
