@@ -790,7 +790,7 @@ def _actions(facts, state: State, mappings: Mappings, emails_of, addition_causes
         elif kind == "not_in":
             _, k, list_id = fact
             if list_id in state.lists_of.get(k, ()):
-                actions.append(RemoveFromList(k, list_id, emails_of.get(k, ()), label, cause, since(roots)))
+                actions.append(RemoveFromList(k, list_id, emails_of.get(k, ()), label, cause, since(roots)[0]))
         elif kind == "in":
             _, k, list_id = fact
             if k in state.members and list_id not in state.lists_of.get(k, ()):
