@@ -184,6 +184,13 @@ def kill_and_resume(container, env: dict, url: str, readers: int, kill_after: fl
 
 
 def main() -> None:
+    args = parse_args()
+    if args.child:
+        return child_run(args.child)
+    print_summary(args, measure(args))
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--contacts", type=int, default=100_000)
     p.add_argument("--lists", type=int, default=20)
@@ -200,10 +207,11 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed of the kill point")
     p.add_argument("--naive", action="store_true", help="also run the naive per-record reconciliation")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        return child_run(args.child)
+    return p.parse_args()
 
+
+def measure(args) -> dict:
+    """Builds the tenant, runs what the flags ask for against it, and returns the figures."""
     proc, url, info = start_tenant(args)
     azurite = ensure_azurite(reuse=False)  # its own: another run stopping a shared Azurite would break this one
     try:
@@ -239,8 +247,13 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
         azurite.stop()
+    return results
 
+
+def print_summary(args, results: dict) -> None:
+    """The figures as JSON, then each against its target."""
     print(json.dumps(results, indent=2))
+    pages = results["pages_needed"]
     dry = results["dry_run"]
     heal = results.get("healing_run") or results["kill_resume"]
     if "healing_run" in results:
@@ -262,22 +275,25 @@ def main() -> None:
         print(f"one request at a time: {seq['seconds']} s; {seq['seconds'] / max(0.1, dry['seconds']):.1f}x faster "
               f"with {args.readers} readers (target >= 6x at 100k)")
     if "kill_resume" in results:
-        k = results["kill_resume"]
-        classes = " ".join(f"{c} {k.get(f'fixed_{c}')}" for c in ("D1", "D2", "D3", "D4", "D5"))
-        print(f"killed after {k['killed_after_seconds']} s ({k['checkpointed_partitions']} partitions checkpointed, "
-              f"{k['requests_before_kill']} requests); resumed: {k['resumed_partitions']} of {k['partitions']} "
-              f"partitions from checkpoints, {k['resume_requests']} requests, {k['resume_seconds']} s; "
-              f"{k['status']}, fixed {k['fixed']} of {k['found']} ({classes}); {k['checkpointed_rows']} rows "
-              f"checkpointed, {k['resume_rows_read']} read on resume, {k['rows_read_twice']} read twice "
-              f"(target 0): compare with an uninterrupted "
-              f"healing run of the same tenant (same --contacts; the dry run counts an address shared by two "
-              f"chunks twice)")
+        print_kill_resume(results["kill_resume"])
     print(f"peak RSS {results['peak_rss_mb']} MB (target < 1024)")
     print(f"after healing, a dry run finds {results['after_dry_run']['found']} drift (target 0)")
     if "naive" in results:
         ratio = results["naive"]["requests"] / max(1, heal["requests"])
         print(f"naive per-record run: {results['naive']['requests']} requests in {results['naive']['seconds']} s; "
               f"{ratio:.0f}x more than the healing run (target >= 50x)")
+
+
+def print_kill_resume(k: dict) -> None:
+    classes = " ".join(f"{c} {k.get(f'fixed_{c}')}" for c in ("D1", "D2", "D3", "D4", "D5"))
+    print(f"killed after {k['killed_after_seconds']} s ({k['checkpointed_partitions']} partitions checkpointed, "
+          f"{k['requests_before_kill']} requests); resumed: {k['resumed_partitions']} of {k['partitions']} "
+          f"partitions from checkpoints, {k['resume_requests']} requests, {k['resume_seconds']} s; "
+          f"{k['status']}, fixed {k['fixed']} of {k['found']} ({classes}); {k['checkpointed_rows']} rows "
+          f"checkpointed, {k['resume_rows_read']} read on resume, {k['rows_read_twice']} read twice "
+          f"(target 0): compare with an uninterrupted "
+          f"healing run of the same tenant (same --contacts; the dry run counts an address shared by two "
+          f"chunks twice)")
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ class Api:
             return error_response(e)
 
     def _route(self, method, path, query, headers, body, user_id) -> Response:
+        """One request (on its own or inside a $batch) to its handler, by the path's segments."""
         parts = [p for p in path.split("/") if p]
         params = dict(parse_qsl(query, keep_blank_values=True)) if query else {}
         if not parts:
@@ -125,11 +126,7 @@ class Api:
                                                  for t in TABLES.values()]})
         head = parts[0]
         if head in ("WhoAmI", "WhoAmI()"):
-            if method != "GET":
-                raise DataverseError(405, BAD_QUERY, "WhoAmI is a function: use GET.")
-            return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
-                                       "BusinessUnitId": BUSINESS_UNIT_ID, "UserId": user_id,
-                                       "OrganizationId": ORGANIZATION_ID})
+            return self._who_am_i(method, user_id)
         if head in ("AddListMembersList", "Microsoft.Dynamics.CRM.AddListMembersList"):
             if method != "POST" or len(parts) != 1:
                 raise DataverseError(405, BAD_QUERY, "AddListMembersList is an unbound action: POST it to the service root.")
@@ -141,6 +138,25 @@ class Api:
         name, key = _segment(head)
         if name == LISTMEMBER.entity_set:
             return self._listmembers(method, key, parts[1:], params, headers)
+        t = self._table(name, method, params, body)
+        rid = parse_guid(key, t.key) if key is not None else None
+        rest = parts[1:]
+        if rid is None:
+            return self._on_collection(t, method, rest, params, headers, body, user_id)
+        if not rest:
+            return self._on_row(t, rid, method, params, headers, body, user_id)
+        return self._on_row_segment(t, rid, method, rest, params, headers, body, user_id)
+
+    def _who_am_i(self, method: str, user_id: str) -> Response:
+        if method != "GET":
+            raise DataverseError(405, BAD_QUERY, "WhoAmI is a function: use GET.")
+        return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse",
+                                   "BusinessUnitId": BUSINESS_UNIT_ID, "UserId": user_id,
+                                   "OrganizationId": ORGANIZATION_ID})
+
+    def _table(self, name: str, method: str, params: dict, body: bytes):
+        """The table an entity set names, once the request may touch it (404 unknown set, 405 a
+        write to a read-only table, 400 a column of a solution the org does not have)."""
         t = BY_SET.get(name)
         if t is None:
             raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{name}'.")
@@ -148,35 +164,41 @@ class Api:
             raise DataverseError(405, BAD_QUERY, f"The {t.name} table is read-only: {method} is not supported.")
         if self.store.without_outbound_solution:
             self._refuse_outbound_columns(t, params, body)
-        rid = parse_guid(key, t.key) if key is not None else None
-        rest = parts[1:]
-        if rid is None:
-            if not rest:
-                if method == "GET":
-                    return self._collection(t, params, headers)
-                if method == "POST":
-                    return self._create(t, _json_body(body), headers, params, user_id)
-                raise DataverseError(405, BAD_QUERY, f"{method} is not supported on a collection.")
-            if len(rest) == 1 and method == "POST" and rest[0].startswith("Microsoft.Dynamics.CRM."):
-                action = rest[0][len("Microsoft.Dynamics.CRM."):]
-                if action == "CreateMultiple":
-                    return self._create_multiple(t, _json_body(body), user_id)
-                if action == "UpdateMultiple":
-                    return self._update_multiple(t, _json_body(body), user_id)
-            raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{rest[0]}'.")
+        return t
+
+    def _on_collection(self, t, method, rest, params, headers, body, user_id) -> Response:
+        """``/{set}``: query or create; ``/{set}/Microsoft.Dynamics.CRM.{Create|Update}Multiple``."""
         if not rest:
             if method == "GET":
-                select = odata.parse_select(t, params.get("$select"))
-                row = self.store.get(t.name, rid)
-                out = {"@odata.context": self.context(t.entity_set, select, single=True)}
-                out.update(self.render(t, row, select))
-                return json_response(200, out)
-            if method == "PATCH":
-                return self._patch(t, rid, _json_body(body), headers, params, user_id)
-            if method == "DELETE":
-                self.store.delete(t.name, rid, user_id)
-                return no_content()
-            raise DataverseError(405, BAD_QUERY, f"{method} is not supported on a single row.")
+                return self._collection(t, params, headers)
+            if method == "POST":
+                return self._create(t, _json_body(body), headers, params, user_id)
+            raise DataverseError(405, BAD_QUERY, f"{method} is not supported on a collection.")
+        if len(rest) == 1 and method == "POST" and rest[0].startswith("Microsoft.Dynamics.CRM."):
+            action = rest[0][len("Microsoft.Dynamics.CRM."):]
+            if action == "CreateMultiple":
+                return self._create_multiple(t, _json_body(body), user_id)
+            if action == "UpdateMultiple":
+                return self._update_multiple(t, _json_body(body), user_id)
+        raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{rest[0]}'.")
+
+    def _on_row(self, t, rid, method, params, headers, body, user_id) -> Response:
+        """``/{set}({id})``: read, update or delete one row."""
+        if method == "GET":
+            select = odata.parse_select(t, params.get("$select"))
+            row = self.store.get(t.name, rid)
+            out = {"@odata.context": self.context(t.entity_set, select, single=True)}
+            out.update(self.render(t, row, select))
+            return json_response(200, out)
+        if method == "PATCH":
+            return self._patch(t, rid, _json_body(body), headers, params, user_id)
+        if method == "DELETE":
+            self.store.delete(t.name, rid, user_id)
+            return no_content()
+        raise DataverseError(405, BAD_QUERY, f"{method} is not supported on a single row.")
+
+    def _on_row_segment(self, t, rid, method, rest, params, headers, body, user_id) -> Response:
+        """``/{set}({id})/...``: a bound action, a relationship, or one column's value."""
         seg, key2 = _segment(rest[0])
         if seg.startswith("Microsoft.Dynamics.CRM."):
             if method != "POST" or len(rest) != 1:
@@ -185,24 +207,29 @@ class Api:
         if seg == "listaccount_association" and rest[1:] == ["$ref"] and method in ("POST", "DELETE"):
             raise list_member_refused("Associate" if method == "POST" else "Disassociate")
         if seg in RELATIONSHIPS:
-            rel, other = self.store.relationship_for(t.name, seg)
-            ref = rest[1:] == ["$ref"]
-            if key2 is not None:
-                if method == "DELETE" and ref:
-                    raise list_member_refused("Disassociate")
-                raise DataverseError(405, BAD_QUERY, f"{method} is not supported on '{seg}({key2})'.")
-            if ref and method in ("POST", "DELETE"):
-                raise list_member_refused("Associate" if method == "POST" else "Disassociate")
-            if not rest[1:] and method == "GET":
-                self.store.get(t.name, rid)
-                direction = "members" if t.name == "list" else "lists"
-                return self._collection(TABLES[other], params, headers, scope=(rel, direction, rid))
-            raise DataverseError(405, BAD_QUERY, f"{method} is not supported on '{seg}'.")
+            return self._on_relationship(t, rid, method, seg, key2, rest, params, headers)
         if seg in t.columns and not rest[1:] and method == "GET":
             row = self.store.get(t.name, rid)
             return json_response(200, {"@odata.context": f"{self.api_url}/$metadata#{t.entity_set}({rid})/{seg}",
                                        "value": row.get(seg)})
         raise DataverseError(404, BAD_QUERY, f"Resource not found for the segment '{rest[0]}'.")
+
+    def _on_relationship(self, t, rid, method, seg, key2, rest, params, headers) -> Response:
+        """``/{set}({id})/{relationship}``: read the related rows; list membership is written only
+        through the list's actions, so Associate and Disassociate are refused."""
+        rel, other = self.store.relationship_for(t.name, seg)
+        ref = rest[1:] == ["$ref"]
+        if key2 is not None:
+            if method == "DELETE" and ref:
+                raise list_member_refused("Disassociate")
+            raise DataverseError(405, BAD_QUERY, f"{method} is not supported on '{seg}({key2})'.")
+        if ref and method in ("POST", "DELETE"):
+            raise list_member_refused("Associate" if method == "POST" else "Disassociate")
+        if not rest[1:] and method == "GET":
+            self.store.get(t.name, rid)
+            direction = "members" if t.name == "list" else "lists"
+            return self._collection(TABLES[other], params, headers, scope=(rel, direction, rid))
+        raise DataverseError(405, BAD_QUERY, f"{method} is not supported on '{seg}'.")
 
     def _refuse_outbound_columns(self, t, params: dict, body: bytes) -> None:
         """Without the Outbound marketing solution its msdyncrm_* columns do not exist: naming one in

@@ -125,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background with SIGINT ignored
         signal.signal(sig, _interrupt)
 
-    from sandbox.demo.scenario import Marketer, play, steps, table
     from sandbox.demo.stack import DemoStack
 
     t0 = time.monotonic()
@@ -138,40 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"Starting Azurite, the Dataverse sandbox ({args.contacts} contacts) and the local Functions host ...")
         stack.start()
-        counts = {k: len(v) for k, v in stack.seed.items() if k in ("contacts", "leads", "lists", "consents")}
-        print(f"  Dataverse sandbox   {stack.sandbox.url}   seeded: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
-        print(f"  local host          {stack.host.url}   functions: {', '.join(stack.host.functions)}")
-        r = stack.registration
-        print(f"  webhooks            registered ({len(r.step_ids) if hasattr(r, 'step_ids') else 'all'} steps) "
-              f"-> {stack.host.url}/api/dataverse/webhook")
-        from shared.service_layer.mappings import summary
-        print(f"  mappings            {summary(stack.mappings)}")
-        print(f"  ready in {time.monotonic() - t0:.1f} s\n")
-
-        marketer = Marketer(stack.sandbox.api_url)
-        played = []
-        for step in steps():
-            played.append(play(step, marketer))
-            ok = ok and step.done
-        print("What a marketer did, and what Straddle propagated (timed from the write until visible in Dataverse):")
-        print(table(played))
-        stack.settle()
-
-        from shared.service_layer.reconcile import run_reconciliation
-        from shared.service_layer.runs import report_lines
-
-        print("\nNightly reconciliation (run now; it heals the drift seeded in the tenant):")
-        started = time.monotonic()
-        report = run_reconciliation(stack.container)
-        stack.settle()
-        print("\n".join(report_lines(report, f"{python_command()} -m shared")))
-        print(f"  took {time.monotonic() - started:.1f} s")
-        ok = ok and str(report.get("status")) == "succeeded"
-        queues = {q["name"]: q for q in (q.stats() for q in stack.host.bus.queues())}
-        dead = sum(q["deadletter"] for q in queues.values())
-        print("\nQueues: " + "; ".join(f"{n}: {q['completed']} completed, {q['deadletter']} dead-lettered"
-                                     for n, q in queues.items()))
-        ok = ok and dead == 0
+        print_stack(stack, t0)
+        ok = play_marketer(stack)
+        ok = reconcile_now(stack) and ok
+        ok = queues_clear(stack) and ok
         ok = print_compliance(stack, demo_started) and ok
         print(f"App log (no email addresses): {args.log_file}")
         if args.keep:
@@ -185,6 +154,59 @@ def main(argv: list[str] | None = None) -> int:
         lock.close()
     print("PASS: every opt-out propagated" if ok else "FAIL: see NOT SEEN above or the report")
     return 0 if ok else 1
+
+
+def print_stack(stack, t0: float) -> None:
+    """What runs where, the seed's size and the mappings."""
+    counts = {k: len(v) for k, v in stack.seed.items() if k in ("contacts", "leads", "lists", "consents")}
+    print(f"  Dataverse sandbox   {stack.sandbox.url}   seeded: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    print(f"  local host          {stack.host.url}   functions: {', '.join(stack.host.functions)}")
+    r = stack.registration
+    print(f"  webhooks            registered ({len(r.step_ids) if hasattr(r, 'step_ids') else 'all'} steps) "
+          f"-> {stack.host.url}/api/dataverse/webhook")
+    from shared.service_layer.mappings import summary
+    print(f"  mappings            {summary(stack.mappings)}")
+    print(f"  ready in {time.monotonic() - t0:.1f} s\n")
+
+
+def play_marketer(stack) -> bool:
+    """The marketer's scenario, step by step, with how long each opt-out took to propagate; False
+    when one was not seen."""
+    from sandbox.demo.scenario import Marketer, play, steps, table
+
+    marketer = Marketer(stack.sandbox.api_url)
+    played = []
+    ok = True
+    for step in steps():
+        played.append(play(step, marketer))
+        ok = ok and step.done
+    print("What a marketer did, and what Straddle propagated (timed from the write until visible in Dataverse):")
+    print(table(played))
+    stack.settle()
+    return ok
+
+
+def reconcile_now(stack) -> bool:
+    """The nightly reconciliation, run now, and its report; False unless it succeeded."""
+    from shared.service_layer.reconcile import run_reconciliation
+    from shared.service_layer.runs import report_lines
+
+    print("\nNightly reconciliation (run now; it heals the drift seeded in the tenant):")
+    started = time.monotonic()
+    report = run_reconciliation(stack.container)
+    stack.settle()
+    print("\n".join(report_lines(report, f"{python_command()} -m shared")))
+    print(f"  took {time.monotonic() - started:.1f} s")
+    return str(report.get("status")) == "succeeded"
+
+
+def queues_clear(stack) -> bool:
+    """Each queue's completed and dead-lettered messages; False when any was dead-lettered."""
+    queues = {q["name"]: q for q in (q.stats() for q in stack.host.bus.queues())}
+    dead = sum(q["deadletter"] for q in queues.values())
+    print("\nQueues: " + "; ".join(f"{n}: {q['completed']} completed, {q['deadletter']} dead-lettered"
+                                 for n, q in queues.items()))
+    return dead == 0
 
 
 def print_compliance(stack, started: datetime) -> bool:

@@ -104,10 +104,6 @@ MODULE_EXCEPTIONS: dict[str, str] = {
 FUNCTION_EXCEPTIONS: dict[str, str] = {
     "shared/service_layer/reconcile.py::reconcile": "being split",
     "shared/domain/planner.py::plan": "being split",
-    "sandbox/dataverse/api.py::_route": "named handlers next",
-    "sandbox/dataverse/seed.py::load_seed": "named steps next",
-    "sandbox/demo/__main__.py::main": "named steps next",
-    "bench/reconcile.py::main": "named steps next",
 }
 
 
