@@ -1,4 +1,5 @@
-"""The in-memory Dataverse: rows per table, secondary indexes, list memberships, paging cursors.
+"""The in-memory Dataverse: rows per table, secondary indexes, writes, audits and seeding; list
+memberships are in ``memberships``, queries and paging cursors in ``queries``.
 
 One re-entrant lock guards everything; rows are plain dicts holding only non-null columns.
 Writes made inside ``transaction()`` are undone on failure and their webhook events are only
@@ -6,70 +7,30 @@ released on commit (change sets, CreateMultiple/UpdateMultiple are all-or-nothin
 """
 from __future__ import annotations
 
-import base64
 import bisect
 import contextlib
-import json
-import secrets
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import odata
 from .odata import now_iso
-from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, bad_query, not_found
-from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, MEMBER_TABLE_BY_CODE, O, PRIMARY_NAME, RELATIONSHIPS, S,
-                     STATE_AFTER_CREATE, TABLES, Table, metadata_rows)
+from .errors import BAD_CHOICE, DUPLICATE, BAD_COLUMN, BAD_QUERY, DataverseError, bad_column, not_found
+from .schema import (AUDITED, BY_SET, B, D, F, G, I, M, O, RELATIONSHIPS, S, STATE_AFTER_CREATE, TABLES, Table,
+                     metadata_rows)
 from .keys import KeyMinter
+from .memberships import Memberships
+from .queries import Queries, _decode_token, _encode_token
+from .rows import MAX_PAGE, OUTBOUND_PREFIX, Event, _TableData, listmember_id, parse_guid
 from .seed import load_seed
 
-MAX_PAGE = 5000
-_CURSORS = 64
-_GUID_LEN = 36
+#: What the API, the webhooks and the tests import from here (defined in rows and queries).
+__all__ = ["Store", "Event", "MAX_PAGE", "OUTBOUND_PREFIX", "listmember_id", "parse_guid", "_encode_token",
+           "_decode_token"]
 
 
-def parse_guid(value: Any, what: str = "id") -> str:
-    try:
-        return str(uuid.UUID(str(value).strip("{}")))
-    except (ValueError, AttributeError):
-        raise DataverseError(400, BAD_QUERY, f"'{value}' is not a valid Guid for {what}.") from None
-
-
-@dataclass
-class Event:
-    """A committed change that may fire webhook steps."""
-
-    message: str
-    table: str
-    id: str
-    user_id: str
-    target: dict | None = None  # Create/Update: the columns written
-    post: dict | None = None  # row after the operation
-    pre: dict | None = None  # row before the operation
-    extra: dict = field(default_factory=dict)  # message-specific inputs (ListId, RelatedEntities, ...)
-    time: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
-
-
-class _TableData:
-    __slots__ = ("t", "rows", "order", "index")
-
-    def __init__(self, t: Table):
-        self.t = t
-        self.rows: dict[str, dict] = {}
-        # ids in SQL Server uniqueidentifier order (odata.guid_order): Dataverse's default order,
-        # the order of $orderby=<key>, and the streaming paging cursor
-        self.order: list[str] = []
-        self.index: dict[str, dict[Any, set[str]]] = {c: {} for c in t.indexed}
-
-
-#: Columns the Outbound marketing solution adds; an org without that solution has none of them.
-OUTBOUND_PREFIX = "msdyncrm_"
-
-
-class Store:
+class Store(Memberships, Queries):
     def __init__(self, without_outbound_solution: bool = False, auditing: bool = True,
                  without_remove_member_action: bool = False, key_style: str = "sequential"):
         self.without_outbound_solution = without_outbound_solution
@@ -426,114 +387,6 @@ class Store:
         """AttributeMetadata.ColumnNumber per column (the sandbox numbers them in schema order)."""
         return {name: i for i, name in enumerate(self.attributes(table), start=1)}
 
-    def listmember_rows(self, list_ids: set[str] | None = None, member_ids: set[str] | None = None) -> list[dict]:
-        """The listmember intersect rows (read-only), narrowed to some lists or members, in key order."""
-        out = []
-        with self.lock:
-            for rel, (_, member_table) in RELATIONSHIPS.items():
-                if member_ids is not None:
-                    pairs = [(l, m) for m in member_ids for l in self.member_of[rel].get(m, ())]
-                elif list_ids is not None:
-                    pairs = [(l, m) for l in list_ids for m in self.members[rel].get(l, ())]
-                else:
-                    pairs = [(l, m) for l, ms in self.members[rel].items() for m in ms]
-                for l, m in pairs:
-                    if list_ids is not None and l not in list_ids:
-                        continue
-                    at = self.joined.get((l, m), self.seeded_on)
-                    out.append({"listmemberid": listmember_id(l, m), "_listid_value": l, "_entityid_value": m,
-                                "entitytype": member_table, "createdon": at, "modifiedon": at, "versionnumber": 0})
-        out.sort(key=lambda r: odata.guid_order(r["listmemberid"]))
-        return out
-
-    # --- memberships -------------------------------------------------------------------------
-
-    def relationship_for(self, table: str, nav: str) -> tuple[str, str]:
-        """(relationship, other table) for a navigation property of ``table``, else 400."""
-        sides = RELATIONSHIPS.get(nav)
-        if sides is None or table not in sides:
-            raise DataverseError(400, BAD_QUERY, f"Could not find a property named '{nav}' on type 'Microsoft.Dynamics.CRM.{table}'.")
-        return nav, sides[1] if table == sides[0] else sides[0]
-
-    def associate(self, table: str, rid: str, nav: str, other_id: str, user_id: str, *,
-                  message: str = "Associate", other_table: str | None = None) -> bool:
-        rel, other = self.relationship_for(table, nav)
-        if other_table is not None and other_table != other:
-            raise DataverseError(400, BAD_QUERY, f"'{nav}' relates {table} to {other}, not to {other_table}.")
-        with self.lock:
-            self.get(table, rid)
-            self.get(other, other_id)
-            list_id, member_id = (rid, other_id) if table == "list" else (other_id, rid)
-            added = self._link(rel, list_id, member_id, now_iso())
-            if added and self.hooks_active():
-                self._emit(Event(message, table, rid, user_id, extra={
-                    "relationship": rel, "related": [(other, other_id)], "list_id": list_id, "member_id": member_id}))
-            return added
-
-    def disassociate(self, table: str, rid: str, nav: str, other_id: str, user_id: str, *,
-                     message: str = "Disassociate") -> None:
-        rel, other = self.relationship_for(table, nav)
-        with self.lock:
-            self.get(table, rid)
-            list_id, member_id = (rid, other_id) if table == "list" else (other_id, rid)
-            if not self._unlink(rel, list_id, member_id):
-                raise DataverseError(404, "0x80040217", f"The {other} With Id = {other_id} is not associated with {table} With Id = {rid}.")
-            if self.hooks_active():
-                self._emit(Event(message, table, rid, user_id, extra={
-                    "relationship": rel, "related": [(other, other_id)], "list_id": list_id, "member_id": member_id}))
-
-    def list_member_rel(self, list_id: str) -> tuple[str, str]:
-        lst = self.get("list", list_id)
-        member = MEMBER_TABLE_BY_CODE.get(lst.get("createdfromcode"))
-        if member is None:
-            raise DataverseError(400, "0x80040203", "The list's Member Type (createdfromcode) must be 2 (contact) or 4 (lead).")
-        return f"list{member}_association", member
-
-    def add_member(self, list_id: str, entity_id: str, user_id: str) -> str:
-        """AddMember: adding an existing member is a silent success (no duplicate). Returns the
-        listmember id (stable per list and member, as the intersect row's key would be)."""
-        with self.lock:
-            rel, member = self.list_member_rel(list_id)
-            self.get(member, entity_id)
-            self._link(rel, list_id, entity_id, now_iso())
-            if self.hooks_active():
-                self._emit(Event("AddMember", "list", list_id, user_id,
-                                 extra={"ListId": list_id, "EntityId": entity_id}))
-            return listmember_id(list_id, entity_id)
-
-    def add_list_members(self, list_id: str, member_ids: list[str], user_id: str) -> None:
-        with self.transaction():
-            rel, member = self.list_member_rel(list_id)
-            joined = now_iso()
-            for m in member_ids:
-                self.get(member, m)
-                self._link(rel, list_id, m, joined)
-            if self.hooks_active():
-                self._emit(Event("AddListMembers", "list", list_id, user_id,
-                                 extra={"ListId": list_id, "MemberIds": list(member_ids)}))
-
-    def remove_member(self, list_id: str, entity_id: str, user_id: str) -> None:
-        with self.lock:
-            rel, member = self.list_member_rel(list_id)
-            if not self._unlink(rel, list_id, entity_id):
-                raise DataverseError(404, "0x80040217", f"{member} With Id = {entity_id} is not a member of list With Id = {list_id}.")
-            if self.hooks_active():
-                self._emit(Event("RemoveMember", "list", list_id, user_id,
-                                 extra={"ListId": list_id, "EntityId": entity_id}))
-
-    def delete_listmember(self, row_id: str) -> None:
-        """``DELETE listmembers(<id>)``: the membership whose intersect row this is ends (LISTMEMBER
-        documents Delete on the table). The Delete message of listmember is not raised to webhooks:
-        the sandbox has no message filter for that table."""
-        with self.lock:
-            if self._listmember_index is None:
-                self._listmember_index = {listmember_id(l, m): (rel, l, m) for rel, by_list in self.members.items()
-                                          for l, ms in by_list.items() for m in ms}
-            found = self._listmember_index.get(row_id)
-            if found is None:
-                raise not_found("listmember", row_id)
-            self._unlink(*found)
-
     # --- metadata ----------------------------------------------------------------------------
 
     def attributes(self, table: str) -> list[str]:
@@ -543,181 +396,6 @@ class Store:
         if self.without_outbound_solution:
             names = [n for n in names if not n.startswith(OUTBOUND_PREFIX)]
         return names
-
-    # --- queries -----------------------------------------------------------------------------
-
-    def _estimate(self, td: _TableData, terms) -> int:
-        """Candidate count without building the set, so an `and` only materialises its narrowest leaf."""
-        tag = terms[0]
-        if tag == "leaf":
-            _, col, values = terms
-            if col == td.t.key:
-                return len(values)
-            idx = td.index[col]
-            return sum(len(idx.get(v, ())) for v in values)
-        sizes = [self._estimate(td, k) for k in terms[1]]
-        return min(sizes) if tag == "and" else sum(sizes)
-
-    def _candidates(self, td: _TableData, terms) -> set[str] | None:
-        if terms is None:
-            return None
-        tag = terms[0]
-        if tag == "leaf":
-            _, col, values = terms
-            if col == td.t.key:
-                return {v for v in values if v in td.rows}
-            idx = td.index[col]
-            out: set[str] = set()
-            for v in values:
-                s = idx.get(v)
-                if s:
-                    out |= s
-            return out
-        if tag == "and":
-            # The predicate still checks the other conjuncts.
-            return self._candidates(td, min(terms[1], key=lambda k: self._estimate(td, k)))
-        out = set()
-        for k in terms[1]:
-            out |= self._candidates(td, k)
-        return out
-
-    def query(self, table: str, *, filter_text: str | None = None, orderby_text: str | None = None,
-              top: int | None = None, page_size: int = MAX_PAGE, skiptoken: str | None = None,
-              scope: tuple[str, str, str] | None = None, count: bool = False) -> tuple[list[dict], str | None, int | None]:
-        """Rows of one page, the next page's skiptoken (or None) and, with ``count``, the total.
-
-        ``scope`` = (relationship, "members"|"lists", id): only rows associated with that id.
-        Without $orderby or an index the page is streamed from the sorted id order after the
-        last id seen (no quadratic rescans); otherwise the matching ids are materialised once
-        and the token is a cursor into that list.
-        """
-        t = TABLES[table]
-        td = self.data[table]
-        page_size = max(1, min(page_size, MAX_PAGE))
-        with self.lock:
-            node = odata.parse_filter(filter_text) if filter_text else None
-            pred = odata.compile_filter(t, node) if node is not None else None
-            orderby = odata.parse_orderby(t, orderby_text)
-            if skiptoken:
-                state = _decode_token(skiptoken)
-                if "c" in state:
-                    ids = self._cursors.get(state["c"])
-                    if ids is None:
-                        raise bad_query("The paging cookie has expired; start the query again.")
-                    self._cursors.move_to_end(state["c"])
-                    return self._cursor_page(td, ids, state["c"], state["p"], page_size), \
-                        self._cursor_next(ids, state["c"], state["p"], page_size), None
-                order = self._scope_order(scope) if scope is not None else None
-                return self._stream_page(td, pred, page_size, state["k"], odata.key_range(t, node), order)
-            limit = min(top, MAX_PAGE) if top is not None else None
-            candidates = None
-            narrowed = None
-            if node is not None:
-                terms = odata.index_terms(t, node, set(td.index) | {t.key})
-                narrowed = self._candidates(td, terms)
-            # In key order (none asked, or the key ascending) the page streams from the key order (of
-            # the table, or of a relationship's related rows), starting and stopping at the key range's
-            # bounds, as SQL Server seeks its clustered index (or the intersect table's index).
-            by_key = not orderby or orderby == [(t.key, False)]
-            if narrowed is None and (by_key or (orderby == [(t.key, True)] and limit is not None)):
-                order = self._scope_order(scope) if scope is not None else None
-                bounds = odata.key_range(t, node)
-                total = (self._count(td, pred, order) if count else None)
-                if not by_key:
-                    return self._last_rows(td, pred, limit, bounds, order), None, total
-                rows, token, _ = self._stream_page(td, pred, limit if limit is not None else page_size, None,
-                                                   bounds, order)
-                return rows, (None if limit is not None else token), total
-            if scope is not None:
-                rel, direction, sid = scope
-                src = self.members[rel] if direction == "members" else self.member_of[rel]
-                candidates = set(src.get(sid, ()))
-            if narrowed is not None:
-                candidates = narrowed if candidates is None else candidates & narrowed
-            ids = [i for i in candidates if i in td.rows] if candidates is not None else list(td.order)
-            if pred is not None:
-                rows_ = td.rows
-                ids = [i for i in ids if pred(rows_[i])]
-            ids = (odata.sort_ids(t, td.rows, ids, orderby, lambda col, rid: self._primary_name(t, col, rid))
-                   if orderby else sorted(ids, key=odata.guid_order))
-            total = len(ids) if count else None
-            if limit is not None:
-                return [td.rows[i] for i in ids[:limit]], None, total
-            if len(ids) <= page_size:
-                return [td.rows[i] for i in ids], None, total
-            key = secrets.token_hex(8)
-            self._cursors[key] = ids
-            while len(self._cursors) > _CURSORS:
-                self._cursors.popitem(last=False)
-            return self._cursor_page(td, ids, key, 0, page_size), self._cursor_next(ids, key, 0, page_size), total
-
-    def _primary_name(self, t: Table, column: str, rid: str):
-        """The primary name of the row a lookup column points to (None: no such row or name)."""
-        target = t.by_column[column].target
-        row = self.data[target].rows.get(rid) if target in self.data else None
-        return row.get(PRIMARY_NAME.get(target, "")) if row else None
-
-    def _count(self, td: _TableData, pred, order: list[str] | None = None) -> int:
-        if order is not None:
-            rows = [td.rows.get(i) for i in order]
-            return sum(1 for r in rows if r is not None and (pred is None or pred(r)))
-        if pred is None:
-            return len(td.rows)
-        return sum(1 for r in td.rows.values() if pred(r))
-
-    @staticmethod
-    def _span(td: _TableData, bounds, order: list[str] | None = None) -> tuple[int, int]:
-        """Positions in the key order between a key range's bounds."""
-        lo, lo_inc, hi, hi_inc = bounds if bounds else (None, False, None, False)
-        order, key = (td.order if order is None else order), odata.guid_order
-        i = 0 if lo is None else (bisect.bisect_left if lo_inc else bisect.bisect_right)(order, lo, key=key)
-        j = len(order) if hi is None else (bisect.bisect_right if hi_inc else bisect.bisect_left)(order, hi, key=key)
-        return i, j
-
-    def _last_rows(self, td: _TableData, pred, limit: int, bounds, order: list[str] | None = None) -> list[dict]:
-        """``$orderby=<key> desc&$top=n``: walks back from the range's end."""
-        order = td.order if order is None else order
-        i, j = self._span(td, bounds, order)
-        out = []
-        while j > i and len(out) < limit:
-            j -= 1
-            r = td.rows.get(order[j])
-            if r is not None and (pred is None or pred(r)):
-                out.append(r)
-        return out
-
-    def _stream_page(self, td: _TableData, pred, size: int, after: str | None, bounds=None,
-                     order: list[str] | None = None):
-        scoped = order is not None
-        order, rows = (td.order if order is None else order), td.rows
-        i, n = self._span(td, bounds, order)
-        if after:
-            i = max(i, bisect.bisect_right(order, odata.guid_order(after), key=odata.guid_order))
-        out = []
-        if pred is None and not scoped:
-            # A slice, not a loop: 1M-row paging stays linear and cheap.
-            chunk = order[i:min(i + size + 1, n)]
-            out = [rows[k] for k in chunk[:size]]
-            more = len(chunk) > size
-        else:
-            more = False
-            while i < n:
-                r = rows.get(order[i])
-                i += 1
-                if r is not None and (pred is None or pred(r)):
-                    if len(out) == size:
-                        more = True
-                        break
-                    out.append(r)
-        token = _encode_token({"k": out[-1][td.t.key]}) if more and out else None
-        return out, token, None
-
-    def _cursor_page(self, td: _TableData, ids: list[str], key: str, pos: int, size: int) -> list[dict]:
-        rows = td.rows
-        return [rows[i] for i in ids[pos:pos + size] if i in rows]  # rows deleted meanwhile drop out
-
-    def _cursor_next(self, ids: list[str], key: str, pos: int, size: int) -> str | None:
-        return _encode_token({"c": key, "p": pos + size}) if pos + size < len(ids) else None
 
     # --- bulk loading ------------------------------------------------------------------------
 
@@ -739,23 +417,3 @@ class Store:
         finally:
             if enabled:
                 gc.enable()
-
-
-def listmember_id(list_id: str, member_id: str) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"listmember:{list_id}:{member_id}"))
-
-
-def _encode_token(state: dict) -> str:
-    raw = json.dumps(state, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> dict:
-    try:
-        pad = "=" * (-len(token) % 4)
-        state = json.loads(base64.urlsafe_b64decode(token + pad))
-        if not isinstance(state, dict) or not ("k" in state or "c" in state):
-            raise ValueError
-        return state
-    except (ValueError, TypeError):
-        raise bad_query("The $skiptoken is not valid; follow @odata.nextLink unchanged.") from None
