@@ -12,7 +12,7 @@ from typing import Iterable
 from shared.domain.consent import ConsentSource, ConsentType, ConsentValue, ContactPointType, normalise_email
 from shared.domain.mappings import Mappings
 from shared.domain.model import ConsentRow
-from shared.domain.planner.timeline import _Timeline, newest_rows
+from shared.domain.planner.timeline import Timeline, newest_rows
 from shared.domain.planner.types import (NOT_IN_SNAPSHOT, Action, AddToOptOutList, MemberKey, OptOutConsent, Plan,
                                          RemoveFromList, SetDoNotBulkEmail, State, Trigger)
 
@@ -52,7 +52,7 @@ class _Derivation:
             self.emails_of[k] = emails
             for e in emails:
                 self.members_with.setdefault(e, []).append(k)
-        self.timeline = _Timeline(state, triggers, self.emails_of)
+        self.timeline = Timeline(state, triggers, self.emails_of)
 
     def derive(self, fact: tuple, rule: str, cause: str | None, rooted_in_state: bool, roots: frozenset) -> None:
         # rooted_in_state: the chain that led here started from something already read as true.

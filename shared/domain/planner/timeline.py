@@ -78,7 +78,7 @@ def root_key(root: Root) -> str:
     return f"consent row {root[1]}"
 
 
-class _Timeline:
+class Timeline:
     """Judges re-consents against the roots of the opt-outs that would overwrite them."""
 
     def __init__(self, state: State, triggers: list[Trigger], emails_of: dict[MemberKey, tuple[str, ...]]):
