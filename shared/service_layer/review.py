@@ -18,6 +18,7 @@ from typing import IO, Any
 from shared.domain.mappings import Mappings
 from shared.domain.model import WriteResult
 from shared.domain.planner import Action, OptOutConsent
+from shared.service_layer.evidence import describe
 
 #: The columns of a review file, in order (CSV header, JSON keys).
 COLUMNS = ("drift_class", "rule", "system", "table", "record_id", "change", "list", "topic", "purpose",
@@ -58,8 +59,6 @@ def describe_case(drift_class: str, action: Action, names: dict[str, str],
                   person: Callable[[str], str] | None = None, result: WriteResult | None = None) -> dict[str, Any]:
     """One change as plain values. ``person`` maps an address to what is shown (None: no people
     column at all, as in a stored run report)."""
-    from shared.service_layer.process_changes import describe
-
     system, table, change, record_id, before, after = describe(action)
     list_id = getattr(action, "list_id", None)
     topic_id = getattr(action, "topic_id", None)
