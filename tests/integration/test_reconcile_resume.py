@@ -150,7 +150,9 @@ def test_a_scan_out_of_time_goes_on_in_fresh_invocations_through_the_reconcile_q
     from azure.functions.servicebus import ServiceBusMessage
 
     import function_app
-    import shared.service_layer.reconcile as reconcile_module
+    import shared.service_layer.reconcile.config as reconcile_config
+    from shared.service_layer.reconcile import run_reconciliation
+    from shared.service_layer.reconcile.messages import scan_message
 
     config = ReconcileConfig(readers=2)
     whole = stacks()
@@ -158,8 +160,8 @@ def test_a_scan_out_of_time_goes_on_in_fresh_invocations_through_the_reconcile_q
 
     s = stacks()
     s.activate()
-    monkeypatch.setattr(reconcile_module, "SCAN_SECONDS_PER_INVOCATION", 0.0)  # every hop: as little as it can
-    first = reconcile_module.run_reconciliation(
+    monkeypatch.setattr(reconcile_config, "SCAN_SECONDS_PER_INVOCATION", 0.0)  # every hop: as little as it can
+    first = run_reconciliation(
         s.container, config=ReconcileConfig(readers=2, scan_seconds=0.0),
         fanout=lambda bodies: s.queue.send_raw("straddle-reconcile", bodies))
     assert first["status"] == "scanning"
@@ -176,6 +178,6 @@ def test_a_scan_out_of_time_goes_on_in_fresh_invocations_through_the_reconcile_q
     assert hops >= 2 and report["status"] == "succeeded"
     assert {k: report[k] for k in SAME} == {k: reference[k] for k in SAME}
     # the message of a run that has finished does nothing
-    function_app.reconcile_chunk(ServiceBusMessage(body=reconcile_module.scan_message(first["run_id"]),
+    function_app.reconcile_chunk(ServiceBusMessage(body=scan_message(first["run_id"]),
                                                    message_id="again", application_properties={}, user_properties={}))
     assert [r["run_id"] for r in s.container.tables().runs.latest()] == [first["run_id"]]

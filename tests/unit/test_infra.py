@@ -536,6 +536,11 @@ def wb_tree():
     return {"workbook": bicep.load(INFRA / "modules" / "workbook.bicep")}
 
 
+def reconcile_code() -> str:
+    """The nightly run's code: every module of the reconcile package."""
+    return "".join(p.read_text() for p in sorted((ROOT / "shared" / "service_layer" / "reconcile").glob("*.py")))
+
+
 def test_emitted_fields_exist_in_the_code():
     """The queries name fields the code logs (process_changes.py, functions.py): a rename must fail here."""
     code = ((ROOT / "shared" / "service_layer" / "process_changes.py").read_text()
@@ -543,7 +548,7 @@ def test_emitted_fields_exist_in_the_code():
     assert re.search(r'emit\(log, "sync\.applied".*propagation_ms=', code, re.S)
     assert re.search(r'emit\(log, "process\.batch".*processed=', code, re.S)
     assert '"sync.parked"' in code
-    reconcile = (ROOT / "shared" / "service_layer" / "reconcile.py").read_text()
+    reconcile = reconcile_code()
     assert re.search(r'emit\(log, "reconcile\.fanned_out", run_id=.*chunks=.*candidates=', reconcile)
     assert reconcile.count('emit(log, "reconcile.report"') >= 2  # inline, and by the last chunk
 
@@ -558,7 +563,8 @@ def emitted_fields() -> set[str]:
     from datetime import datetime, timezone
 
     from shared.service_layer.compliance import compliance_view, report_fields
-    from shared.service_layer.reconcile import ChunkResult, finish
+    from shared.service_layer.reconcile.chunks import ChunkResult
+    from shared.service_layer.reconcile.report import finish
 
     header = {"run_id": "r", "started_at": "2025-01-01T02:00:00Z", "dry_run": False, "candidates": 0,
               "rows_scanned": 0, "first_snapshot_lists": 0, "chunks": 1}
@@ -597,8 +603,8 @@ def emitted_records() -> set[str]:
 
 
 def reported_statuses() -> set[str]:
-    """Every status a reconcile.report can carry (reconcile.py writes them as literals, one a ternary)."""
-    code = (ROOT / "shared" / "service_layer" / "reconcile.py").read_text()
+    """Every status a reconcile.report can carry (the reconcile package writes them as literals, one a ternary)."""
+    code = reconcile_code()
     found = {v for pair in re.findall(r'"status":\s*"(\w+)"(?: if [^\n]*? else "(\w+)")?', code) for v in pair if v}
     return found | set(re.findall(r'status="(\w+)"', code))
 

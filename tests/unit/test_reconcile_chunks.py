@@ -5,7 +5,7 @@ import json
 import uuid
 
 from shared.domain.planner import Trigger
-from shared.service_layer.reconcile import MAX_MESSAGE_BYTES, chunk_message, fit_in_messages
+from shared.service_layer.reconcile.messages import MAX_MESSAGE_BYTES, chunk_message, fit_in_messages
 
 
 def triggers(n: int) -> list[Trigger]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from shared.domain.drift import ReconsentTally
 from shared.domain.planner import Judgement, OptOutTime, Reconsent
-from shared.service_layer.reconcile import ChunkResult, finish
+from shared.service_layer.reconcile.chunks import ChunkResult
+from shared.service_layer.reconcile.report import finish
 
 
 def reconsent(email: str, at: str, verdict: str = "stands", purpose: str = "p") -> Reconsent:
