@@ -122,7 +122,9 @@ def test_a_run_killed_midway_resumes_without_reading_or_healing_anything_twice(s
     assert runs.get("killed-run")["status"] == "scanning"
     assert unfinished_run(runs) == "killed-run"  # what the next timer run picks up
     checkpointed = runs.partitions("killed-run")
-    assert checkpointed and (len(checkpointed) < reference["scan_partitions"]) == (where == "scan")
+    # How many pieces a scan checkpoints depends on when its readers split ranges, so the killed run's
+    # count is not compared with the reference's: what the resumed run still reads tells where it died.
+    assert checkpointed
 
     second = Recording(gateway)
     report = _run(s, second, "killed-run", config)
@@ -134,7 +136,9 @@ def test_a_run_killed_midway_resumes_without_reading_or_healing_anything_twice(s
     assert not [row for row in second.rows if _covered(checkpointed, *row)]
     assert len(set(second.rows)) == len(second.rows)
     assert report["scan_rows_read"] + report["scan_rows_beyond_cut"] == len(second.rows), report
-    if where == "healing":
+    if where == "scan":
+        assert second.pages > 0  # killed mid-scan: the rest of the scan is read on resume
+    else:
         assert second.pages == 0  # the whole scan came from checkpoints
         assert second.writes <= chunks - 1  # the chunk healed before the kill is not healed again
     stored = runs.get("killed-run")
